@@ -1,0 +1,44 @@
+"""Image geometry: voxel sizes and the B0 direction in array axes from a NIfTI affine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel edge lengths in mm: the norms of the affine's first three columns."""
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    return tuple(float(v) for v in np.linalg.norm(a, axis=0))
+
+
+def b0_direction_from_affine(affine: np.ndarray) -> np.ndarray:
+    """Unit vector of the main field B0 in array axes (i, j, k).
+
+    NIfTI world coordinates are scanner coordinates (RAS+), and B0 points along
+    the scanner's z axis.  With ``R = affine[:3, :3]`` mapping array steps to mm,
+    the array-axis direction ``b`` with ``R @ b`` parallel to world z is
+    ``b = R^-1 z``, expressed per *mm* so anisotropic voxels are handled:
+    we normalise the columns of ``R`` first (direction cosines), so
+    ``b = C^-1 @ [0, 0, 1]`` with ``C = R @ diag(1/voxel_size)``.
+    The sign is irrelevant for QSM (the dipole kernel is quadratic in ``b``).
+
+    Returns a float64 unit 3-vector.
+    """
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    vs = np.linalg.norm(a, axis=0)
+    if np.any(vs == 0):
+        raise ValueError("The affine has a zero-length axis; cannot derive the B0 direction.")
+    cosines = a / vs
+    b = np.linalg.solve(cosines, np.array([0.0, 0.0, 1.0]))
+    b = b / np.linalg.norm(b)
+    # Canonical sign: the largest component positive (purely cosmetic).
+    if b[np.argmax(np.abs(b))] < 0:
+        b = -b
+    return b
+
+
+def obliquity_deg(b0_dir: np.ndarray) -> float:
+    """Angle in degrees between B0 and the array's third axis."""
+    b = np.asarray(b0_dir, dtype=float)
+    b = b / np.linalg.norm(b)
+    return float(np.degrees(np.arccos(min(1.0, abs(b[2])))))

@@ -1,0 +1,1 @@
+"""Small helpers shared across qsmprep (file writing, GPU detection)."""
