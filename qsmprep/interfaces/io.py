@@ -1,0 +1,178 @@
+"""Input and output interfaces: stack the echoes, write BIDS derivatives.
+
+* :class:`LoadEchoes` stacks per-echo files (or takes a 4-D stack), converts the
+  phase to radians (:func:`qsmprep.qsm.echoes.scale_phase_to_radians`) and
+  computes the echo-combined magnitude.
+* :class:`DerivativesSink` is the ONLY writer under ``out_dir``: it copies one
+  file to its BIDS name through :mod:`qsmprep.utils.atomic` and writes the JSON
+  sidecar.  Names are built by :func:`bids_stem` from the input's entities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+#: Entity order in derivative names (after sub/ses/acq/rec/run, before the suffix).
+_DERIV_ENTITIES = ("from", "to", "mode", "space", "desc")
+_EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".png", ".svg", ".html", ".h5", ".mat", ".txt", ".gz")
+
+
+def bids_stem(prefix: str, suffix: str, **entities) -> str:
+    """BIDS derivative file stem (no extension).
+
+    >>> bids_stem("sub-01_run-2", "Chimap")
+    'sub-01_run-2_Chimap'
+    >>> bids_stem("sub-01_ses-a", "mask", desc="brain")
+    'sub-01_ses-a_desc-brain_mask'
+    >>> bids_stem("sub-01", "Chimap", space="MNI152NLin2009aSym")
+    'sub-01_space-MNI152NLin2009aSym_Chimap'
+    >>> bids_stem("sub-01", "xfm", **{"from": "T2starw", "to": "MNI152NLin2009aSym", "mode": "image"})
+    'sub-01_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm'
+    """
+    unknown = set(entities) - set(_DERIV_ENTITIES)
+    if unknown:
+        raise ValueError(f"Unknown derivative entities {sorted(unknown)}; use {_DERIV_ENTITIES}.")
+    parts = [prefix] + [f"{k}-{entities[k]}" for k in _DERIV_ENTITIES if entities.get(k)]
+    return "_".join(parts + [suffix])
+
+
+def split_extension(path) -> tuple[str, str]:
+    """``("name", ".nii.gz")`` for known multi-part extensions.
+
+    >>> split_extension("/x/chi.nii.gz")
+    ('chi', '.nii.gz')
+    >>> split_extension("xfm.h5")
+    ('xfm', '.h5')
+    """
+    name = Path(path).name
+    for ext in _EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    stem, ext = os.path.splitext(name)
+    return stem, ext
+
+
+# --------------------------------------------------------------------------- LoadEchoes
+
+
+class _LoadEchoesInputSpec(BaseInterfaceInputSpec):
+    in_magnitude = InputMultiObject(File(exists=True), mandatory=True,
+                                    desc="magnitude: one 3-D file per echo (TE order) or one 4-D stack")
+    in_phase = InputMultiObject(File(exists=True), mandatory=True,
+                                desc="phase (rad or integer scanner units), same layout as the magnitude")
+
+
+class _LoadEchoesOutputSpec(TraitedSpec):
+    out_magnitude = File(exists=True, desc="magnitude, 4-D float32, echoes last")
+    out_phase = File(exists=True, desc="wrapped phase in rad, 4-D float32, echoes last")
+    out_combined = File(exists=True, desc="echo root-sum-of-squares magnitude, 3-D")
+
+
+def _stack(paths):
+    import nibabel as nb
+
+    imgs = [nb.load(str(p)) for p in paths]
+    arrays = [np.asarray(im.dataobj, dtype=np.float32) for im in imgs]
+    arrays = [a[..., None] if a.ndim == 3 else a for a in arrays]
+    return np.concatenate(arrays, axis=3), imgs[0]
+
+
+class LoadEchoes(SimpleInterface):
+    """Stack echoes to 4-D and convert the phase to radians."""
+
+    input_spec = _LoadEchoesInputSpec
+    output_spec = _LoadEchoesOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.interfaces.qsm import save_volume
+        from qsmprep.qsm.echoes import combine_magnitude, scale_phase_to_radians
+
+        mag, img = _stack(self.inputs.in_magnitude)
+        phase, _ = _stack(self.inputs.in_phase)
+        if mag.shape != phase.shape:
+            raise RuntimeError(f"Magnitude {mag.shape} and phase {phase.shape} stacks differ in shape.")
+        phase = scale_phase_to_radians(phase)
+        self._results["out_magnitude"] = save_volume(mag, img, "magnitude.nii.gz", runtime.cwd)
+        self._results["out_phase"] = save_volume(phase, img, "phase_rad.nii.gz", runtime.cwd)
+        self._results["out_combined"] = save_volume(combine_magnitude(mag), img, "magnitude_rss.nii.gz", runtime.cwd)
+        return runtime
+
+
+# --------------------------------------------------------------------------- DerivativesSink
+
+
+class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
+    base_directory = traits.Str(mandatory=True, desc="root of the derivatives dataset (out_dir)")
+    in_file = File(exists=True, mandatory=True, desc="file to store")
+    out_path = traits.Str(mandatory=True, desc="relative output path without extension, e.g. sub-01/anat/sub-01_Chimap")
+    meta_dict = traits.Dict(desc="static sidecar fields (Units, Description, ...)")
+    meta_file = File(exists=True, desc="JSON whose fields are merged into the sidecar (e.g. the inversion's)")
+    source_files = traits.List(traits.Str, desc="input files this output was derived from (bids-relative)")
+    sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar next to the file")
+    compress = traits.Bool(True, usedefault=True, desc="store NIfTI as .nii.gz")
+
+
+class _DerivativesSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the stored file")
+    out_meta = File(desc="its JSON sidecar")
+
+
+def sidecar_metadata(meta_dict=None, meta_file=None, source_files=None) -> dict:
+    """Sidecar content: software name/version, the static fields, the merged JSON, RawSources."""
+    from qsmprep import __version__
+
+    meta = {"SoftwareName": "qsmprep", "SoftwareVersion": __version__}
+    meta.update(meta_dict or {})
+    if meta_file:
+        meta.update(json.loads(Path(meta_file).read_text()))
+    if source_files:
+        meta["RawSources"] = [f"bids:raw:{s}" for s in source_files]
+    return meta
+
+
+class DerivativesSink(SimpleInterface):
+    """Store one file (and its JSON sidecar) under ``out_dir``, atomically.
+
+    Runs every time (``always_run``), so a rerun that hits the Nipype cache still
+    restores outputs that were deleted from ``out_dir``.
+    """
+
+    input_spec = _DerivativesSinkInputSpec
+    output_spec = _DerivativesSinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from qsmprep.utils import atomic
+
+        src = Path(self.inputs.in_file)
+        _, ext = split_extension(src)
+        dest = Path(self.inputs.base_directory) / self.inputs.out_path
+        if ext == ".nii" and self.inputs.compress:
+            import nibabel as nb
+
+            ext = ".nii.gz"
+            out = atomic.save_nifti(nb.load(str(src)), dest.with_name(dest.name + ext))
+        else:
+            out = atomic.copy_file(src, dest.with_name(dest.name + ext))
+        self._results["out_file"] = str(out)
+        if self.inputs.sidecar and ext != ".json":
+            meta = sidecar_metadata(
+                self.inputs.meta_dict if isdefined(self.inputs.meta_dict) else None,
+                self.inputs.meta_file if isdefined(self.inputs.meta_file) else None,
+                self.inputs.source_files if isdefined(self.inputs.source_files) else None,
+            )
+            self._results["out_meta"] = str(atomic.write_json(dest.with_name(dest.name + ".json"), meta))
+        return runtime

@@ -1,0 +1,361 @@
+"""Thin Nipype interfaces over the numerical QSM functions.
+
+Each interface loads NIfTI files, checks them, calls ONE function from
+:mod:`qsmprep.qsm` (or :mod:`qsmprep.dl`), saves the result as float32 NIfTI in
+the node's folder and fills ``self._results``.  Voxel sizes and the B0 direction
+come from the image affine (:mod:`qsmprep.qsm.geometry`), never assumed.
+Units: phase rad, TE s, B0 T, total field Hz, local field ppm, chi ppm.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_volume(path, dtype=np.float32):
+    """``(data, img)`` of a NIfTI file; data as ``dtype``."""
+    import nibabel as nb
+
+    img = nb.load(str(path))
+    return np.asarray(img.dataobj, dtype=dtype), img
+
+
+def save_volume(data, ref_img, fname, newpath, dtype=np.float32) -> str:
+    """Save ``data`` on ``ref_img``'s grid as ``newpath/fname``; returns the path."""
+    import nibabel as nb
+
+    arr = np.asarray(data, dtype=dtype)
+    hdr = ref_img.header.copy()
+    hdr.set_data_dtype(dtype)
+    hdr.set_data_shape(arr.shape)
+    hdr.set_slope_inter(1.0, 0.0)
+    out = nb.Nifti1Image(arr, ref_img.affine, hdr)
+    out.header.set_xyzt_units("mm", "sec")
+    path = os.path.join(newpath, fname)
+    out.to_filename(path)
+    return path
+
+
+def geometry(img):
+    """``(voxel_size_mm, b0_dir)`` from a NIfTI image's affine."""
+    from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
+
+    return voxel_sizes(img.affine), b0_direction_from_affine(img.affine)
+
+
+def call_with_supported(func, *args, **kwargs):
+    """Call ``func`` passing only the keyword arguments its signature accepts."""
+    params = inspect.signature(func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return func(*args, **kwargs)
+
+
+def _mask(path):
+    data, _ = load_volume(path, dtype=np.float32)
+    mask = data > 0.5
+    if not mask.any():
+        raise RuntimeError(f"The mask {path} is empty; check the magnitude images and the masking step.")
+    return mask
+
+
+# --------------------------------------------------------------------------- masking
+
+
+class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+    in_magnitude = File(exists=True, mandatory=True, desc="magnitude, 3-D or 4-D (echoes last)")
+
+
+class _BrainMaskOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="brain mask (uint8, 1 inside)")
+
+
+class BrainMask(SimpleInterface):
+    """Brain mask from the magnitude (:func:`qsmprep.qsm.masking.brain_mask`)."""
+
+    input_spec = _BrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.masking import brain_mask
+
+        mag, img = load_volume(self.inputs.in_magnitude)
+        voxel_size, _ = geometry(img)
+        mask = brain_mask(mag, voxel_size=voxel_size)
+        if not np.any(mask):
+            raise RuntimeError(f"The brain mask of {self.inputs.in_magnitude} is empty; check the magnitude images.")
+        self._results["out_mask"] = save_volume(mask, img, "brain_mask.nii.gz", runtime.cwd, dtype=np.uint8)
+        return runtime
+
+
+# --------------------------------------------------------------------------- unwrapping
+
+
+class _UnwrapInputSpec(BaseInterfaceInputSpec):
+    in_phase = File(exists=True, mandatory=True, desc="wrapped phase (rad), 4-D echoes last")
+    in_magnitude = File(exists=True, mandatory=True, desc="magnitude, 4-D echoes last")
+    in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    method = traits.Enum("romeo", "laplacian", usedefault=True, desc="unwrapping method")
+
+
+class _UnwrapOutputSpec(TraitedSpec):
+    out_phase = File(exists=True, desc="unwrapped phase (rad), 4-D")
+
+
+class UnwrapEchoes(SimpleInterface):
+    """Spatial/temporal phase unwrapping (:func:`qsmprep.qsm.unwrap.unwrap_echoes`)."""
+
+    input_spec = _UnwrapInputSpec
+    output_spec = _UnwrapOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.unwrap import unwrap_echoes
+
+        phase, img = load_volume(self.inputs.in_phase)
+        mag, _ = load_volume(self.inputs.in_magnitude)
+        mask = _mask(self.inputs.in_mask)
+        voxel_size, _ = geometry(img)
+        if phase.ndim == 3:
+            phase, mag = phase[..., None], mag[..., None]
+        out = unwrap_echoes(
+            phase, mag, list(self.inputs.echo_times), mask, method=self.inputs.method, voxel_size=voxel_size
+        )
+        self._results["out_phase"] = save_volume(out, img, "phase_unwrapped.nii.gz", runtime.cwd)
+        return runtime
+
+
+# --------------------------------------------------------------------------- echo fit
+
+
+class _FitFieldInputSpec(BaseInterfaceInputSpec):
+    in_phase = File(exists=True, mandatory=True, desc="unwrapped phase (rad), 4-D echoes last")
+    in_magnitude = File(exists=True, mandatory=True, desc="magnitude, 4-D echoes last")
+    in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    demean_echoes = traits.Bool(False, usedefault=True, desc="remove each echo's mean (after Laplacian unwrapping)")
+
+
+class _FitFieldOutputSpec(TraitedSpec):
+    out_field = File(exists=True, desc="total field (Hz)")
+    out_offset = File(exists=True, desc="echo-independent phase offset (rad)")
+    out_noise = File(exists=True, desc="field noise standard deviation (Hz)")
+    out_weight = File(exists=True, desc="data weight in [0, 1] (unit-free)")
+
+
+class FitField(SimpleInterface):
+    """Multi-echo field fit (:func:`qsmprep.qsm.echoes.fit_field`)."""
+
+    input_spec = _FitFieldInputSpec
+    output_spec = _FitFieldOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.echoes import fit_field
+
+        phase, img = load_volume(self.inputs.in_phase)
+        mag, _ = load_volume(self.inputs.in_magnitude)
+        mask = _mask(self.inputs.in_mask)
+        fit = call_with_supported(
+            fit_field, phase, mag, list(self.inputs.echo_times), mask, demean_echoes=self.inputs.demean_echoes
+        )
+        for name, arr in (("field", fit.field_hz), ("offset", fit.offset_rad), ("noise", fit.noise_hz), ("weight", fit.weight)):
+            arr = np.where(np.isfinite(arr), arr, 0.0)
+            self._results[f"out_{name}"] = save_volume(arr, img, f"{name}.nii.gz", runtime.cwd)
+        return runtime
+
+
+# --------------------------------------------------------------------------- background
+
+
+class _VSharpInputSpec(BaseInterfaceInputSpec):
+    in_field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    b0_t = traits.Float(mandatory=True, desc="main field strength (T)")
+
+
+class _VSharpOutputSpec(TraitedSpec):
+    out_field = File(exists=True, desc="local field (ppm)")
+    out_mask = File(exists=True, desc="eroded mask where the local field is valid")
+
+
+class VSharp(SimpleInterface):
+    """Hz -> ppm (:func:`qsmprep.qsm.constants.hz_per_ppm`), then V-SHARP (:func:`qsmprep.qsm.background.vsharp`)."""
+
+    input_spec = _VSharpInputSpec
+    output_spec = _VSharpOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.background import vsharp
+        from qsmprep.qsm.constants import hz_per_ppm
+
+        field_hz, img = load_volume(self.inputs.in_field)
+        mask = _mask(self.inputs.in_mask)
+        voxel_size, _ = geometry(img)
+        local_ppm, eroded = vsharp(field_hz / hz_per_ppm(self.inputs.b0_t), mask, voxel_size=voxel_size)
+        if not np.any(eroded):
+            raise RuntimeError(
+                f"V-SHARP eroded the whole mask of {self.inputs.in_field}; the brain is too small for the kernel radii."
+            )
+        self._results["out_field"] = save_volume(local_ppm, img, "local_field_ppm.nii.gz", runtime.cwd)
+        self._results["out_mask"] = save_volume(eroded, img, "mask_eroded.nii.gz", runtime.cwd, dtype=np.uint8)
+        return runtime
+
+
+# --------------------------------------------------------------------------- inversion
+
+
+class _InversionInputSpec(BaseInterfaceInputSpec):
+    in_field = File(exists=True, mandatory=True, desc="local field (ppm)")
+    in_mask = File(exists=True, mandatory=True, desc="mask where the local field is valid")
+    in_weight = File(exists=True, desc="data weight in [0, 1] (optional)")
+    method = traits.Enum("nsidl", "tkd", "cgl2", "ndi", usedefault=True, desc="inversion method")
+    b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T)")
+    te_s = traits.Float(0.02, usedefault=True, desc="reference echo time (s) for the nonlinear data term")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True, desc="torch device for nsidl")
+    use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="scheduled on a GPU (Nipype's GPU slots)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads")
+
+
+class _InversionOutputSpec(TraitedSpec):
+    out_chi = File(exists=True, desc="susceptibility (ppm), not referenced")
+    out_meta = File(exists=True, desc="JSON: algorithm, device, weights sha256")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def nsidl_weights_info() -> dict:
+    """``dict(name, sha256, path)`` of the NSIDL weights; ``FileNotFoundError`` when they are missing."""
+    try:  # CONTRIBUTING.md: qsmprep.dl.inference.weights_info
+        from qsmprep.dl.inference import weights_info
+    except ImportError:
+        from qsmprep.dl.weights import weights_info
+    return weights_info()
+
+
+def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu"):
+    """Dispatch to the chosen inversion; returns ``(chi_ppm, metadata dict)``.
+
+    ``nsidl`` -> :func:`qsmprep.dl.inference.invert_nsidl`; ``tkd``/``cgl2``/``ndi`` ->
+    :data:`qsmprep.qsm.inversion.METHODS`.  ``ndi`` gets ``rad_per_ppm(b0_t, te_s)``.
+    """
+    from qsmprep import __version__
+
+    meta = {"EstimationSoftwareName": "qsmprep", "EstimationSoftwareVersion": __version__}
+    if method == "nsidl":
+        from qsmprep.dl.inference import invert_nsidl
+
+        info = nsidl_weights_info()
+        chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device)
+        meta.update(
+            EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
+            WeightsName=info.get("name"),
+            WeightsSHA256=info.get("sha256"),
+            Device=device,
+        )
+        try:
+            import torch
+
+            meta["TorchVersion"] = torch.__version__
+        except ImportError:  # pragma: no cover
+            pass
+    else:
+        from qsmprep.qsm.constants import rad_per_ppm
+        from qsmprep.qsm.inversion import METHODS
+
+        names = {"tkd": "TKD (truncated k-space division)", "cgl2": "CG-L2 (weighted Tikhonov, conjugate gradient)",
+                 "ndi": "NDI (nonlinear dipole inversion, gradient descent)"}
+        chi = call_with_supported(
+            METHODS[method], local_ppm, mask, voxel_size, b0_dir, weight=weight, rad_per_ppm=rad_per_ppm(b0_t, te_s)
+        )
+        meta.update(EstimationAlgorithm=names[method], Device="cpu")
+    return np.asarray(chi, dtype=np.float32), meta
+
+
+class DipoleInversion(SimpleInterface):
+    """Dipole inversion local field (ppm) -> chi (ppm): NSIDL or a classical method.
+
+    ``use_gpu`` (nohash) is the trait Nipype's ``Node.is_gpu_node`` looks for, so
+    MultiProc's ``n_gpu_procs`` applies; the device does not enter the cache hash and
+    is recorded in ``out_meta`` (and the Chimap sidecar) instead.
+    """
+
+    input_spec = _InversionInputSpec
+    output_spec = _InversionOutputSpec
+
+    def _run_interface(self, runtime):
+        local, img = load_volume(self.inputs.in_field)
+        mask = _mask(self.inputs.in_mask)
+        weight = load_volume(self.inputs.in_weight)[0] if isdefined(self.inputs.in_weight) else None
+        voxel_size, b0_dir = geometry(img)
+        device = resolve_device(self.inputs.device) if self.inputs.method == "nsidl" else "cpu"
+        if self.inputs.method == "nsidl":
+            import torch
+
+            torch.set_num_threads(max(1, int(self.inputs.num_threads)))
+        chi, meta = run_inversion(
+            self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight,
+            b0_t=self.inputs.b0_t, te_s=self.inputs.te_s, device=device,
+        )
+        meta.update(MagneticFieldStrength=self.inputs.b0_t, ReferenceEchoTime=self.inputs.te_s,
+                    B0Direction=[float(v) for v in b0_dir])
+        self._results["out_chi"] = save_volume(np.where(mask, chi, 0.0), img, "chi_raw.nii.gz", runtime.cwd)
+        path = os.path.join(runtime.cwd, "inversion.json")
+        with open(path, "w") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+        self._results["out_meta"] = path
+        return runtime
+
+
+# --------------------------------------------------------------------------- referencing
+
+
+class _ReferenceInputSpec(BaseInterfaceInputSpec):
+    in_chi = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
+    in_mask = File(exists=True, mandatory=True, desc="reference region (the final brain mask)")
+
+
+class _ReferenceOutputSpec(TraitedSpec):
+    out_chi = File(exists=True, desc="susceptibility (ppm), mean over the mask = 0")
+
+
+class ReferenceChi(SimpleInterface):
+    """Whole-brain mean referencing (:func:`qsmprep.qsm.reference.reference_mean`)."""
+
+    input_spec = _ReferenceInputSpec
+    output_spec = _ReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.reference import reference_mean
+
+        chi, img = load_volume(self.inputs.in_chi)
+        mask = _mask(self.inputs.in_mask)
+        out = reference_mean(chi, mask)
+        if isinstance(out, tuple):  # (chi, offset) variants
+            out = out[0]
+        self._results["out_chi"] = save_volume(np.where(mask, out, 0.0), img, "chi.nii.gz", runtime.cwd)
+        return runtime

@@ -1,0 +1,108 @@
+"""Every user-facing message of the qsmprep command line, in one place.
+
+Each input error is ONE sentence that names the offending file (or folder) and
+says how to fix it.  Messages are ``str.format`` templates; callers fill them
+with keyword arguments.  Keeping them here (MRIQC's ``messages.py`` habit) keeps
+the wording consistent and lets the tests match on it.
+"""
+
+# --- exit codes -------------------------------------------------------------
+#: The workflow (or a subject's report) failed.
+EXIT_WORKFLOW_FAILED = 1
+#: Bad command line or bad input dataset: nothing was run, nothing was written.
+EXIT_INPUT_ERROR = 2
+#: A requested resource (the GPU) is not usable on this machine.
+EXIT_CANNOT_EXECUTE = 126
+
+# --- input dataset ----------------------------------------------------------
+BIDS_DIR_MISSING = "The input dataset {path} does not exist; give the path to a BIDS dataset folder."
+BIDS_NO_DESCRIPTION = (
+    "The input dataset {path} has no dataset_description.json; point qsmprep at the root of a BIDS "
+    "dataset (the folder that holds dataset_description.json and the sub-* folders)."
+)
+BIDS_EMPTY = (
+    "No multi-echo gradient-echo data (anat/*_part-mag_MEGRE or *_part-mag_T2starw images with "
+    "matching part-phase images) were found in {path}; check the file names against the BIDS "
+    "specification."
+)
+BIDS_UNKNOWN_PARTICIPANT = (
+    "Participant label(s) {labels} not found in {path} (available: {available}); fix "
+    "--participant-label."
+)
+BIDS_UNKNOWN_SESSION = (
+    "Session label(s) {labels} not found for the selected participants in {path} (available: "
+    "{available}); fix --session-label."
+)
+MISSING_PHASE = (
+    "No phase image matches {path}; add the part-phase image {expected} (same entities, "
+    "part-phase) or remove the magnitude."
+)
+MISSING_MAGNITUDE = (
+    "No magnitude image matches {path}; add the part-mag image {expected} (same entities, "
+    "part-mag) or remove the phase."
+)
+MISSING_METADATA = (
+    "Missing '{key}' ({unit}) in the JSON sidecar of {path}; add it to {sidecar} (or to a "
+    "sidecar it inherits from)."
+)
+BAD_METADATA = "'{key}' = {value!r} in the JSON sidecar of {path} is not valid ({why}); fix {sidecar}."
+ECHO_COUNT_MISMATCH = (
+    "{path} has {n_vol} echo volume(s) but 'EchoTime' lists {n_te} value(s); make the sidecar's "
+    "EchoTime list one echo time (s) per volume."
+)
+DUPLICATE_ECHO_TIME = (
+    "Two echoes of {path} share EchoTime {te} s; give each echo its own EchoTime in its sidecar."
+)
+GRID_MISMATCH = (
+    "{path} is on a different voxel grid ({what}) than {reference}; reslice it onto the same grid "
+    "(same shape and affine) before running qsmprep."
+)
+NOT_3D = "{path} has {ndim} dimension(s) where a 3-D image (or a 4-D echo stack) was expected; fix the file."
+NAN_VALUES = (
+    "{path} contains {n} NaN/Inf value(s); replace them (e.g. with 0) in a copy of the dataset and "
+    "run qsmprep on that copy."
+)
+UNREADABLE_IMAGE = "{path} cannot be read as a NIfTI image ({why}); re-export it from the scanner data."
+
+# --- output / work folders --------------------------------------------------
+OUT_INSIDE_BIDS = (
+    "The output folder {out} is inside the input dataset {bids}, which qsmprep never modifies; "
+    "choose an output folder outside it, e.g. {suggestion}."
+)
+OUT_EQUALS_BIDS = (
+    "The output folder {out} is the input dataset itself; choose an output folder outside it, e.g. "
+    "{suggestion}."
+)
+OUT_NOT_WRITABLE = (
+    "The output folder {out} cannot be created or written ({why}); choose a folder you can write "
+    "to or fix its permissions."
+)
+WORK_INSIDE_BIDS = (
+    "The work folder {work} is inside the input dataset {bids}, which qsmprep never modifies; pass "
+    "-w/--work-dir outside it."
+)
+PLUGIN_FILE_BAD = (
+    "The plugin file {path} is not valid ({why}); write YAML with 'plugin' (one of {choices}) and "
+    "optional 'plugin_args'."
+)
+CONFIG_FILE_BAD = "The config file {path} cannot be read ({why}); pass a qsmprep.toml written by an earlier run."
+
+NSIDL_WEIGHTS_MISSING = "{why}, or choose a classical inversion with --inversion tkd, cgl2 or ndi."
+
+# --- devices ---------------------------------------------------------------
+NO_CUDA = (
+    "--device cuda was requested but PyTorch sees no CUDA GPU on this machine ({why}); run with "
+    "--device cpu, or expose the GPU (docker --gpus all, apptainer --nv, or a GPU node)."
+)
+
+# --- group level -------------------------------------------------------------
+GROUP_NO_OUTPUT_DIR = (
+    "The output folder {out} does not exist; run the participant level first "
+    "(qsmprep {bids} {out} participant)."
+)
+GROUP_UNAVAILABLE = "The group level needs qsmprep.group, which is not installed in this build; update qsmprep."
+
+# --- progress / milestones -------------------------------------------------
+STARTED = "qsmprep {version} started (run {run_uuid}): {n_runs} run(s) of {n_subjects} participant(s)."
+FINISHED = "qsmprep finished successfully; results are in {out}."
+FAILED = "qsmprep failed; see the crash files in {crash_dir} and rerun the same command to resume."

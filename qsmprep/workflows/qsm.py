@@ -1,0 +1,158 @@
+"""Per-run QSM graph: magnitude + phase echoes -> brain mask -> unwrapped phase -> total field (Hz)
+-> local field (ppm) -> chi (ppm, referenced).
+
+Wiring only; every node is a thin interface from :mod:`qsmprep.interfaces`.
+"""
+
+from __future__ import annotations
+
+from qsmprep.config import INVERSIONS, UNWRAPPINGS
+
+#: float32 volumes each node holds at its peak, per echo (``_per_echo``) or fixed.
+#: Used for ``mem_gb = volume_gb * factor`` (derived from the data, not the host).
+_MEM_FACTORS = {
+    "load_echoes": (4, 2),  # (per echo, fixed)
+    "brain_mask": (1, 8),
+    "unwrap": (8, 8),
+    "fit_field": (8, 12),
+    "vsharp": (0, 40),  # padded complex FFTs, one per radius
+    "inversion": (0, 60),
+    "reference": (0, 4),
+}
+#: Extra memory for the NSIDL network's activations (torch), in units of one volume.
+_NSIDL_EXTRA = 200
+_MEM_FLOOR_GB = 0.2
+
+
+def node_mem_gb(step: str, volume_gb: float, n_echoes: int, inversion: str = "tkd") -> float:
+    """Memory estimate of one node in GB from the size of one float32 volume.
+
+    >>> node_mem_gb("reference", 1.0, 4)
+    4.0
+    >>> node_mem_gb("load_echoes", 0.01, 4)  # small data: the floor
+    0.2
+    """
+    per_echo, fixed = _MEM_FACTORS[step]
+    factor = per_echo * n_echoes + fixed
+    if step == "inversion" and inversion == "nsidl":
+        factor += _NSIDL_EXTRA
+    return round(max(_MEM_FLOOR_GB, volume_gb * factor), 3)
+
+
+def reference_echo_time(echo_times_s) -> float:
+    """Reference TE (s) for the nonlinear data term: the mean echo time.
+
+    >>> reference_echo_time([0.01, 0.02, 0.03])
+    0.02
+    """
+    tes = [float(t) for t in echo_times_s]
+    return round(sum(tes) / len(tes), 9)
+
+
+def init_qsm_wf(
+    *,
+    echo_times_s,
+    b0_t: float,
+    inversion: str = "nsidl",
+    unwrapping: str = "romeo",
+    device: str = "auto",
+    use_gpu: bool = False,
+    omp_nthreads: int = 1,
+    volume_gb: float = 0.01,
+    name: str = "qsm_wf",
+):
+    """Build the QSM graph of one run (nothing runs).
+
+    Parameters
+    ----------
+    echo_times_s : list of float
+        Echo times (s), ascending, one per echo.
+    b0_t : float
+        Main field strength (T).
+    inversion : str
+        ``nsidl`` (default), ``tkd``, ``cgl2`` or ``ndi``.
+    unwrapping : str
+        ``romeo`` or ``laplacian`` (then each echo is demeaned before the fit).
+    device : str
+        ``auto``, ``cpu`` or ``cuda`` for NSIDL.
+    use_gpu : bool
+        Schedule the inversion node on a GPU slot (MultiProc ``n_gpu_procs``,
+        SLURM ``--gres=gpu:1``).
+    omp_nthreads : int
+        Threads per node (``n_procs``).
+    volume_gb : float
+        Size of one float32 3-D volume of this run in GB (for ``mem_gb``).
+
+    Inputs
+    ------
+    magnitude, phase : list of files
+        One 3-D file per echo in TE order, or one 4-D stack each.
+
+    Outputs
+    -------
+    magnitude : echo-RSS magnitude (3-D).  magnitude4d : echoes stacked (4-D).
+    brain_mask : mask from the magnitude.  mask : final (V-SHARP-eroded) mask.
+    total_field : Hz.  local_field : ppm.  weight : fit weight [0, 1].
+    chi : ppm, mean over ``mask`` = 0.  inversion_meta : JSON (algorithm, device, weights).
+    """
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.interfaces.io import LoadEchoes
+    from qsmprep.interfaces.qsm import BrainMask, DipoleInversion, FitField, ReferenceChi, UnwrapEchoes, VSharp
+
+    if inversion not in INVERSIONS:
+        raise ValueError(f"Unknown inversion {inversion!r}; choose one of {INVERSIONS}.")
+    if unwrapping not in UNWRAPPINGS:
+        raise ValueError(f"Unknown unwrapping {unwrapping!r}; choose one of {UNWRAPPINGS}.")
+    tes = [float(t) for t in echo_times_s]
+    n_echoes = len(tes)
+
+    def mem(step):
+        return node_mem_gb(step, volume_gb, n_echoes, inversion)
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["magnitude", "phase"]), name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["magnitude", "magnitude4d", "brain_mask", "mask", "total_field",
+                                      "local_field", "weight", "chi", "inversion_meta"]),
+        name="outputnode",
+    )
+    load_echoes = pe.Node(LoadEchoes(), name="load_echoes", mem_gb=mem("load_echoes"))
+    brain_mask = pe.Node(BrainMask(), name="brain_mask", mem_gb=mem("brain_mask"))
+    unwrap = pe.Node(UnwrapEchoes(echo_times=tes, method=unwrapping), name="unwrap",
+                     mem_gb=mem("unwrap"), n_procs=omp_nthreads)
+    fit_field = pe.Node(FitField(echo_times=tes, demean_echoes=unwrapping == "laplacian"), name="fit_field",
+                        mem_gb=mem("fit_field"))
+    vsharp = pe.Node(VSharp(b0_t=b0_t), name="vsharp", mem_gb=mem("vsharp"), n_procs=omp_nthreads)
+    inversion_node = pe.Node(
+        DipoleInversion(method=inversion, b0_t=b0_t, te_s=reference_echo_time(tes), device=device,
+                        use_gpu=bool(use_gpu and inversion == "nsidl"), num_threads=omp_nthreads),
+        name="inversion", mem_gb=mem("inversion"), n_procs=omp_nthreads,
+    )
+    if use_gpu and inversion == "nsidl":
+        inversion_node.plugin_args = {"sbatch_args": "--gres=gpu:1", "qsub_args": "-l gpu=1"}
+    reference = pe.Node(ReferenceChi(), name="reference", mem_gb=mem("reference"))
+
+    workflow.connect([
+        (inputnode, load_echoes, [("magnitude", "in_magnitude"), ("phase", "in_phase")]),
+        (load_echoes, brain_mask, [("out_magnitude", "in_magnitude")]),
+        (load_echoes, unwrap, [("out_phase", "in_phase"), ("out_magnitude", "in_magnitude")]),
+        (brain_mask, unwrap, [("out_mask", "in_mask")]),
+        (unwrap, fit_field, [("out_phase", "in_phase")]),
+        (load_echoes, fit_field, [("out_magnitude", "in_magnitude")]),
+        (brain_mask, fit_field, [("out_mask", "in_mask")]),
+        (fit_field, vsharp, [("out_field", "in_field")]),
+        (brain_mask, vsharp, [("out_mask", "in_mask")]),
+        (vsharp, inversion_node, [("out_field", "in_field"), ("out_mask", "in_mask")]),
+        (fit_field, inversion_node, [("out_weight", "in_weight")]),
+        (inversion_node, reference, [("out_chi", "in_chi")]),
+        (vsharp, reference, [("out_mask", "in_mask")]),
+        (load_echoes, outputnode, [("out_combined", "magnitude"), ("out_magnitude", "magnitude4d")]),
+        (brain_mask, outputnode, [("out_mask", "brain_mask")]),
+        (vsharp, outputnode, [("out_mask", "mask"), ("out_field", "local_field")]),
+        (fit_field, outputnode, [("out_field", "total_field"), ("out_weight", "weight")]),
+        (reference, outputnode, [("out_chi", "chi")]),
+        (inversion_node, outputnode, [("out_meta", "inversion_meta")]),
+    ])  # fmt:skip
+    return workflow

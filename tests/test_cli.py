@@ -1,0 +1,383 @@
+"""Command line: options, the bad-input matrix (one sentence, file named, exit != 0, nothing written),
+``--dry-run``, ``--help`` speed, config round trip and the ``invert`` dispatch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_bids, make_read_only, make_writable, tree_digest
+
+from qsmprep import messages as msg
+from qsmprep.cli.parser import parse_args, read_plugin_file
+from qsmprep.cli.run import main
+from qsmprep.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _one_sentence(text: str) -> bool:
+    """One line, ends with a full stop, no sentence break inside (paths are fine)."""
+    return "\n" not in text.strip() and text.strip().endswith(".") and not re.search(r"[.;!?]\s+[A-Z]", text)
+
+
+def _run_error(capsys, argv):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1] if err else ""
+    assert line.startswith("qsmprep: error: "), err
+    return code, line[len("qsmprep: error: "):]
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def _drop_phase(bids):
+    victim = bids / "sub-01/anat/sub-01_echo-2_part-phase_MEGRE.nii.gz"
+    victim.unlink()
+    return "sub-01_echo-2_part-mag_MEGRE.nii.gz"
+
+
+def _drop_mag(bids):
+    (bids / "sub-01/anat/sub-01_echo-3_part-mag_MEGRE.nii.gz").unlink()
+    return "sub-01_echo-3_part-phase_MEGRE.nii.gz"
+
+
+def _drop_echo_time(bids):
+    for part in ("mag", "phase"):
+        side = bids / f"sub-01/anat/sub-01_echo-2_part-{part}_MEGRE.json"
+        side.write_text(json.dumps({"Units": "rad"} if part == "phase" else {}))
+    return "sub-01_echo-2_part-mag_MEGRE"
+
+
+def _drop_field_strength(bids):
+    (bids / "MEGRE.json").unlink()
+    return "sub-01_echo-1_part-mag_MEGRE"
+
+
+def _grid_mismatch(bids):
+    import nibabel as nb
+
+    path = bids / "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz"
+    img = nb.load(str(path))
+    nb.save(nb.Nifti1Image(np.zeros((30, 32, 32), np.float32), img.affine), str(path))
+    return "sub-01_echo-1_part-phase_MEGRE.nii.gz"
+
+
+def _shifted_affine(bids):
+    import nibabel as nb
+
+    path = bids / "sub-02/anat/sub-02_echo-3_part-phase_MEGRE.nii.gz"
+    img = nb.load(str(path))
+    aff = img.affine.copy()
+    aff[0, 3] += 2.0
+    nb.save(nb.Nifti1Image(np.asarray(img.dataobj), aff), str(path))
+    return "sub-02_echo-3_part-phase_MEGRE.nii.gz"
+
+
+def _nan(bids):
+    import nibabel as nb
+
+    path = bids / "sub-02/anat/sub-02_echo-1_part-mag_MEGRE.nii.gz"
+    img = nb.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[3, 4, 5] = np.nan
+    nb.save(nb.Nifti1Image(data, img.affine), str(path))
+    return "sub-02_echo-1_part-mag_MEGRE.nii.gz"
+
+
+def _empty(bids):
+    import shutil
+
+    for sub in ("sub-01", "sub-02"):
+        shutil.rmtree(bids / sub)
+    return str(bids.name)
+
+
+def _te_in_ms(bids):
+    side = bids / "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.json"
+    side.write_text(json.dumps({"EchoTime": 6.0}))
+    return "sub-01_echo-1_part-mag_MEGRE"
+
+
+BAD_INPUTS = {
+    "missing_phase": (_drop_phase, "phase"),
+    "missing_magnitude": (_drop_mag, "magnitude"),
+    "missing_echotime": (_drop_echo_time, "EchoTime"),
+    "missing_field_strength": (_drop_field_strength, "MagneticFieldStrength"),
+    "grid_shape_differs": (_grid_mismatch, "grid"),
+    "grid_affine_differs": (_shifted_affine, "grid"),
+    "nan_values": (_nan, "NaN"),
+    "empty_dataset": (_empty, "No multi-echo"),
+    "echo_time_in_ms": (_te_in_ms, "seconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_early(case, bids_copy, tmp_path, capsys):
+    damage, keyword = BAD_INPUTS[case]
+    named = damage(bids_copy)
+    before = tree_digest(bids_copy)
+    make_read_only(bids_copy)
+    out = tmp_path / "out"
+    try:
+        code, text = _run_error(capsys, [bids_copy, out, "participant", "-w", tmp_path / "work", "--skip-atlas"])
+    finally:
+        make_writable(bids_copy)
+    assert code == msg.EXIT_INPUT_ERROR
+    assert named in text, text
+    assert keyword in text, text
+    assert _one_sentence(text), text
+    assert not out.exists() and not (tmp_path / "work").exists()
+    assert tree_digest(bids_copy) == before
+
+
+def test_unknown_participant(readonly_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text = _run_error(capsys, [readonly_bids, out, "participant", "--participant-label", "sub-07"])
+    assert code == msg.EXIT_INPUT_ERROR
+    assert "07" in text and str(readonly_bids) in text and "available: 01, 02" in text
+    assert _one_sentence(text) and not out.exists()
+
+
+def test_unknown_session(readonly_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text = _run_error(capsys, [readonly_bids, out, "participant", "--session-label", "pre"])
+    assert code == msg.EXIT_INPUT_ERROR and "pre" in text and _one_sentence(text) and not out.exists()
+
+
+def test_out_dir_inside_bids(readonly_bids, tmp_path, capsys):
+    out = readonly_bids / "derivatives" / "qsmprep"
+    code, text = _run_error(capsys, [readonly_bids, out, "participant"])
+    assert code == msg.EXIT_INPUT_ERROR
+    assert str(out) in text and "inside the input dataset" in text and _one_sentence(text)
+    assert not out.exists()
+
+
+def test_out_dir_equals_bids(readonly_bids, tmp_path, capsys):
+    code, text = _run_error(capsys, [readonly_bids, readonly_bids, "participant"])
+    assert code == msg.EXIT_INPUT_ERROR and str(readonly_bids) in text and _one_sentence(text)
+
+
+def test_out_dir_not_writable(readonly_bids, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    code, text = _run_error(capsys, [readonly_bids, out, "participant"])
+    assert code == msg.EXIT_INPUT_ERROR
+    assert str(out) in text and "cannot be created or written" in text and _one_sentence(text)
+
+
+def test_work_dir_inside_bids(readonly_bids, tmp_path, capsys):
+    code, text = _run_error(capsys, [readonly_bids, tmp_path / "out", "participant", "-w", readonly_bids / "work"])
+    assert code == msg.EXIT_INPUT_ERROR and "work folder" in text and not (tmp_path / "out").exists()
+
+
+def test_missing_bids_dir(tmp_path, capsys):
+    code, text = _run_error(capsys, [tmp_path / "nope", tmp_path / "out", "participant"])
+    assert code == msg.EXIT_INPUT_ERROR and "nope" in text and _one_sentence(text)
+
+
+def test_cuda_without_gpu_fails_at_start(readonly_bids, tmp_path, capsys, monkeypatch):
+    import qsmprep.cli.run as run_mod
+
+    monkeypatch.setattr(run_mod, "cuda_status", lambda: (False, "no CUDA device in this test"))
+    code, text = _run_error(capsys, [readonly_bids, tmp_path / "out", "participant", "--device", "cuda"])
+    assert code == msg.EXIT_CANNOT_EXECUTE
+    assert "--device cuda" in text and "--device cpu" in text and _one_sentence(text)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_real_check_matches_torch(readonly_bids, tmp_path, capsys):
+    """Without the monkeypatch: on a machine without a GPU, --device cuda must fail (never fall back)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    code, _ = _run_error(capsys, [readonly_bids, tmp_path / "out", "participant", "--device", "cuda", "--dry-run"])
+    assert code == msg.EXIT_CANNOT_EXECUTE
+
+
+def test_missing_nsidl_weights(readonly_bids, tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no_such_weights.pt"
+    monkeypatch.setenv("QSMPREP_NSIDL_WEIGHTS", str(missing))
+    code, text = _run_error(capsys, [readonly_bids, tmp_path / "out", "participant", "--device", "cpu"])
+    assert code == msg.EXIT_INPUT_ERROR
+    assert str(missing) in text and "--inversion tkd" in text and _one_sentence(text)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_parse_defaults_and_labels(tmp_path):
+    cfg = parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--participant-label", "sub-01", "02", "01"])
+    assert cfg.execution.participant_label == ["01", "02"]
+    assert cfg.workflow.inversion == "nsidl" and cfg.workflow.unwrapping == "romeo"
+    assert cfg.nipype.device == "auto" and cfg.nipype.plugin == "MultiProc"
+    assert cfg.execution.work_dir == Path.cwd() / "work"
+    assert cfg.nipype.resolved_omp_nthreads() == max(1, min(cfg.nipype.nprocs - 1, 8))
+
+
+def test_parse_all_options(tmp_path):
+    cfg = parse_args([
+        str(tmp_path), str(tmp_path / "o"), "participant", "--session-label", "ses-a", "-w", str(tmp_path / "w"),
+        "--nprocs", "4", "--omp-nthreads", "2", "--mem-gb", "6.5", "--device", "cpu", "--inversion", "cgl2",
+        "--unwrapping", "laplacian", "--skip-atlas", "--atlas-precise", "--dry-run", "-vv",
+    ])
+    assert cfg.execution.session_label == ["a"] and cfg.execution.work_dir == tmp_path / "w"
+    assert (cfg.nipype.nprocs, cfg.nipype.omp_nthreads, cfg.nipype.mem_gb) == (4, 2, 6.5)
+    assert cfg.workflow.inversion == "cgl2" and cfg.workflow.unwrapping == "laplacian"
+    assert cfg.workflow.skip_atlas and cfg.workflow.atlas_precise and cfg.execution.dry_run
+    assert cfg.execution.verbosity == 2
+    plugin = cfg.get_plugin()
+    assert plugin == {"plugin": "MultiProc",
+                      "plugin_args": {"n_procs": 4, "memory_gb": 6.5, "raise_insufficient": False}}
+
+
+@pytest.mark.parametrize("argv", [
+    ["--inversion", "medi"], ["--device", "tpu"], ["--nprocs", "0"], ["--unwrapping", "prelude"],
+    ["--nprocs", "2", "--omp-nthreads", "3"], ["--sloppy", "--atlas-precise"],
+])
+def test_bad_options_exit_2(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(tmp_path), str(tmp_path / "o"), "participant", *argv])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("plugin", ["Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE"])
+def test_use_plugin_file(plugin, tmp_path):
+    path = tmp_path / "plugin.yml"
+    path.write_text(f"plugin: {plugin}\nplugin_args:\n  sbatch_args: '--time=1:00:00'\n  n_procs: 3\n")
+    cfg = parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--use-plugin", str(path)])
+    assert cfg.nipype.plugin == plugin
+    got = cfg.get_plugin()
+    assert got["plugin"] == plugin and got["plugin_args"]["sbatch_args"] == "--time=1:00:00"
+    if plugin == "MultiProc":
+        assert got["plugin_args"]["n_procs"] == 3 and cfg.nipype.nprocs == 3
+
+
+def test_gpu_slot_in_multiproc_args():
+    cfg = Config()
+    cfg.nipype.use_gpu = True
+    assert cfg.get_plugin()["plugin_args"]["n_gpu_procs"] == 1
+
+
+@pytest.mark.parametrize("text,why", [("plugin: Condor\n", "unknown plugin"), ("- a\n", "no 'plugin' key"),
+                                      ("plugin: Linear\nplugin_args: [1]\n", "not a mapping")])
+def test_bad_plugin_file(text, why, tmp_path, capsys):
+    path = tmp_path / "p.yml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=why):
+        read_plugin_file(path)
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--use-plugin", str(path)])
+    assert exc.value.code == 2 and str(path) in capsys.readouterr().err
+
+
+def test_config_toml_round_trip(tmp_path):
+    plugin = tmp_path / "p.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '-p gpu --mem=8G', max_jobs: 4}\n")
+    cfg = parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--participant-label", "01",
+                      "--inversion", "ndi", "--unwrapping", "laplacian", "--use-plugin", str(plugin),
+                      "--device", "cpu", "--skip-atlas"])
+    toml = tmp_path / "qsmprep.toml"
+    toml.write_text(cfg.to_toml())
+    back = Config.from_toml(toml)
+    assert back.to_dict() == cfg.to_dict()
+    # reuse: the saved choices become defaults, options given on the command line win
+    again = parse_args([str(tmp_path), str(tmp_path / "o2"), "participant", "--config-file", str(toml),
+                        "--inversion", "tkd"])
+    assert again.workflow.inversion == "tkd" and again.workflow.unwrapping == "laplacian"
+    assert again.execution.participant_label == ["01"] and again.workflow.skip_atlas
+    assert again.nipype.plugin == "SLURM" and again.nipype.plugin_args["max_jobs"] == 4
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--config-file", str(bad)])
+    assert exc.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from qsmprep import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_help_is_fast_and_lazy():
+    """``qsmprep --help`` imports none of torch, nipype, bids, ants, nilearn."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['qsmprep', '--help']\n"
+        "try:\n    runpy.run_module('qsmprep', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'nipype', 'bids', 'ants', 'nilearn', 'nibabel') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "usage: qsmprep" in res.stdout
+    assert "HEAVY []" in res.stdout, res.stdout[-300:]
+
+
+def test_invert_dispatch(monkeypatch):
+    import types
+
+    seen = {}
+    fake = types.ModuleType("qsmprep.cli.invert")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "qsmprep.cli.invert", fake)
+    assert main(["invert", "--in", "x.nii.gz"]) == 0
+    assert seen["argv"] == ["--in", "x.nii.gz"]
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_plan(tmp_path, capsys):
+    bids = make_bids(tmp_path / "bids", subjects=("01",), sessions=("a", "b"), oblique_deg=20.0)
+    make_read_only(bids)
+    out = tmp_path / "out"
+    try:
+        code = main([str(bids), str(out), "participant", "--dry-run", "--inversion", "tkd", "--skip-atlas",
+                     "-w", str(tmp_path / "work")])
+    finally:
+        make_writable(bids)
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "sub-01_ses-a" in text and "sub-01_ses-b" in text
+    assert "TE (ms): 6.00, 12.00, 18.00" in text
+    assert "B0: 3 T" in text and "obliquity: 20.0 deg" in text
+    assert "direction (array axes): (+0.000, +0.342, +0.940)" in text  # R_x(20 deg)^-1 z
+    assert "phase unwrapping (romeo)" in text and "TKD inversion" in text and "atlas/ROI step skipped" in text
+    assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_group_without_outputs(tmp_path, capsys):
+    code, text = _run_error(capsys, [tmp_path, tmp_path / "missing", "group"])
+    assert code == msg.EXIT_INPUT_ERROR and "participant level first" in text
+
+
+def test_group_dispatch(tmp_path, monkeypatch):
+    import qsmprep.group as group
+
+    seen = {}
+
+    def fake_run_group(bids_dir, out_dir, participant_label=None):
+        seen.update(bids=Path(bids_dir), out=Path(out_dir), labels=participant_label)
+        return [Path(out_dir) / "group" / "group_desc-dgm_stats.tsv"]
+
+    monkeypatch.setattr(group, "run_group", fake_run_group)
+    (tmp_path / "out").mkdir()
+    assert main([str(tmp_path), str(tmp_path / "out"), "group", "--participant-label", "sub-01"]) == 0
+    assert seen == {"bids": tmp_path, "out": tmp_path / "out", "labels": ["01"]}
+    assert main([str(tmp_path), str(tmp_path / "out"), "group"]) == 0 and seen["labels"] is None
