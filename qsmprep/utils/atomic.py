@@ -31,6 +31,19 @@ def _split_ext(name: str) -> tuple[str, str]:
     return stem, ext
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension); rename on success.
@@ -42,6 +55,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     stem, ext = _split_ext(path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=path.parent)
     os.close(fd)
+    # mkstemp creates the file 0600; give the final file the usual 0666 & ~umask so that
+    # derivatives on a shared (cluster) file system stay readable by the group.
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp = Path(tmp)
     try:
         yield tmp
