@@ -13,12 +13,13 @@ DEMO_OUT  ?= demo_out
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/torch.txt requirements/runtime.txt requirements/test.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a local CPU wheel here; a bare "torch" pulls a multi-GB CUDA build
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -r requirements/torch.txt
+	$(PIP) install -q -r requirements/test.txt
+	$(PIP) install -q --no-deps -e .
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -145,7 +145,18 @@ class Config:
             if nip.use_gpu:
                 args["n_gpu_procs"] = 1
         args.update(nip.plugin_args or {})
+        # per-node arguments (e.g. the GPU request of the inversion) are applied to the graph,
+        # not passed to the plugin: see qsmprep.workflows.base.apply_node_plugin_args
+        args.pop("node_plugin_args", None)
+        if nip.plugin == "MultiProc":
+            # forkserver always: forked workers can dead-lock on locks held by threads of the
+            # parent (seen once in ~6 local runs), and CUDA cannot be used after fork
+            args.setdefault("mp_context", "forkserver")
         return {"plugin": nip.plugin, "plugin_args": args}
+
+    def get_node_plugin_args(self) -> dict:
+        """``{node name or fnmatch pattern of its dotted full name: plugin_args}`` from ``--use-plugin``."""
+        return dict((self.nipype.plugin_args or {}).get("node_plugin_args") or {})
 
     # ------------------------------------------------------------------ TOML
     def to_dict(self) -> dict:

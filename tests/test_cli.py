@@ -237,7 +237,8 @@ def test_parse_all_options(tmp_path):
     assert cfg.execution.verbosity == 2
     plugin = cfg.get_plugin()
     assert plugin == {"plugin": "MultiProc",
-                      "plugin_args": {"n_procs": 4, "memory_gb": 6.5, "raise_insufficient": False}}
+                      "plugin_args": {"n_procs": 4, "memory_gb": 6.5, "raise_insufficient": False,
+                                      "mp_context": "forkserver"}}
 
 
 @pytest.mark.parametrize("argv", [
@@ -381,3 +382,37 @@ def test_group_dispatch(tmp_path, monkeypatch):
     assert main([str(tmp_path), str(tmp_path / "out"), "group", "--participant-label", "sub-01"]) == 0
     assert seen == {"bids": tmp_path, "out": tmp_path / "out", "labels": ["01"]}
     assert main([str(tmp_path), str(tmp_path / "out"), "group"]) == 0 and seen["labels"] is None
+
+
+def test_plugin_file_node_args_reach_the_inversion_node(tmp_path):
+    """--use-plugin's node_plugin_args give the inversion node its GPU request (SLURMGraph)."""
+    from qsmprep.cli.parser import read_plugin_file
+    from qsmprep.config import Config
+    from qsmprep.workflows.base import apply_node_plugin_args
+    from nipype.pipeline import engine as pe
+    from nipype.interfaces.utility import IdentityInterface
+
+    f = tmp_path / "slurmgraph.yml"
+    f.write_text("plugin: SLURMGraph\nplugin_args: {dont_resubmit_completed_jobs: true}\n"
+                 "node_plugin_args:\n  inversion: {sbatch_args: '--gres=gpu:1'}\n")
+    plugin = read_plugin_file(f)
+    cfg = Config()
+    cfg.nipype.plugin, cfg.nipype.plugin_args = plugin["plugin"], plugin["plugin_args"]
+    assert "node_plugin_args" not in cfg.get_plugin()["plugin_args"]
+    wf = pe.Workflow(name="qsm_single_wf")
+    inv = pe.Node(IdentityInterface(fields=["x"]), name="inversion")
+    other = pe.Node(IdentityInterface(fields=["x"]), name="mask")
+    wf.connect(other, "x", inv, "x")
+    changed = apply_node_plugin_args(wf, cfg.get_node_plugin_args())
+    assert changed == ["qsm_single_wf.inversion"]
+    assert inv.plugin_args["sbatch_args"] == " --gres=gpu:1"
+    assert not other.plugin_args
+
+
+def test_plugin_file_bad_node_args(tmp_path):
+    from qsmprep.cli.parser import read_plugin_file
+
+    f = tmp_path / "bad.yml"
+    f.write_text("plugin: SLURMGraph\nnode_plugin_args: [inversion]\n")
+    with pytest.raises(ValueError, match="node_plugin_args"):
+        read_plugin_file(f)

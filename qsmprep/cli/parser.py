@@ -61,6 +61,13 @@ def read_plugin_file(path) -> dict:
     args = data.get("plugin_args") or {}
     if not isinstance(args, dict):
         raise ValueError(msg.PLUGIN_FILE_BAD.format(path=path, why="'plugin_args' is not a mapping", choices=choices))
+    node_args = data.get("node_plugin_args") or {}
+    if not isinstance(node_args, dict) or not all(isinstance(v, dict) for v in node_args.values()):
+        raise ValueError(msg.PLUGIN_FILE_BAD.format(
+            path=path, why="'node_plugin_args' is not a mapping of node name to plugin arguments", choices=choices))
+    if node_args:
+        # kept inside plugin_args so the saved run config round-trips; popped before workflow.run
+        args = {**args, "node_plugin_args": node_args}
     return {"plugin": data["plugin"], "plugin_args": args}
 
 

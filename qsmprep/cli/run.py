@@ -280,6 +280,10 @@ def run_participant(config) -> int:
         log_buffer.save(Path(ex.output_dir) / f"sub-{sub}" / "log" / ex.run_uuid / "qsmprep.log" for sub in subjects)
 
 
+#: Nipype plugins that submit the whole graph to a scheduler and return before it has run.
+GRAPH_PLUGINS = ("SLURMGraph", "SGEGraph", "PBSGraph", "CondorDAGMan", "LSFGraph")
+
+
 def _build_and_run(config, runs, subjects) -> int:
     """Build the graph, run it with the configured plugin, then the subject reports."""
     from qsmprep.workflows.base import init_qsmprep_wf
@@ -289,12 +293,14 @@ def _build_and_run(config, runs, subjects) -> int:
     crash_dir = Path(ex.work_dir) / "crash" / ex.run_uuid
     workflow.config["execution"] = {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                     "poll_sleep_duration": 0.5}
+    from qsmprep.workflows.base import apply_node_plugin_args
+
+    for name in apply_node_plugin_args(workflow, config.get_node_plugin_args()):
+        LOGGER.info("per-node plugin arguments from the --use-plugin file applied to %s", name)
     plugin = config.get_plugin()
     n_jobs = count_jobs(workflow)
     if plugin["plugin"] in ("Linear", "MultiProc"):
         plugin["plugin_args"]["status_callback"] = Progress(n_jobs)
-    if plugin["plugin"] == "MultiProc" and config.nipype.use_gpu:
-        plugin["plugin_args"].setdefault("mp_context", "forkserver")  # CUDA cannot be used after fork
     configure_nipype_logging(config.execution.verbosity)
     LOGGER.info("running %d jobs with %s (work folder %s)", n_jobs, plugin["plugin"], ex.work_dir)
     try:
@@ -302,6 +308,10 @@ def _build_and_run(config, runs, subjects) -> int:
     except Exception as exc:  # nipype raises RuntimeError with the failed nodes
         LOGGER.error("%s", exc)
         return _error(msg.FAILED.format(crash_dir=crash_dir), msg.EXIT_WORKFLOW_FAILED)
+    if plugin["plugin"] in GRAPH_PLUGINS:
+        # A graph plugin returns once the jobs are submitted: results and reports come later.
+        LOGGER.log(25, msg.SUBMITTED.format(plugin=plugin["plugin"], work=ex.work_dir))
+        return 0
 
     code = 0
     try:

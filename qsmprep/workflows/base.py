@@ -164,3 +164,28 @@ def init_qsmprep_wf(config, runs):
         )
         workflow.add_nodes([sub_wf])
     return workflow
+
+
+def apply_node_plugin_args(workflow, node_plugin_args: dict) -> list[str]:
+    """Give nodes extra plugin arguments, e.g. ``{"inversion": {"sbatch_args": "--gres=gpu:1"}}``.
+
+    A key matches a node by its name or by an ``fnmatch`` pattern of its dotted full
+    name.  ``sbatch_args`` get a leading space because Nipype's SLURMGraph appends a
+    node's ``sbatch_args`` to the plugin's without a separator.  Returns the full
+    names of the nodes changed.
+    """
+    import fnmatch
+
+    changed = []
+    if not node_plugin_args:
+        return changed
+    for node in workflow._get_all_nodes():
+        fullname = f"{node._hierarchy}.{node.name}" if node._hierarchy else node.name
+        for pattern, args in node_plugin_args.items():
+            if node.name == pattern or fnmatch.fnmatchcase(fullname, pattern):
+                args = dict(args)
+                if "sbatch_args" in args and not args.get("overwrite"):
+                    args["sbatch_args"] = " " + str(args["sbatch_args"]).strip()
+                node.plugin_args = {**(node.plugin_args or {}), **args}
+                changed.append(fullname)
+    return changed
