@@ -158,3 +158,65 @@ def test_brain_mask_simulated_head_3mm():
     s = simulated_head_3mm()
     m = masking.brain_mask(s["mag"], s["voxel_size"])
     assert dice(m, s["brain_mask"]) >= 0.95
+
+
+# ----------------------------------------------------------------------------- unreliable voxels
+def _ball(n=32, r=12.0):
+    c = np.arange(n) - n / 2 + 0.5
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    return np.sqrt(x**2 + y**2 + z**2) <= r, x
+
+
+def test_remove_unreliable_drops_signal_voids_exactly():
+    ball, _ = _ball()
+    mag = np.where(ball, 100.0, 0.0).astype(np.float32)
+    void = np.zeros(ball.shape, bool)
+    void[14:18, 14:18, 14:18] = True  # a 4^3 haemorrhage core / air pocket inside the brain
+    mag[void] = 20.0  # 0.2 x the median: below min_signal = 0.3
+    mag[4:8, 14:18, 14:18] = 40.0  # outside the mask: ignored
+    out = masking.remove_unreliable(ball, mag, (1, 1, 1))
+    assert np.array_equal(out, ball & ~void)
+    # 0.4 x the median is kept; min_signal=0 disables the rule
+    mag[void] = 40.0
+    assert np.array_equal(masking.remove_unreliable(ball, mag, (1, 1, 1)), ball)
+    mag[void] = 0.0
+    assert np.array_equal(masking.remove_unreliable(ball, mag, (1, 1, 1), min_signal=0.0), ball)
+
+
+def test_remove_unreliable_drops_incoherent_phase_and_keeps_largest_part():
+    ball, x = _ball()
+    rng = np.random.default_rng(0)
+    mag = np.where(ball, 1.0, 0.0).astype(np.float32)
+    phase = (0.3 * x).astype(np.float32)  # smooth ramp, 0.3 rad/voxel: coherence ~0.96
+    noisy = np.zeros(ball.shape, bool)
+    noisy[10:22, 10:22, 4:10] = True
+    phase[noisy] = rng.uniform(-np.pi, np.pi, int(noisy.sum()))
+    out = masking.remove_unreliable(ball, mag, (1, 1, 1), phase=np.stack([phase, 2 * phase], -1))
+    inner = np.zeros_like(noisy)
+    inner[12:20, 12:20, 6:8] = True
+    assert not np.any(out & inner)  # the incoherent block is gone
+    from scipy import ndimage
+
+    far = ball & (ndimage.distance_transform_edt(~noisy) > 3)
+    assert np.all(out[far])  # coherent tissue is kept
+    # a piece cut off by the removal is dropped too (largest component only)
+    mag2 = np.where(ball, 1.0, 0.0).astype(np.float32)
+    mag2[:, :, 10:12] = 0.05  # a dark slab cuts the ball into a small and a large part
+    out2 = masking.remove_unreliable(ball, mag2, (1, 1, 1))
+    big = ball.copy()
+    big[:, :, :12] = False
+    assert np.array_equal(out2, big)
+
+
+def test_brain_mask_excludes_dark_skull_void_inside_the_outline():
+    """A signal void inside the brain outline (e.g. a haemorrhage core or air) is filled by the
+    hole filling, then removed again: its phase is noise."""
+    mag, truth = synthetic_head(seed=5)
+    c = (np.arange(64) - 32 + 0.5) * 3.0
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    void = np.sqrt((x - 25) ** 2 + y**2 + z**2) < 7.0
+    mag[void] = np.abs(np.random.default_rng(5).normal(0, 0.025, mag[void].shape))
+    m = masking.brain_mask(mag, (3, 3, 3))
+    assert not np.any(m & void)
+    assert masking.brain_mask(mag, (3, 3, 3), min_signal=0.0)[void].all()  # the old behaviour
+    assert dice(m, truth & ~void) >= 0.95

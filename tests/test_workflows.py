@@ -87,6 +87,14 @@ def test_qsm_node_settings(datasets, tmp_path):
     assert inv.inputs.te_s == pytest.approx(0.012) and inv.inputs.b0_t == 3.0
     assert nodes["unwrap"].inputs.method == "laplacian" and nodes["fit_field"].inputs.demean_echoes
     assert nodes["unwrap"].inputs.echo_times == pytest.approx([0.006, 0.012, 0.018])
+    # the brain mask sees the phase (incoherent-phase voxels are left out), and every later step
+    # uses that mask; V-SHARP's eroded mask feeds the inversion and the referencing
+    edges = {(u.name, v.name, src, dst) for u, v, d in wf._graph.edges(data=True) for src, dst in d["connect"]}
+    assert ("load_echoes", "brain_mask", "out_phase", "in_phase") in edges
+    for node in ("unwrap", "fit_field", "vsharp"):
+        assert ("brain_mask", node, "out_mask", "in_mask") in edges
+    assert ("vsharp", "inversion", "out_mask", "in_mask") in edges
+    assert ("vsharp", "reference", "out_mask", "in_mask") in edges
     # every node declares memory; the nsidl node the most
     mems = {name: n.mem_gb for name, n in nodes.items() if name not in ("inputnode", "outputnode")}
     assert all(m >= 0.2 for m in mems.values()) and max(mems, key=mems.get) == "inversion"
@@ -222,6 +230,30 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
     import nibabel as nb
 
     assert np.allclose(nb.load(res.outputs.out_chi).get_fdata(), 2.0 * local, atol=1e-7)
+
+
+def test_brain_mask_interface_uses_phase(tmp_path):
+    """With ``in_phase`` the interface gives exactly ``brain_mask(mag, phase=phase)``: a block of
+    random phase inside the brain is left out; without it the block stays in."""
+    import nibabel as nb
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.interfaces.qsm import BrainMask
+    from qsmprep.qsm.masking import brain_mask
+
+    mag, phase, _, brain, aff = simulate(seed=3)
+    noisy = np.zeros(brain.shape, bool)
+    noisy[12:18, 14:20, 12:18] = True
+    phase[noisy] = np.random.default_rng(3).uniform(-np.pi, np.pi, (int(noisy.sum()), phase.shape[-1]))
+    fm, fp = _write(mag, aff, tmp_path / "mag.nii.gz"), _write(phase, aff, tmp_path / "ph.nii.gz")
+    with_phase = pe.Node(BrainMask(in_magnitude=fm, in_phase=fp), name="bm_p", base_dir=str(tmp_path)).run()
+    without = pe.Node(BrainMask(in_magnitude=fm), name="bm", base_dir=str(tmp_path)).run()
+    mp = nb.load(with_phase.outputs.out_mask).get_fdata() > 0
+    m0 = nb.load(without.outputs.out_mask).get_fdata() > 0
+    assert np.array_equal(mp, brain_mask(mag, voxel_size=(4.0, 4.0, 4.0), phase=phase))
+    inner = np.zeros_like(noisy)
+    inner[13:17, 15:19, 13:17] = True
+    assert m0[inner].all() and not mp[inner].any()
 
 
 def test_vsharp_interface_converts_hz_to_ppm(tmp_path):

@@ -79,6 +79,7 @@ def _mask(path):
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc="magnitude, 3-D or 4-D (echoes last)")
+    in_phase = File(exists=True, desc="wrapped phase (rad), same grid; incoherent-phase voxels are left out")
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -86,7 +87,11 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask from the magnitude (:func:`qsmprep.qsm.masking.brain_mask`)."""
+    """Brain mask from the magnitude (:func:`qsmprep.qsm.masking.brain_mask`).
+
+    With ``in_phase`` the voxels of incoherent (aliased or noisy) phase are left out, as
+    are signal voids (always): both would spoil the field fit and V-SHARP around them.
+    """
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
@@ -96,7 +101,13 @@ class BrainMask(SimpleInterface):
 
         mag, img = load_volume(self.inputs.in_magnitude)
         voxel_size, _ = geometry(img)
-        mask = brain_mask(mag, voxel_size=voxel_size)
+        phase = load_volume(self.inputs.in_phase)[0] if isdefined(self.inputs.in_phase) else None
+        if phase is not None and phase.shape[:3] != mag.shape[:3]:
+            raise RuntimeError(
+                f"The phase {self.inputs.in_phase} ({phase.shape}) and magnitude {self.inputs.in_magnitude} "
+                f"({mag.shape}) are on different grids; give both parts of the same run."
+            )
+        mask = brain_mask(mag, voxel_size=voxel_size, phase=phase)
         if not np.any(mask):
             raise RuntimeError(f"The brain mask of {self.inputs.in_magnitude} is empty; check the magnitude images.")
         self._results["out_mask"] = save_volume(mask, img, "brain_mask.nii.gz", runtime.cwd, dtype=np.uint8)

@@ -91,7 +91,7 @@ def init_qsm_wf(
     Outputs
     -------
     magnitude : echo-RSS magnitude (3-D).  magnitude4d : echoes stacked (4-D).
-    brain_mask : mask from the magnitude.  mask : final (V-SHARP-eroded) mask.
+    brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final (V-SHARP-eroded) mask.
     total_field : Hz.  local_field : ppm.  weight : fit weight [0, 1].
     chi : ppm, mean over ``mask`` = 0.  inversion_meta : JSON (algorithm, device, weights).
     """
@@ -136,7 +136,7 @@ def init_qsm_wf(
 
     workflow.connect([
         (inputnode, load_echoes, [("magnitude", "in_magnitude"), ("phase", "in_phase")]),
-        (load_echoes, brain_mask, [("out_magnitude", "in_magnitude")]),
+        (load_echoes, brain_mask, [("out_magnitude", "in_magnitude"), ("out_phase", "in_phase")]),
         (load_echoes, unwrap, [("out_phase", "in_phase"), ("out_magnitude", "in_magnitude")]),
         (brain_mask, unwrap, [("out_mask", "in_mask")]),
         (unwrap, fit_field, [("out_phase", "in_phase")]),
