@@ -83,7 +83,7 @@ def test_qsm_node_settings(datasets, tmp_path):
     inv = nodes["inversion"]
     assert inv.inputs.use_gpu is True and inv.inputs.device == "cuda" and inv.inputs.num_threads == 3
     assert inv.is_gpu_node() and inv.n_procs == 3
-    assert inv.plugin_args["sbatch_args"] == "--gres=gpu:1"
+    assert inv.plugin_args["sbatch_args"] == " --gres=gpu:1"  # leading space: SLURMGraph appends it
     assert inv.inputs.te_s == pytest.approx(0.012) and inv.inputs.b0_t == 3.0
     assert nodes["unwrap"].inputs.method == "laplacian" and nodes["fit_field"].inputs.demean_echoes
     assert nodes["unwrap"].inputs.echo_times == pytest.approx([0.006, 0.012, 0.018])

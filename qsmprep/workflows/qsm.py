@@ -131,7 +131,8 @@ def init_qsm_wf(
         name="inversion", mem_gb=mem("inversion"), n_procs=omp_nthreads,
     )
     if use_gpu and inversion == "nsidl":
-        inversion_node.plugin_args = {"sbatch_args": "--gres=gpu:1", "qsub_args": "-l gpu=1"}
+        # leading spaces: SLURMGraph/SGEGraph append a node's args to the plugin's with no separator
+        inversion_node.plugin_args = {"sbatch_args": " --gres=gpu:1", "qsub_args": " -l gpu=1"}
     reference = pe.Node(ReferenceChi(), name="reference", mem_gb=mem("reference"))
 
     workflow.connect([
