@@ -1,0 +1,272 @@
+"""The self-contained HTML report of one subject (all runs), built from the derivatives on disk.
+
+:func:`build_subject_report` reads, for every run of ``sub-<label>`` in ``out_dir``, the brain
+mask, total and local field maps, the chi map and its JSON sidecar, the DGM labels and the ROI
+table, draws the figures (also saved as PNG files in ``sub-<label>/figures/``), and writes
+``out_dir/sub-<label>.html`` with every image embedded as a base64 data URI (opens offline, no
+external resources).  Provenance comes from each ``_Chimap.json`` sidecar and the newest config
+file in ``sub-<label>/log/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+_CSS = """
+body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1200px;color:#222}
+h1{border-bottom:2px solid #446;padding-bottom:4px} h2{margin-top:36px;color:#335;border-bottom:1px solid #ccd}
+h3{color:#446} img{max-width:100%;border:1px solid #ddd;margin:6px 0}
+table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#eef} .prov td{text-align:left} pre{background:#f6f6f8;padding:8px;font-size:11px;overflow-x:auto}
+.note{color:#666;font-size:12px} nav a{margin-right:12px}
+"""
+
+
+class NoSubjectOutputsError(ValueError):
+    """The output folder has no derivatives for the requested subject."""
+
+
+def _sub(subject: str) -> str:
+    subject = str(subject)
+    return subject if subject.startswith("sub-") else f"sub-{subject}"
+
+
+def find_runs(out_dir, subject) -> dict[str, Path]:
+    """Run prefixes of ``subject`` in ``out_dir`` -> their ``anat`` folder.
+
+    A run is any prefix with a ``_Chimap.nii.gz`` (not in template space), a
+    ``_desc-brain_mask.nii.gz`` or a ``_desc-dgm_stats.tsv``.
+    """
+    root = Path(out_dir) / _sub(subject)
+    runs: dict[str, Path] = {}
+    for anat in sorted([root / "anat", *sorted(root.glob("ses-*/anat"))]):
+        if not anat.is_dir():
+            continue
+        for pattern, suffix in (("*_Chimap.nii*", "_Chimap"), ("*_desc-brain_mask.nii*", "_desc-brain_mask"),
+                                ("*_desc-dgm_stats.tsv", "_desc-dgm_stats")):
+            for f in anat.glob(pattern):
+                if "_space-" in f.name:
+                    continue
+                runs.setdefault(f.name.split(suffix)[0], anat)
+    return dict(sorted(runs.items()))
+
+
+def _first(folder: Path, patterns) -> Path | None:
+    for pat in patterns:
+        hits = sorted(folder.glob(pat))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _load(path):
+    if path is None:
+        return None, None
+    import nibabel as nb
+
+    img = nb.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32), img
+
+
+def _source_dir(out_dir: Path) -> Path | None:
+    desc = out_dir / "dataset_description.json"
+    if not desc.exists():
+        return None
+    try:
+        data = json.loads(desc.read_text())
+    except ValueError:
+        return None
+    for src in data.get("SourceDatasets", []) or []:
+        url = str(src.get("URL", "")) if isinstance(src, dict) else str(src)
+        p = Path(url[7:] if url.startswith("file://") else url)
+        if url and p.is_dir():
+            return p
+    return None
+
+
+def _find_magnitude(prefix: str, anat: Path, out_dir: Path, bids_dir: Path | None):
+    pats = [f"{prefix}_desc-*_T2starw.nii*", f"{prefix}*magnitude*.nii*", f"{prefix}*part-mag*.nii*",
+            f"{prefix}_T2starw.nii*"]
+    hit = _first(anat, pats)
+    if hit is None and bids_dir is not None:
+        raw_anat = Path(bids_dir) / anat.relative_to(out_dir)
+        if raw_anat.is_dir():
+            hit = _first(raw_anat, [f"{prefix}_echo-1_part-mag_*.nii*", f"{prefix}*part-mag*.nii*"])
+    data, _ = _load(hit)
+    if data is not None and data.ndim == 4:
+        data = np.sqrt(np.sum(data.astype(np.float64) ** 2, axis=-1)).astype(np.float32)
+    return data, hit
+
+
+def _data_uri(path: Path) -> str:
+    mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _img(path: Path, alt: str) -> str:
+    return f'<figure><img src="{_data_uri(path)}" alt="{html.escape(alt)}"><figcaption class="note">{html.escape(alt)}</figcaption></figure>'
+
+
+def _kv_table(d: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+                   for k, v in d.items())
+    return f'<table class="prov">{rows}</table>'
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    import qsmprep
+
+    out = {"qsmprep": qsmprep.__version__, "python": platform.python_version()}
+    for pkg in ("numpy", "nibabel", "nipype", "antspyx", "nilearn", "torch", "matplotlib", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _newest_config(sub_dir: Path) -> Path | None:
+    logs = sub_dir / "log"
+    cands = [p for ext in ("toml", "json", "yml", "yaml") for p in logs.rglob(f"*.{ext}")] if logs.is_dir() else []
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+_PROV_KEYS = ("Device", "device", "Weights", "weights", "sha256", "Sha256", "SHA256", "Version", "Algorithm",
+              "Method", "Reference", "Torch", "torch", "Software")
+
+
+def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) -> Path:
+    """Write ``out_dir/sub-<subject>.html`` (self-contained) and the figures; return the HTML path.
+
+    Parameters
+    ----------
+    out_dir : the qsmprep derivatives folder.
+    subject : participant label, with or without ``sub-``.
+    bids_dir : raw BIDS folder, used only to find the magnitude for the mask figure when no
+        magnitude derivative exists (default: the ``SourceDatasets`` URL of
+        ``dataset_description.json`` if it is a local folder).  Without a magnitude the mask is
+        drawn over the local field map.
+    n_slices : slices per mosaic.
+
+    Raises :class:`NoSubjectOutputsError` when ``out_dir`` holds nothing for the subject.
+    """
+    import pandas as pd
+
+    from qsmprep.reports import figures as F
+    from qsmprep.utils.atomic import write_text
+
+    out_dir = Path(out_dir)
+    sub = _sub(subject)
+    runs = find_runs(out_dir, sub)
+    if not runs:
+        raise NoSubjectOutputsError(
+            f"No derivatives for {sub} in {out_dir} (expected {sub}/[ses-*/]anat/*_Chimap.nii.gz); "
+            f"run the participant level for {sub} first or check the output folder."
+        )
+    bids_dir = Path(bids_dir) if bids_dir else _source_dir(out_dir)
+    fig_dir = out_dir / sub / "figures"
+    body, nav = [], []
+    for prefix, anat in runs.items():
+        nav.append(f'<a href="#{prefix}">{html.escape(prefix)}</a>')
+        sec = [f'<h2 id="{prefix}">{html.escape(prefix)}</h2>']
+        mask, mask_img = _load(_first(anat, [f"{prefix}_desc-brain_mask.nii*"]))
+        mask_b = mask > 0 if mask is not None else None
+        chi_path = _first(anat, [f"{prefix}_Chimap.nii*"])
+        chi, _ = _load(chi_path)
+        total, _ = _load(_first(anat, [f"{prefix}_desc-total_fieldmap.nii*"]))
+        local, _ = _load(_first(anat, [f"{prefix}_desc-local_fieldmap.nii*"]))
+        dseg, _ = _load(_first(anat, [f"{prefix}_desc-dgm_dseg.nii*"]))
+        mag, mag_path = _find_magnitude(prefix, anat, out_dir, bids_dir)
+
+        # 1. mask over magnitude
+        sec.append("<h3>Brain mask</h3>")
+        if mask_b is not None:
+            under, what = (mag, f"magnitude ({mag_path.name})") if mag is not None else (local, "local field")
+            if under is None:
+                under, what = chi, "chi"
+            if under is not None and under.shape[:3] == mask_b.shape:
+                p = F.mosaic_png(fig_dir / f"{prefix}_desc-maskmag_mask.png", under, mask=mask_b,
+                                 overlay_mask=mask_b, title=f"brain mask (red) over the {what}",
+                                 symmetric=mag is None, cmap="gray", n_slices=n_slices)
+                sec.append(_img(p, f"Brain mask outline over the {what}"))
+        else:
+            sec.append('<p class="note">No brain mask found.</p>')
+        # 2. fields
+        if total is not None or local is not None:
+            sec.append("<h3>Total and local field</h3>")
+            p = F.fields_png(fig_dir / f"{prefix}_desc-fields_fieldmap.png", total, local, mask=mask_b,
+                             title="total field (Hz) and local field after background removal (ppm)")
+            sec.append(_img(p, "Total field (Hz, top) and local field (ppm, bottom)"))
+        # 3. chi mosaic
+        if chi is not None:
+            sec.append("<h3>Susceptibility (chi)</h3>")
+            p = F.mosaic_png(fig_dir / f"{prefix}_desc-mosaic_Chimap.png", chi, mask=mask_b,
+                             title="chi (ppm)", symmetric=True, units="ppm", n_slices=n_slices)
+            sec.append(_img(p, "Chi map, axial mosaic (ppm)"))
+        # 4. atlas contours
+        if chi is not None and dseg is not None and dseg.shape == chi.shape:
+            sec.append("<h3>Deep-gray-matter labels</h3>")
+            dm = np.rint(dseg).astype(np.int16)
+            p = F.mosaic_png(fig_dir / f"{prefix}_desc-dgmcontours_Chimap.png", chi, mask=dm > 0,
+                             title="DGM labels (AAL3, warped) over chi", symmetric=True, units="ppm",
+                             contours=dm, n_slices=n_slices)
+            sec.append(_img(p, "DGM label contours over chi: caudate blue, putamen orange, pallidum "
+                               "green, thalamus red, substantia nigra purple, red nucleus brown"))
+        # 5. ROI table + bar chart
+        stats_path = _first(anat, [f"{prefix}_desc-dgm_stats.tsv"])
+        if stats_path is not None:
+            df = pd.read_csv(stats_path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                             dtype={"run": str, "session_id": str, "acquisition": str})
+            sec.append("<h3>ROI statistics</h3>")
+            p = F.roi_bar_png(fig_dir / f"{prefix}_desc-dgmbar_Chimap.png", df, title="mean chi per region")
+            sec.append(_img(p, "Mean chi per region (bars) with the interquartile range"))
+            show = [c for c in ("structure", "hemisphere", "voxel_count", "volume_mm3", "mean_ppm",
+                                "median_ppm", "std_ppm", "p25_ppm", "p75_ppm") if c in df.columns]
+            sec.append(df[show].to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a",
+                                        border=0))
+            if "reference_region" in df.columns and len(df):
+                sec.append(f'<p class="note">Reference region: {html.escape(str(df["reference_region"].iloc[0]))}</p>')
+        # 6. provenance from the sidecar
+        sec.append("<h3>Provenance</h3>")
+        side = chi_path.with_name(chi_path.name.split(".nii")[0] + ".json") if chi_path else None
+        if side is not None and side.exists():
+            try:
+                meta = json.loads(side.read_text())
+            except ValueError:
+                meta = {"error": f"unreadable sidecar {side.name}"}
+            key = {k: v for k, v in meta.items() if any(t in k for t in _PROV_KEYS)}
+            if key:
+                sec.append("<p>Key fields:</p>" + _kv_table(key))
+            sec.append(f"<details><summary>Full sidecar {html.escape(side.name)}</summary>{_kv_table(meta)}</details>")
+        else:
+            sec.append('<p class="note">No Chimap JSON sidecar found.</p>')
+        body.append("\n".join(sec))
+
+    cfg = _newest_config(out_dir / sub)
+    prov = ["<h2 id='provenance'>Software and configuration</h2>", _kv_table(_versions())]
+    if cfg is not None:
+        prov.append(f"<p>Configuration file: {html.escape(str(cfg.relative_to(out_dir)))}</p>")
+        prov.append(f"<pre>{html.escape(cfg.read_text(errors='replace')[:20000])}</pre>")
+    else:
+        prov.append('<p class="note">No configuration file found in the log folder.</p>')
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>qsmprep: {sub}</title><style>{_CSS}</style></head>
+<body>
+<h1>qsmprep report: {sub}</h1>
+<p class="note">{len(runs)} run(s); generated {now}. Images are embedded; this file opens offline.</p>
+<nav>{' '.join(nav)} <a href="#provenance">provenance</a></nav>
+{''.join(body)}
+{''.join(prov)}
+</body></html>
+"""
+    return write_text(out_dir / f"{sub}.html", page)

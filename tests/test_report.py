@@ -1,0 +1,144 @@
+"""Subject HTML report: built from synthetic derivatives, self-contained, rendered in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from qsmprep.atlas.labels import DGM_LABELS
+from qsmprep.atlas.rois import roi_table, write_roi_table
+
+SHAPE = (40, 44, 36)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+AFFINE[:3, 3] = (-40, -44, -36)
+
+
+def _derivatives(out, prefix, anat, seed=0):
+    import nibabel as nb
+
+    rng = np.random.default_rng(seed)
+    ii, jj, kk = np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij")
+    brain = (ii / 0.8) ** 2 + (jj / 0.85) ** 2 + (kk / 0.8) ** 2 < 1
+    dseg = np.zeros(SHAPE, np.int16)
+    for lab in DGM_LABELS:  # small blobs, left labels at x < 0
+        cx = -0.25 if lab.hemisphere == "L" else 0.25
+        cy = -0.4 + 0.13 * ((lab.index - 1) // 2)
+        dseg[((ii - cx) ** 2 + (jj - cy) ** 2 + kk ** 2) < 0.06 ** 2 * 4] = lab.index
+    chi = np.where(brain, 0.02 * rng.normal(size=SHAPE), 0).astype(np.float32)
+    chi[dseg > 0] += 0.1
+    local = np.where(brain, 0.01 * np.sin(4 * ii) * np.cos(3 * jj), 0).astype(np.float32)
+    total = (30 * ii + 20 * kk ** 2).astype(np.float32) * brain
+    d = out / anat
+    d.mkdir(parents=True, exist_ok=True)
+    for name, arr in ((f"{prefix}_desc-brain_mask", brain.astype(np.uint8)), (f"{prefix}_Chimap", chi),
+                      (f"{prefix}_desc-local_fieldmap", local), (f"{prefix}_desc-total_fieldmap", total),
+                      (f"{prefix}_desc-dgm_dseg", dseg)):
+        nb.save(nb.Nifti1Image(arr, AFFINE), d / f"{name}.nii.gz")
+    (d / f"{prefix}_Chimap.json").write_text(json.dumps({
+        "Units": "ppm", "EstimationAlgorithm": "NSIDL", "Device": "cpu", "TorchVersion": "2.13.0",
+        "WeightsSha256": "ab" * 32, "ReferenceRegion": "whole brain"}))
+    df = roi_table(chi, dseg, (2, 2, 2), mask=brain, participant_id="sub-01", run="1",
+                   reference_region="whole brain")
+    write_roi_table(df, d / f"{prefix}_desc-dgm_stats.tsv")
+    return brain
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    import nibabel as nb
+
+    from qsmprep.reports.subject import build_subject_report
+
+    root = tmp_path_factory.mktemp("report")
+    out, bids = root / "out", root / "bids"
+    _derivatives(out, "sub-01_run-1", "sub-01/anat", seed=0)
+    _derivatives(out, "sub-01_ses-b_run-1", "sub-01/ses-b/anat", seed=1)
+    # raw magnitude for the first run only (4-D, echoes last): found through bids_dir
+    raw = bids / "sub-01" / "anat"
+    raw.mkdir(parents=True)
+    mag = np.stack([np.full(SHAPE, 100.0 * np.exp(-e)) for e in range(3)], -1).astype(np.float32)
+    nb.save(nb.Nifti1Image(mag, AFFINE), raw / "sub-01_run-1_echo-1_part-mag_MEGRE.nii.gz")
+    log = out / "sub-01" / "log" / "20260101-000000_abc"
+    log.mkdir(parents=True)
+    (log / "qsmprep.toml").write_text('[workflow]\ninversion = "nsidl"\natlas_precise = false\n')
+    html_path = build_subject_report(out, "01", bids_dir=bids)
+    return out, html_path
+
+
+def _data_uris(text):
+    return re.findall(r'<img src="(data:[^"]+)"', text)
+
+
+def test_report_is_self_contained(report):
+    from PIL import Image
+
+    out, html_path = report
+    assert html_path == out / "sub-01.html"
+    text = html_path.read_text()
+    uris = _data_uris(text)
+    # per run: mask, fields, chi mosaic, DGM contours, bar chart
+    assert len(uris) == 10
+    for uri in uris:
+        assert uri.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+            im.verify()
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text)  # nothing external
+    for needle in ("sub-01_run-1", "sub-01_ses-b_run-1", "NSIDL", "ab" * 32, "Device", "cpu",
+                   'inversion = &quot;nsidl&quot;', "caudate", "putamen", "mean_ppm", "Reference region",
+                   "magnitude (sub-01_run-1_echo-1_part-mag_MEGRE.nii.gz)", "local field"):
+        assert needle in text, needle
+    figs = sorted(p.name for p in (out / "sub-01" / "figures").glob("*.png"))
+    assert len(figs) == 10 and "sub-01_run-1_desc-dgmcontours_Chimap.png" in figs
+
+
+def test_missing_subject_clear_error(tmp_path):
+    from qsmprep.reports.subject import NoSubjectOutputsError, build_subject_report
+
+    with pytest.raises(NoSubjectOutputsError, match="run the participant level for sub-05"):
+        build_subject_report(tmp_path, "sub-05")
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+_CHECK = """<script>
+window.addEventListener('load', function () {
+  var r = Array.prototype.map.call(document.images, function (i) {
+    return (i.complete ? i.naturalWidth : -1) + 'x' + i.naturalHeight; });
+  var d = document.createElement('div'); d.id = 'imgcheck'; d.textContent = r.join(',');
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def test_report_renders_in_chromium(report, tmp_path):
+    """Headless Chromium loads the page and every <img> decodes (naturalWidth > 0)."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium); cannot render the report")
+    _, html_path = report
+    page = tmp_path / "page.html"
+    page.write_text(html_path.read_text().replace("</body>", _CHECK + "</body>"))
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+           page.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = re.search(r'<div id="imgcheck">([^<]*)</div>', res.stdout)
+    assert m, res.stdout[-2000:]
+    sizes = [tuple(int(v) for v in s.split("x")) for s in m.group(1).split(",")]
+    assert len(sizes) == 10
+    assert all(w > 100 and h > 100 for w, h in sizes), sizes
