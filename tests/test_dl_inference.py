@@ -1,0 +1,118 @@
+"""invert_nsidl: crop/pad/mask, devices, weights file handling, CPU/GPU agreement (gpu marker)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from qsmprep.dl import inference, physics
+from qsmprep.dl.model import NSIDL
+from qsmprep.qsm.dipole import forward_field
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _case(shp=(40, 36, 32), vs=(1.2, 1.0, 1.5), b0=(0.1, -0.2, 0.97)):
+    g = np.meshgrid(*[(np.arange(n) - n / 2) * d for n, d in zip(shp, vs)], indexing="ij")
+    r = np.sqrt(g[0] ** 2 + (g[1] - 2) ** 2 + g[2] ** 2)
+    mask = r < 14
+    chi = (0.15 * (np.sqrt((g[0] - 3) ** 2 + g[1] ** 2 + g[2] ** 2) < 4) - 0.03 * (r < 14)).astype(np.float32) * mask
+    f = forward_field(chi, vs, b0) * mask
+    f = (f - f[mask].mean()) * mask
+    return chi, f.astype(np.float32), mask, vs, b0
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m = NSIDL(n_iter=2, widths=(4, 8, 8))
+    with torch.no_grad():  # make the CNN matter (the shipped init is an exact identity)
+        m.prox.out.weight.normal_(0, 0.05)
+    return m.eval()
+
+
+def test_crop_pad_equals_uncropped_run():
+    chi, f, mask, vs, b0 = _case()
+    model = _model()
+    out = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, margin=3)
+    assert out.dtype == np.float32 and out.shape == f.shape
+    assert np.all(out[~mask] == 0)
+    # same computation without cropping: equal up to the (tiny) effect of the crop on padding
+    padded = physics.fast_padded_shape(f.shape, 1.5)
+    k = physics.dipole_kernel_t(padded, vs, b0)[None, None]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        ref = model(t(f), t(mask), t(mask), 16.05, k, padded)[0, 0].numpy()
+    np.testing.assert_allclose(out, ref * mask, atol=2e-3)
+
+
+def test_untrained_model_improves_on_nothing_and_tracks_truth():
+    chi, f, mask, vs, b0 = _case()
+    model = NSIDL(n_iter=3, widths=(4, 8, 8)).eval()
+    out = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model)
+    p, t = out[mask] - out[mask].mean(), chi[mask] - chi[mask].mean()
+    assert np.corrcoef(p, t)[0, 1] > 0.9
+
+
+def test_weight_normalisation():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:8, 2:8, 2:8] = True
+    w = np.random.default_rng(0).uniform(0, 500, mask.shape).astype(np.float32)
+    wn = inference.normalise_weight(w, mask)
+    assert wn.max() == pytest.approx(1.0) and wn.min() == 0.0 and np.all(wn[~mask] == 0)
+    assert np.array_equal(inference.normalise_weight(None, mask), mask.astype(np.float32))
+
+
+def test_errors_are_clear():
+    chi, f, mask, vs, b0 = _case((16, 16, 16))
+    with pytest.raises(ValueError, match="empty"):
+        inference.invert_nsidl(f, np.zeros_like(mask), vs, b0, device="cpu", model=_model())
+    with pytest.raises(ValueError, match="same shape"):
+        inference.invert_nsidl(f[:-1], mask, vs, b0, device="cpu", model=_model())
+    if not HAS_CUDA:
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            inference.invert_nsidl(f, mask, vs, b0, device="cuda", model=_model())
+    assert inference.resolve_device("auto").type == ("cuda" if HAS_CUDA else "cpu")
+
+
+def test_weights_roundtrip_and_sha_check(tmp_path, monkeypatch):
+    from qsmprep.dl import weights
+    from qsmprep.dl.train import export_weights
+
+    model = _model(3)
+    p = tmp_path / "w.pt"
+    sha = export_weights(model, p, {"note": "test"})
+    assert sha == weights.sha256_file(p) and len(sha) == 64
+    loaded, info = weights.load_model(p, expected_sha256=sha)
+    assert info["sha256"] == sha and info["config"]["n_iter"] == 2
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="corrupted or was replaced"):
+        weights.load_model(p, expected_sha256="0" * 64)
+    with pytest.raises(FileNotFoundError, match="QSMPREP_NSIDL_WEIGHTS"):
+        weights.weights_info(tmp_path / "missing.pt")
+    monkeypatch.setenv("QSMPREP_NSIDL_WEIGHTS", str(p))
+    assert weights.weights_info()["sha256"] == sha
+
+
+def test_shipped_weights_load_and_match_pinned_sha():
+    from qsmprep.dl import weights
+
+    if not weights.default_weights_path().is_file():
+        pytest.skip("no shipped NSIDL weights in qsmprep/data/nsidl yet")
+    info = weights.weights_info()
+    assert info["name"] == weights.WEIGHTS_NAME
+    assert weights.EXPECTED_SHA256 == info["sha256"]
+    assert weights.default_weights_path().stat().st_size < 20 * 2**20
+    model, info = weights.load_model()
+    assert model.n_iter >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_cpu_gpu_agree():
+    chi, f, mask, vs, b0 = _case((64, 56, 48))
+    model = _model(1)
+    w = np.where(mask, 0.5 + 0.5 * np.random.default_rng(0).random(mask.shape), 0).astype(np.float32)
+    c = inference.invert_nsidl(f, mask, vs, b0, w, device="cpu", model=model)
+    g = inference.invert_nsidl(f, mask, vs, b0, w, device="cuda", model=model)
+    assert np.abs(c - g).max() < inference.CPU_GPU_ATOL_PPM

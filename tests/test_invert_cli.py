@@ -1,0 +1,91 @@
+"""``qsmprep invert`` stage command (qsmprep.cli.invert.main)."""
+
+import json
+
+import numpy as np
+import pytest
+
+nb = pytest.importorskip("nibabel")
+torch = pytest.importorskip("torch")
+
+from qsmprep.cli import invert
+from qsmprep.qsm.constants import hz_per_ppm
+from qsmprep.qsm.dipole import forward_field
+from qsmprep.qsm.geometry import b0_direction_from_affine
+
+
+def _write_case(tmp_path, sidecar=None, units_hz=False, angle=0.2):
+    shp, vs = (32, 30, 28), (1.0, 1.0, 1.2)
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(vs)
+    g = np.meshgrid(*[(np.arange(n) - n / 2) * d for n, d in zip(shp, vs)], indexing="ij")
+    r = np.sqrt(sum(x**2 for x in g))
+    mask = r < 12
+    chi = (0.1 * (np.sqrt((g[0] - 2) ** 2 + g[1] ** 2 + g[2] ** 2) < 4)).astype(np.float32) * mask
+    f = forward_field(chi, vs, b0_direction_from_affine(aff)) * mask
+    f = ((f - f[mask].mean()) * mask).astype(np.float32)
+    if units_hz:
+        f = f * hz_per_ppm(3.0)
+    fp, mp = tmp_path / "field.nii.gz", tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(f, aff), fp)
+    nb.save(nb.Nifti1Image(mask.astype(np.uint8), aff), mp)
+    if sidecar is not None:
+        (tmp_path / "field.json").write_text(json.dumps(sidecar))
+    return fp, mp, chi, mask
+
+
+def test_tkd_writes_chi_and_sidecar(tmp_path):
+    fp, mp, chi, mask = _write_case(tmp_path)
+    out = tmp_path / "out" / "chi.nii.gz"
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--method", "tkd", "--out", str(out)]) == 0
+    img = nb.load(out)
+    res = img.get_fdata().astype(np.float32)
+    assert img.get_data_dtype() == np.float32 and np.allclose(img.affine, nb.load(fp).affine)
+    assert np.all(res[~mask] == 0)
+    assert np.corrcoef(res[mask], chi[mask])[0, 1] > 0.8
+    side = json.loads((tmp_path / "out" / "chi.json").read_text())
+    assert side["Units"] == "ppm" and side["Method"] == "tkd" and side["Device"] == "cpu"
+    assert side["SoftwareVersion"]
+
+
+def test_nsidl_reads_b0_te_from_sidecar(tmp_path):
+    from qsmprep.dl.weights import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("no shipped NSIDL weights")
+    fp, mp, chi, mask = _write_case(tmp_path, sidecar={"MagneticFieldStrength": 3, "EchoTime": [0.01, 0.02, 0.03]})
+    out = tmp_path / "chi.nii.gz"
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--out", str(out), "--device", "cpu"]) == 0
+    side = json.loads((tmp_path / "chi.json").read_text())
+    assert side["Method"] == "nsidl" and side["Device"] == "cpu" and len(side["WeightsSha256"]) == 64
+    assert side["EchoTimeReference"] == pytest.approx(0.02) and side["MagneticFieldStrength"] == 3
+    res = nb.load(out).get_fdata()
+    assert np.corrcoef(res[mask], chi[mask])[0, 1] > 0.8
+
+
+def test_hz_field_is_converted(tmp_path):
+    fp, mp, chi, mask = _write_case(tmp_path, sidecar={"Units": "Hz", "MagneticFieldStrength": 3.0}, units_hz=True)
+    out = tmp_path / "chi.nii.gz"
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--method", "tkd", "--out", str(out)]) == 0
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    fp2, mp2, _, _ = _write_case(ref)
+    invert.main(["--local-field", str(fp2), "--mask", str(mp2), "--method", "tkd", "--out", str(ref / "chi.nii.gz")])
+    np.testing.assert_allclose(nb.load(out).get_fdata(), nb.load(ref / "chi.nii.gz").get_fdata(), atol=1e-5)
+
+
+def test_clear_errors(tmp_path, capsys):
+    fp, mp, _, _ = _write_case(tmp_path)
+    out = str(tmp_path / "chi.nii.gz")
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--method", "ndi", "--out", out]) == 1
+    assert "pass --b0 and --te" in capsys.readouterr().err
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--b0", "3", "--te", "20", "--out", out]) == 1
+    assert "not in seconds" in capsys.readouterr().err
+    assert invert.main(["--local-field", str(tmp_path / "nope.nii.gz"), "--mask", str(mp), "--method", "tkd", "--out", out]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--b0", "3", "--te", "0.02",
+                            "--device", "cuda", "--out", out]) == 1
+        assert "no CUDA GPU" in capsys.readouterr().err
