@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,8 @@ class QsmRun:
     voxel_size: tuple
     affine: tuple
     phase_units: str = "rad"
+    t1w: Path | None = None
+    """A T1w image of the same subject and session, used as an intermediate for registration."""
 
     @property
     def subject(self) -> str:
@@ -419,4 +421,14 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
         ents = tuple((k, str(f.entities[k])) for k in RUN_ENTITIES if f.entities.get(k) is not None)
         groups.setdefault((ents, f.entities["suffix"]), []).append(f)
     runs = [_build_run(layout, key, groups[key]) for key in sorted(groups)]
-    return runs
+    return [replace(r, t1w=find_t1w(layout, r.subject, r.entities.get("session"))) for r in runs]
+
+
+def find_t1w(layout, subject: str, session: str | None = None) -> Path | None:
+    """The first ``T1w`` image of ``subject`` in ``session`` (or without sessions), if any."""
+    query = dict(subject=subject, suffix="T1w", datatype="anat", extension=[".nii", ".nii.gz"])
+    from bids.layout import Query
+
+    query["session"] = session if session else Query.NONE
+    found = sorted(f.path for f in layout.get(**query))
+    return Path(found[0]) if found else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,20 @@ def test_check_output_dir(tmp_path):
         check_output_dir(bids, bids / "derivatives")
     with pytest.raises(InputError, match="work folder"):
         check_output_dir(bids, tmp_path / "out", bids / "work")
+
+
+def test_same_session_t1w_is_collected_for_registration(tmp_path):
+    """A T1w of the same subject/session is attached to the run (the atlas step registers through it)."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "bids_examples" / "ds-megre"
+    ds = tmp_path / "ds"
+    shutil.copytree(src, ds, ignore=shutil.ignore_patterns("derivatives"))
+    anat = ds / "sub-01" / "ses-1" / "anat"
+    mag = sorted(anat.glob("*echo-1_part-mag_MEGRE.nii.gz"))[0]
+    t1w = anat / "sub-01_ses-1_T1w.nii.gz"
+    shutil.copyfile(mag, t1w)
+    runs = {r.prefix: r for r in collect_runs(ds)}
+    assert runs["sub-01_ses-1"].t1w == t1w
+    assert runs["sub-01_ses-2"].t1w is None  # another session's T1w is not used
+    assert runs["sub-02"].t1w is None

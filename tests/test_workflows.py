@@ -371,3 +371,27 @@ def test_end_to_end_with_atlas(tmp_path, capsys):
     check_generated_files(out, DATA / "expected_outputs_atlas.txt")
     header, *rows = (out / "sub-01/anat/sub-01_desc-dgm_stats.tsv").read_text().splitlines()
     assert "mean_ppm" in header.split("\t") and len(rows) >= 1
+
+
+def test_t1w_reaches_the_atlas_workflow(datasets, tmp_path):
+    """A same-session T1w is handed to the registration (magnitude -> T1w -> MNI)."""
+    import dataclasses
+
+    if not HAVE_ATLAS:
+        pytest.skip("qsmprep.workflows.atlas is not importable")
+    bids = datasets["multi"]
+    runs = _runs(bids)
+    t1w = tmp_path / "sub-01_T1w.nii.gz"
+    t1w.write_bytes(b"")
+    runs = [dataclasses.replace(r, t1w=t1w) if r.subject == "01" else r for r in runs]
+    cfg = _config(bids, tmp_path, inversion="tkd", unwrapping="romeo", skip_atlas=False, device="cpu")
+    wf = init_qsmprep_wf(cfg, runs)
+    t1ws = {}
+    for sub_name in ("sub_01_wf", "sub_02_wf"):
+        sub_wf = wf.get_node(sub_name)
+        atlas = [n for n in sub_wf._graph.nodes() if n.name.startswith("atlas_")][0]
+        t1ws[sub_name] = atlas.get_node("inputnode").inputs.t1w
+    assert t1ws["sub_01_wf"] == str(t1w)
+    from nipype.interfaces.base import isdefined
+
+    assert not isdefined(t1ws["sub_02_wf"])

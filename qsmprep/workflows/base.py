@@ -122,6 +122,8 @@ def init_single_subject_wf(
             atlas_wf = call_with_supported(init_atlas_wf, precise=atlas_precise, omp_nthreads=omp_nthreads,
                                            name=f"atlas_{run_id}_wf", reference_region=REFERENCE_REGION, **extra)
             atlas_wf.inputs.inputnode.source_file = str(run.magnitude[0])
+            if getattr(run, "t1w", None):
+                atlas_wf.inputs.inputnode.t1w = str(run.t1w)
             ds_atlas_wf = init_ds_atlas_wf(
                 output_dir=output_dir, prefix=run.prefix, anat_dir=run.anat_dir, source_files=sources,
                 name=f"ds_atlas_{run_id}_wf",
