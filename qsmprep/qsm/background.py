@@ -1,0 +1,212 @@
+"""Background-field removal: V-SHARP (variable-radius sophisticated harmonic artifact reduction).
+
+Maths (``shared/ALGORITHMS.md`` 2.4).  With ``s_r`` the normalised sphere of radius ``r``
+(mm) and ``S_r(k)`` its spectrum, a harmonic background field ``b`` satisfies
+``s_r * b = b`` wherever the sphere fits inside the brain, so the high-pass
+``(delta - s_r) * f`` sees only the local field there.  For radii ``r_1 > r_2 > ... > r_N``:
+
+1. reliable (eroded) mask ``E_r = {v : (s_r * M)(v) > 0.999} & M`` -- the voxels whose whole
+   sphere lies in the brain mask, by FFT convolution (not a cross-shaped binary erosion,
+   which reaches only ``r/sqrt(3)`` along diagonals; see the measured pitfall in 2.4);
+2. each voxel takes the high-passed field of the *largest* radius whose mask holds it:
+   ``g = sum_n (E_{r_n} - E_{r_{n-1}}) * F^-1[(1 - S_{r_n}) F f]``;
+3. deconvolution with the largest kernel, truncated (TSVD):
+   ``f_local = E_{r_N} * F^-1[ F g / (1 - S_{r_1}) ]`` where ``|1 - S_{r_1}| > threshold``, else 0.
+
+The final mask is ``E_{r_N}``, i.e. the brain mask eroded by the smallest radius.
+
+4. (``refine`` >= 1, default 1) residual correction of the rim.  Step 3 treats every voxel as if
+   it had been high-passed with the largest kernel, which is wrong within ``r_1`` of the mask
+   edge (there ``g`` came from smaller spheres), so the rim of the local field is distorted.
+   Writing ``A x = sum_n (E_{r_n} - E_{r_{n-1}}) * F^-1[(1 - S_{r_n}) F x]`` (each voxel with
+   its own radius) and ``P`` for the truncated deconvolution of step 3, the iteration
+   ``x <- x + P (g - A x)`` (starting from ``x = P g``) solves ``A x = g`` better in the rim.
+   Measured on a simulated 1 mm head (validation seed 0): qsm-ci xSIM of the local field
+   0.878 -> 0.903 with one iteration (correlation 0.945 -> 0.947); more iterations raise xSIM
+   further (0.913, 0.918) but let low spatial frequencies drift (NRMSE rises), so 1 is the default.
+
+Speed: the volume is cropped to the mask's bounding box plus a margin of the largest
+radius, the field and mask are transformed once (``rfftn``, float32/complex64), and each
+radius costs three real FFTs (sphere kernel, mask erosion, filtered field); each refinement
+iteration costs one real FFT per radius plus three.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+
+from qsmprep.qsm.dipole import fft_workers
+
+#: Erosion threshold on ``SMV_r * mask``: a voxel is reliable when its sphere lies (all but
+#: round-off) inside the mask.
+EROSION_LEVEL = 0.999
+
+
+def default_radii_mm(voxel_size: Sequence[float] = (1.0, 1.0, 1.0), max_radius_mm: float = 12.0) -> list[float]:
+    """Default V-SHARP radii in mm: from ``max_radius_mm`` (12 mm) down to the largest voxel edge.
+
+    Step = the largest voxel edge ``d``, i.e. ``12, 12-d, 12-2d, ... >= d``.  At 1 mm isotropic
+    this is ``[12, 11, ..., 2, 1]`` (12 kernels); at 0.8 x 0.8 x 2 mm it is ``[12, 10, ..., 2]``.
+    The smallest radius fixes the final erosion (one voxel along the coarsest axis).
+    """
+    d = float(max(voxel_size))
+    if d <= 0:
+        raise ValueError(f"voxel_size must be positive, got {tuple(voxel_size)}.")
+    radii = []
+    r = float(max_radius_mm)
+    while r >= d - 1e-6:
+        radii.append(round(r, 6))
+        r -= d
+    if not radii:
+        radii = [d]
+    return radii
+
+
+def sphere_kernel(shape: Sequence[int], voxel_size: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Normalised discrete sphere (sum 1) of radius ``radius_mm`` centred at index 0 (wrapped).
+
+    A voxel belongs to the sphere when the distance between voxel centres, in mm, is
+    ``<= radius_mm`` (+1e-6).  Anisotropic voxels give an ellipsoid in index space.
+    Returns float32 of ``shape`` ready for ``rfftn``.
+    """
+    half = [int(np.floor(radius_mm / d + 1e-6)) for d in voxel_size]
+    for h, n in zip(half, shape):
+        if 2 * h + 1 > n:
+            raise ValueError(
+                f"V-SHARP sphere of radius {radius_mm} mm does not fit in a grid of shape {tuple(shape)}; "
+                "use smaller radii_mm."
+            )
+    axes = [np.arange(-h, h + 1) * d for h, d in zip(half, voxel_size)]
+    gx, gy, gz = np.meshgrid(*axes, indexing="ij")
+    ball = (gx**2 + gy**2 + gz**2) <= radius_mm**2 + 1e-6
+    ball = ball.astype(np.float32)
+    ball /= ball.sum()
+    ker = np.zeros(shape, dtype=np.float32)
+    idx = np.ix_(*[np.arange(-h, h + 1) % n for h, n in zip(half, shape)])
+    ker[idx] = ball
+    return ker
+
+
+def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped to the array)."""
+    sl = []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        nz = np.flatnonzero(mask.any(axis=other))
+        lo = max(0, int(nz[0]) - margin[ax])
+        hi = min(mask.shape[ax], int(nz[-1]) + 1 + margin[ax])
+        sl.append(slice(lo, hi))
+    return tuple(sl)
+
+
+def vsharp(
+    field_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    radii_mm: Sequence[float] | None = None,
+    threshold: float = 0.05,
+    refine: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-SHARP background-field removal.
+
+    Parameters
+    ----------
+    field_ppm : 3-D total (unwrapped) field in ppm (Hz input works too: the operation is linear,
+        the output is in the input's unit).
+    mask : 3-D brain mask (bool or 0/1).
+    voxel_size : voxel edge lengths in mm.
+    radii_mm : SMV radii in mm, any order (sorted descending here).  Default
+        :func:`default_radii_mm` -- 12 mm down to the largest voxel edge in steps of it.
+    threshold : TSVD threshold on ``|1 - S_{r_max}(k)|`` for the final deconvolution (0.05).
+    refine : residual-correction iterations for the rim (step 4 above; 0 = classic V-SHARP).
+
+    Returns
+    -------
+    (local_ppm, eroded_mask) : the local field (float32, same unit as ``field_ppm``, zero
+        outside ``eroded_mask``) and the final reliable mask (bool; the brain mask eroded by
+        the smallest radius).
+    """
+    field = np.asarray(field_ppm, dtype=np.float32)
+    m = np.asarray(mask) > 0
+    if field.ndim != 3 or field.shape != m.shape:
+        raise ValueError(
+            f"vsharp needs a 3-D field and a mask of the same shape, got {field.shape} and {m.shape}."
+        )
+    if not m.any():
+        raise ValueError("vsharp got an empty brain mask; check the masking step.")
+    if not np.all(np.isfinite(field[m])):
+        raise ValueError("vsharp got non-finite field values inside the mask; check the field fit.")
+    vs = tuple(float(v) for v in voxel_size)
+    radii = sorted((float(r) for r in (radii_mm if radii_mm is not None else default_radii_mm(vs))), reverse=True)
+    if not radii or radii[-1] <= 0:
+        raise ValueError(f"radii_mm must be positive, got {radii_mm}.")
+
+    # Crop to the mask's bounding box + a margin of the largest sphere, round to fast FFT sizes.
+    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
+    box = _bbox(m, margin)
+    mc = m[box]
+    fc = np.where(mc, field[box], 0.0).astype(np.float32)
+    shape = tuple(int(sfft.next_fast_len(n + mg, real=True)) for n, mg in zip(mc.shape, margin))
+    w = fft_workers()
+
+    def pad(a):
+        out = np.zeros(shape, dtype=np.float32)
+        out[tuple(slice(0, n) for n in a.shape)] = a
+        return out
+
+    crop = tuple(slice(0, n) for n in mc.shape)
+    f_k = sfft.rfftn(pad(fc), workers=w).astype(np.complex64, copy=False)
+    m_k = sfft.rfftn(pad(mc.astype(np.float32)), workers=w).astype(np.complex64, copy=False)
+
+    g = np.zeros(mc.shape, dtype=np.float32)
+    which = np.full(mc.shape, -1, dtype=np.int16)  # index into radii of each voxel's sphere
+    kernels = []  # 1 - S_r half spectra, kept for the refinement
+    eroded = mc
+    for i, r in enumerate(radii):
+        s_k = sfft.rfftn(sphere_kernel(shape, vs, r), workers=w).real.astype(np.float32)
+        one_minus_s = (1.0 - s_k).astype(np.float32)
+        del s_k
+        if refine > 0 or i == 0:
+            kernels.append(one_minus_s)
+        eroded = (sfft.irfftn(m_k * (1.0 - one_minus_s), s=shape, workers=w)[crop] > EROSION_LEVEL) & mc
+        new = eroded & (which < 0)
+        if new.any():
+            hp = sfft.irfftn(f_k * one_minus_s, s=shape, workers=w)[crop]
+            g[new] = hp[new]
+            which[new] = i
+    if not eroded.any():
+        raise ValueError(
+            f"V-SHARP eroded the whole mask (smallest radius {radii[-1]} mm); the mask is too small "
+            "or radii_mm too large."
+        )
+    del f_k, m_k
+    g[~eroded] = 0.0  # final mask = erosion by the smallest radius
+
+    one_minus = kernels[0]
+    inv = np.zeros_like(one_minus)
+    keep = np.abs(one_minus) > threshold
+    inv[keep] = 1.0 / one_minus[keep]
+    del keep
+
+    def deconvolve(y):
+        return np.where(eroded, sfft.irfftn(sfft.rfftn(pad(y), workers=w) * inv, s=shape, workers=w)[crop], 0.0)
+
+    loc = deconvolve(g).astype(np.float32)
+    for _ in range(int(refine)):
+        xk = sfft.rfftn(pad(loc), workers=w)
+        ax = np.zeros(mc.shape, dtype=np.float32)
+        for i, ker in enumerate(kernels):
+            sel = which == i
+            if sel.any():
+                ax[sel] = sfft.irfftn(xk * ker, s=shape, workers=w)[crop][sel]
+        del xk
+        loc = (loc + deconvolve(np.where(eroded, g - ax, 0.0).astype(np.float32))).astype(np.float32)
+
+    out = np.zeros(field.shape, dtype=np.float32)
+    out[box] = loc
+    out_mask = np.zeros(field.shape, dtype=bool)
+    out_mask[box] = eroded
+    return out, out_mask

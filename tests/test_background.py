@@ -1,0 +1,90 @@
+"""Known-answer tests for V-SHARP background-field removal (small volumes, <= 64^3)."""
+
+import numpy as np
+import pytest
+
+from qsmprep.qsm.background import default_radii_mm, sphere_kernel, vsharp
+from qsmprep.qsm.dipole import sphere_field_analytic
+
+N = 64
+
+
+def _ball(shape, voxel_size, center_mm, radius_mm):
+    g = np.meshgrid(*[np.arange(n) * d - c for n, d, c in zip(shape, voxel_size, center_mm)], indexing="ij")
+    r = np.sqrt(sum(x**2 for x in g))
+    return r, r <= radius_mm
+
+
+def test_default_radii():
+    assert default_radii_mm((1, 1, 1)) == [12.0, 11.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    assert default_radii_mm((0.8, 0.8, 2.0)) == [12.0, 10.0, 8.0, 6.0, 4.0, 2.0]
+    assert default_radii_mm((1, 1, 1), max_radius_mm=5)[-1] == 1.0
+
+
+def test_sphere_kernel_is_normalised_ball():
+    k = sphere_kernel((16, 16, 16), (1, 1, 1), 1.0)
+    assert abs(k.sum() - 1) < 1e-6
+    assert np.count_nonzero(k) == 7  # centre + 6 face neighbours
+    k2 = sphere_kernel((16, 16, 16), (1, 1, 2), 2.0)
+    # along the 2 mm axis only +-1 voxel fits
+    assert k2[0, 0, 1] > 0 and k2[0, 0, 2] == 0 and k2[2, 0, 0] > 0
+
+
+def test_outside_source_removed_inside_source_kept():
+    vs = (1.0, 1.0, 1.0)
+    shape = (N, N, N)
+    _, mask = _ball(shape, vs, (32, 32, 32), 22)
+    # strong external source (air-like, 1 ppm sphere outside the mask)
+    ext = sphere_field_analytic(shape, vs, (32, 32, 60), 3.0, 1.0)
+    # weak internal source (iron-like)
+    inn = sphere_field_analytic(shape, vs, (30, 34, 30), 3.0, 0.2)
+    # plus a harmonic linear gradient (background)
+    lin = (0.01 * (np.arange(N) - 32) / 32)[:, None, None] * np.ones(shape, np.float32)
+    local, em = vsharp(ext + inn + lin, mask, vs)
+    assert local.dtype == np.float32 and em.dtype == bool
+    assert em.sum() > 0.8 * mask.sum() and not np.any(em & ~mask)
+    assert np.all(local[~em] == 0)
+    # the background is 15x larger than the residual error
+    assert np.abs(ext[em]).max() > 0.05
+    err = local[em] - inn[em]
+    rms_inn = np.sqrt(np.mean(inn[em] ** 2))
+    assert np.sqrt(np.mean(err**2)) < 0.15 * rms_inn
+    assert np.corrcoef(local[em], inn[em])[0, 1] > 0.99
+
+
+def test_external_source_only_gives_near_zero_local_field():
+    vs = (1.0, 1.0, 1.0)
+    shape = (N, N, N)
+    _, mask = _ball(shape, vs, (32, 32, 32), 20)
+    ext = sphere_field_analytic(shape, vs, (32, 58, 32), 4.0, 9.4)  # air-tissue-like contrast
+    local, em = vsharp(ext, mask, vs)
+    assert np.abs(local[em]).max() < 0.01 * np.abs(ext[em]).max()
+
+
+def test_eroded_mask_is_spherical_not_cross_shaped():
+    # the eroded mask for radius r holds voxels whose whole r-sphere is inside the mask,
+    # i.e. a ball of radius ~R - r, also along the diagonals
+    vs = (1.0, 1.0, 1.0)
+    shape = (48, 48, 48)
+    r, mask = _ball(shape, vs, (24, 24, 24), 18)
+    _, em = vsharp(np.zeros(shape, np.float32), mask, vs, radii_mm=[6.0, 4.0])
+    assert np.all(r[em] <= 18 - 4 + 0.5)
+    assert np.all(em[r <= 18 - 4 - 1.0])
+
+
+def test_anisotropic_voxels_and_errors():
+    vs = (1.0, 1.0, 2.0)
+    shape = (N, N, 32)
+    _, mask = _ball(shape, vs, (32, 32, 32), 24)
+    inn = sphere_field_analytic(shape, vs, (30, 30, 30), 4.0, 0.2)
+    ext = sphere_field_analytic(shape, vs, (32, 32, 62), 4.0, 1.0)
+    local, em = vsharp(inn + ext, mask, vs)
+    assert np.corrcoef(local[em], inn[em])[0, 1] > 0.98
+    with pytest.raises(ValueError, match="empty"):
+        vsharp(inn, np.zeros(shape, bool), vs)
+    with pytest.raises(ValueError, match="same shape"):
+        vsharp(inn[:-1], mask, vs)
+    with pytest.raises(ValueError, match="eroded the whole mask"):
+        small = np.zeros(shape, bool)
+        small[30:33, 30:33, 15:17] = True
+        vsharp(inn, small, vs, radii_mm=[4.0])
