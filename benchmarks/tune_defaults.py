@@ -5,6 +5,10 @@ chain's (simulated noisy GRE -> quality-guided unwrapping -> weighted field fit 
 the true brain mask) so the early-stopping defaults include the effect of noise.  Prints xSIM /
 NRMSE for TKD thresholds, CG-L2 lambda x iterations and NDI iterations.  The benchmark heads
 (seeds 1-4) are never used for tuning.
+
+Note: ``background.vsharp`` now defaults to iSMV (``method="ismv"``); the tuning table in
+``run_benchmarks.TUNING_NOTES`` was made with V-SHARP (``refine=1``) local fields and has not been
+rerun with iSMV (delete ``/tmp/qsmprep_tune_seed0.npz`` before rerunning).
 """
 
 from __future__ import annotations
