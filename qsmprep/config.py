@@ -30,6 +30,9 @@ from pathlib import Path
 #: Dipole inversions the CLI offers; ``nsidl`` is ``qsmprep.dl.inference.invert_nsidl``,
 #: the others are ``qsmprep.qsm.inversion.METHODS[name]`` (``cgl2`` -> ``cg_l2``).
 INVERSIONS = ("nsidl", "tkd", "cgl2", "ndi")
+#: Background-field removal methods (``qsmprep.qsm.background.vsharp(method=...)``).
+BACKGROUND_REMOVALS = ("ismv", "vsharp")
+
 #: Phase unwrapping methods (``qsmprep.qsm.unwrap.unwrap_echoes(method=...)``).
 UNWRAPPINGS = ("romeo", "laplacian")
 #: Nipype execution plugins qsmprep supports through ``--use-plugin``.
@@ -79,6 +82,8 @@ class WorkflowSettings:
     """Dipole inversion: one of :data:`INVERSIONS`."""
     unwrapping: str = "romeo"
     """Phase unwrapping: one of :data:`UNWRAPPINGS`."""
+    background_removal: str = "ismv"
+    """Background-field removal: one of :data:`BACKGROUND_REMOVALS`."""
     skip_atlas: bool = False
     """Skip registration to MNI and the ROI tables."""
     atlas_precise: bool = False

@@ -229,10 +229,13 @@ def test_parse_all_options(tmp_path):
         str(tmp_path), str(tmp_path / "o"), "participant", "--session-label", "ses-a", "-w", str(tmp_path / "w"),
         "--nprocs", "4", "--omp-nthreads", "2", "--mem-gb", "6.5", "--device", "cpu", "--inversion", "cgl2",
         "--unwrapping", "laplacian", "--skip-atlas", "--atlas-precise", "--dry-run", "-vv",
+        "--background-removal", "vsharp",
     ])
     assert cfg.execution.session_label == ["a"] and cfg.execution.work_dir == tmp_path / "w"
     assert (cfg.nipype.nprocs, cfg.nipype.omp_nthreads, cfg.nipype.mem_gb) == (4, 2, 6.5)
     assert cfg.workflow.inversion == "cgl2" and cfg.workflow.unwrapping == "laplacian"
+    assert cfg.workflow.background_removal == "vsharp"
+    assert parse_args([str(tmp_path), str(tmp_path / "o"), "participant"]).workflow.background_removal == "ismv"
     assert cfg.workflow.skip_atlas and cfg.workflow.atlas_precise and cfg.execution.dry_run
     assert cfg.execution.verbosity == 2
     plugin = cfg.get_plugin()

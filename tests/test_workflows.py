@@ -395,3 +395,19 @@ def test_t1w_reaches_the_atlas_workflow(datasets, tmp_path):
     from nipype.interfaces.base import isdefined
 
     assert not isdefined(t1ws["sub_02_wf"])
+
+
+@pytest.mark.parametrize("method", ["ismv", "vsharp"])
+def test_background_removal_option_reaches_node_and_sidecars(method, datasets, tmp_path):
+    """--background-removal picks the method of the background node and is recorded in the sidecars."""
+    from qsmprep.workflows.base import BACKGROUND_DESCRIPTIONS, run_metadata
+
+    bids = datasets["single"]
+    runs = _runs(bids)
+    cfg = _config(bids, tmp_path, inversion="tkd", unwrapping="romeo", skip_atlas=True, device="cpu")
+    cfg.workflow.background_removal = method
+    wf = init_qsmprep_wf(cfg, runs)
+    nodes = [wf.get_node(n) for n in wf.list_node_names() if n.endswith(".vsharp")]
+    assert nodes and all(n.inputs.method == method for n in nodes)
+    meta = run_metadata(runs[0], unwrapping="romeo", inversion="tkd", background_removal=method)
+    assert meta["BackgroundFieldRemoval"] == BACKGROUND_DESCRIPTIONS[method]

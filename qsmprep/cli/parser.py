@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qsmprep import __version__
 from qsmprep import messages as msg
-from qsmprep.config import DEVICES, INVERSIONS, PLUGINS, UNWRAPPINGS, Config
+from qsmprep.config import BACKGROUND_REMOVALS, DEVICES, INVERSIONS, PLUGINS, UNWRAPPINGS, Config
 
 
 def _positive_int(value: str) -> int:
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inversion", choices=INVERSIONS, default="nsidl",
                    help="dipole inversion: nsidl (deep learning, nonlinear data term), or the classical tkd, cgl2, ndi")
     g.add_argument("--unwrapping", choices=UNWRAPPINGS, default="romeo", help="phase unwrapping method")
+    g.add_argument("--background-removal", choices=BACKGROUND_REMOVALS, default="ismv",
+                   help="background-field removal: iSMV (default; best local-field accuracy in "
+                        "benchmarks/RESULTS.md) or V-SHARP (12 mm -> voxel size, TSVD 0.05)")
     g.add_argument("--skip-atlas", action="store_true",
                    help="skip registration to MNI and the ROI tables (quick runs, tests)")
     g.add_argument("--atlas-precise", action="store_true", help="slower, more precise registration to MNI")
@@ -136,6 +139,7 @@ def _defaults_from_config(path: Path) -> dict:
         "session_label": cfg.execution.session_label,
         "inversion": cfg.workflow.inversion,
         "unwrapping": cfg.workflow.unwrapping,
+        "background_removal": cfg.workflow.background_removal,
         "skip_atlas": cfg.workflow.skip_atlas,
         "atlas_precise": cfg.workflow.atlas_precise,
         "sloppy": cfg.workflow.sloppy,
@@ -179,6 +183,7 @@ def parse_args(argv=None) -> Config:
     wf = cfg.workflow
     wf.inversion = opts.inversion
     wf.unwrapping = opts.unwrapping
+    wf.background_removal = opts.background_removal
     wf.skip_atlas = opts.skip_atlas
     wf.atlas_precise = opts.atlas_precise
     wf.sloppy = opts.sloppy

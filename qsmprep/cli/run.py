@@ -157,7 +157,8 @@ def format_plan(config, runs) -> str:
         f"  output: {config.execution.output_dir}",
         f"  work:   {config.execution.work_dir}",
         f"  participants: {', '.join(subjects)}   runs: {len(runs)}",
-        f"  inversion: {wf.inversion}   unwrapping: {wf.unwrapping}   atlas: "
+        f"  inversion: {wf.inversion}   unwrapping: {wf.unwrapping}   "
+        f"background removal: {wf.background_removal}   atlas: "
         f"{'on' if atlas else 'skipped'}{' (precise)' if atlas and wf.atlas_precise else ''}",
         f"  plugin: {nip.plugin}   nprocs: {nip.nprocs}   omp-nthreads: {nip.resolved_omp_nthreads()}   "
         f"device: {nip.device}{' (GPU)' if nip.use_gpu else ''}",
@@ -168,7 +169,8 @@ def format_plan(config, runs) -> str:
         lines.extend("  " + line for line in run.describe().splitlines())
     lines += ["", "Steps (per run):"]
     lines += [f"  {i}. {s}" for i, s in enumerate(workflow_steps(
-        inversion=wf.inversion, unwrapping=wf.unwrapping, atlas=atlas, precise=wf.atlas_precise, sloppy=wf.sloppy), 1)]
+        inversion=wf.inversion, unwrapping=wf.unwrapping, atlas=atlas, precise=wf.atlas_precise, sloppy=wf.sloppy,
+        background_removal=wf.background_removal), 1)]
     return "\n".join(lines)
 
 

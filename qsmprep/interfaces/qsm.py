@@ -197,6 +197,8 @@ class _VSharpInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, mandatory=True, desc="total field (Hz)")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
     b0_t = traits.Float(mandatory=True, desc="main field strength (T)")
+    method = traits.Enum("ismv", "vsharp", usedefault=True,
+                         desc="background-field removal: iSMV (default) or V-SHARP")
 
 
 class _VSharpOutputSpec(TraitedSpec):
@@ -205,7 +207,10 @@ class _VSharpOutputSpec(TraitedSpec):
 
 
 class VSharp(SimpleInterface):
-    """Hz -> ppm (:func:`qsmprep.qsm.constants.hz_per_ppm`), then V-SHARP (:func:`qsmprep.qsm.background.vsharp`)."""
+    """Hz -> ppm (:func:`qsmprep.qsm.constants.hz_per_ppm`), then background-field removal.
+
+    :func:`qsmprep.qsm.background.vsharp` with ``method`` ``ismv`` (default) or ``vsharp``.
+    """
 
     input_spec = _VSharpInputSpec
     output_spec = _VSharpOutputSpec
@@ -217,10 +222,12 @@ class VSharp(SimpleInterface):
         field_hz, img = load_volume(self.inputs.in_field)
         mask = _mask(self.inputs.in_mask)
         voxel_size, _ = geometry(img)
-        local_ppm, eroded = vsharp(field_hz / hz_per_ppm(self.inputs.b0_t), mask, voxel_size=voxel_size)
+        local_ppm, eroded = vsharp(field_hz / hz_per_ppm(self.inputs.b0_t), mask, voxel_size=voxel_size,
+                                   method=self.inputs.method)
         if not np.any(eroded):
             raise RuntimeError(
-                f"V-SHARP eroded the whole mask of {self.inputs.in_field}; the brain is too small for the kernel radii."
+                f"Background-field removal ({self.inputs.method}) eroded the whole mask of {self.inputs.in_field}; "
+                "the brain is too small for the kernel radii."
             )
         self._results["out_field"] = save_volume(local_ppm, img, "local_field_ppm.nii.gz", runtime.cwd)
         self._results["out_mask"] = save_volume(eroded, img, "mask_eroded.nii.gz", runtime.cwd, dtype=np.uint8)

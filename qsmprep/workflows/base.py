@@ -30,8 +30,14 @@ def atlas_factory(skip_atlas: bool = False):
     return init_atlas_wf
 
 
+BACKGROUND_DESCRIPTIONS = {
+    "ismv": "iSMV (iterative spherical mean value, radius 2 x the largest voxel edge, CG-solved)",
+    "vsharp": "V-SHARP (radii 12 mm down to the voxel size, TSVD threshold 0.05, one rim refinement)",
+}
+
+
 def workflow_steps(*, inversion: str, unwrapping: str, atlas: bool, precise: bool = False,
-                   sloppy: bool = False) -> list[str]:
+                   sloppy: bool = False, background_removal: str = "ismv") -> list[str]:
     """The processing steps in order, in words (for ``--dry-run`` and the log)."""
     inv = {"nsidl": "NSIDL deep-learning inversion (qsmprep.dl.inference.invert_nsidl)",
            "tkd": "TKD inversion", "cgl2": "CG-L2 (weighted Tikhonov) inversion", "ndi": "NDI inversion"}[inversion]
@@ -40,7 +46,7 @@ def workflow_steps(*, inversion: str, unwrapping: str, atlas: bool, precise: boo
         "brain mask from the echo-combined magnitude",
         f"phase unwrapping ({unwrapping})",
         "multi-echo field fit -> total field (Hz)",
-        "V-SHARP background removal -> local field (ppm)",
+        f"background-field removal, {BACKGROUND_DESCRIPTIONS[background_removal]} -> local field (ppm)",
         inv + " -> chi (ppm)",
         "referencing: whole-brain mean = 0",
     ]
@@ -53,7 +59,7 @@ def workflow_steps(*, inversion: str, unwrapping: str, atlas: bool, precise: boo
     return steps
 
 
-def run_metadata(run, *, unwrapping: str, inversion: str) -> dict:
+def run_metadata(run, *, unwrapping: str, inversion: str, background_removal: str = "ismv") -> dict:
     """Sidecar fields shared by a run's outputs."""
     return {
         "EchoTime": [float(t) for t in run.echo_times_s],
@@ -61,6 +67,7 @@ def run_metadata(run, *, unwrapping: str, inversion: str) -> dict:
         "B0Direction": [round(float(v), 6) for v in run.b0_dir],
         "InputPhaseUnits": run.phase_units,
         "PhaseUnwrapping": unwrapping,
+        "BackgroundFieldRemoval": BACKGROUND_DESCRIPTIONS[background_removal],
         "DipoleInversion": inversion,
     }
 
@@ -73,6 +80,7 @@ def init_single_subject_wf(
     output_dir,
     inversion: str = "nsidl",
     unwrapping: str = "romeo",
+    background_removal: str = "ismv",
     skip_atlas: bool = False,
     atlas_precise: bool = False,
     sloppy: bool = False,
@@ -97,7 +105,7 @@ def init_single_subject_wf(
         run_id = _safe(run.prefix[len(f"sub-{subject}"):].strip("_")) or "single"
         qsm_wf = init_qsm_wf(
             echo_times_s=list(run.echo_times_s), b0_t=run.b0_t, inversion=inversion, unwrapping=unwrapping,
-            device=device, use_gpu=use_gpu, omp_nthreads=omp_nthreads, volume_gb=run.volume_gb(),
+            background_removal=background_removal, device=device, use_gpu=use_gpu, omp_nthreads=omp_nthreads, volume_gb=run.volume_gb(),
             name=f"qsm_{run_id}_wf",
         )
         qsm_wf.inputs.inputnode.magnitude = [str(p) for p in run.magnitude]
@@ -106,7 +114,8 @@ def init_single_subject_wf(
                    for p in (*run.magnitude, *run.phase)]
         ds_wf = init_ds_qsm_wf(
             output_dir=output_dir, prefix=run.prefix, anat_dir=run.anat_dir, source_files=sources,
-            run_metadata=run_metadata(run, unwrapping=unwrapping, inversion=inversion), name=f"ds_qsm_{run_id}_wf",
+            run_metadata=run_metadata(run, unwrapping=unwrapping, inversion=inversion,
+                                      background_removal=background_removal), name=f"ds_qsm_{run_id}_wf",
         )
         workflow.connect([
             (qsm_wf, ds_wf, [
@@ -157,6 +166,7 @@ def init_qsmprep_wf(config, runs):
             output_dir=config.execution.output_dir,
             inversion=config.workflow.inversion,
             unwrapping=config.workflow.unwrapping,
+            background_removal=config.workflow.background_removal,
             skip_atlas=config.workflow.skip_atlas,
             atlas_precise=config.workflow.atlas_precise,
             sloppy=config.workflow.sloppy,

@@ -19,15 +19,14 @@ from __future__ import annotations
 from qsmprep.interfaces.io import bids_stem
 
 TEMPLATE = "MNI152NLin2009aSym"
-REFERENCE_REGION = "whole-brain mean over the final (V-SHARP-eroded) brain mask"
+REFERENCE_REGION = "whole-brain mean over the final brain mask (eroded by background-field removal)"
 #: Outputs of ``qsmprep.workflows.atlas.init_atlas_wf`` that are written.
 ATLAS_FIELDS = ("dseg", "dseg_tsv", "chi_mni", "xfm_to_mni", "xfm_from_mni", "roi_tsv", "roi_json")
 
 _METHOD_DESCRIPTIONS = {
-    "mask": {"Type": "Brain", "Description": "Brain mask from the magnitude, eroded by V-SHARP; chi is defined inside it."},
+    "mask": {"Type": "Brain", "Description": "Brain mask from the magnitude, eroded by background-field removal; chi is defined inside it."},
     "total": {"Units": "Hz", "Description": "Total field from the multi-echo phase fit (echo-independent offset removed)."},
-    "local": {"Units": "ppm", "Description": "Local (tissue) field after V-SHARP background-field removal, in ppm of B0.",
-              "BackgroundFieldRemoval": "V-SHARP"},
+    "local": {"Units": "ppm", "Description": "Local (tissue) field after background-field removal, in ppm of B0."},
     "chi": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION,
             "Description": "Magnetic susceptibility (chi) map, referenced to the whole-brain mean."},
 }

@@ -55,6 +55,7 @@ def init_qsm_wf(
     b0_t: float,
     inversion: str = "nsidl",
     unwrapping: str = "romeo",
+    background_removal: str = "ismv",
     device: str = "auto",
     use_gpu: bool = False,
     omp_nthreads: int = 1,
@@ -73,6 +74,8 @@ def init_qsm_wf(
         ``nsidl`` (default), ``tkd``, ``cgl2`` or ``ndi``.
     unwrapping : str
         ``romeo`` or ``laplacian`` (then each echo is demeaned before the fit).
+    background_removal : str
+        ``ismv`` (default) or ``vsharp``; the node keeps the name ``vsharp``.
     device : str
         ``auto``, ``cpu`` or ``cuda`` for NSIDL.
     use_gpu : bool
@@ -124,7 +127,7 @@ def init_qsm_wf(
                      mem_gb=mem("unwrap"), n_procs=omp_nthreads)
     fit_field = pe.Node(FitField(echo_times=tes, demean_echoes=unwrapping == "laplacian"), name="fit_field",
                         mem_gb=mem("fit_field"))
-    vsharp = pe.Node(VSharp(b0_t=b0_t), name="vsharp", mem_gb=mem("vsharp"), n_procs=omp_nthreads)
+    vsharp = pe.Node(VSharp(b0_t=b0_t, method=background_removal), name="vsharp", mem_gb=mem("vsharp"), n_procs=omp_nthreads)
     inversion_node = pe.Node(
         DipoleInversion(method=inversion, b0_t=b0_t, te_s=reference_echo_time(tes), device=device,
                         use_gpu=bool(use_gpu and inversion == "nsidl"), num_threads=omp_nthreads),
