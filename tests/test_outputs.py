@@ -114,3 +114,18 @@ def test_bidsignore_and_configs(tmp_path):
     assert [p.relative_to(out).as_posix() for p in paths] == [
         f"sub-01/log/{cfg.execution.run_uuid}/qsmprep.toml", f"sub-02/log/{cfg.execution.run_uuid}/qsmprep.toml"]
     assert Config.from_toml(paths[0]).to_dict() == cfg.to_dict()
+
+
+def test_load_echoes_names_the_files_when_grids_differ(tmp_path):
+    """A magnitude/phase shape mismatch that reaches the graph names both files and the fix."""
+    import nibabel as nb
+    import numpy as np
+
+    from qsmprep.interfaces.io import LoadEchoes
+
+    mag, pha = tmp_path / "mag.nii.gz", tmp_path / "pha.nii.gz"
+    nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)).to_filename(mag)
+    nb.Nifti1Image(np.zeros((4, 4, 5), np.float32), np.eye(4)).to_filename(pha)
+    iface = LoadEchoes(in_magnitude=[str(mag)], in_phase=[str(pha)])
+    with pytest.raises(RuntimeError, match="mag.nii.gz.*pha.nii.gz.*same grid"):
+        iface.run(cwd=str(tmp_path))

@@ -103,7 +103,11 @@ class LoadEchoes(SimpleInterface):
         mag, img = _stack(self.inputs.in_magnitude)
         phase, _ = _stack(self.inputs.in_phase)
         if mag.shape != phase.shape:
-            raise RuntimeError(f"Magnitude {mag.shape} and phase {phase.shape} stacks differ in shape.")
+            raise RuntimeError(
+                f"The magnitude ({self.inputs.in_magnitude[0]}, {mag.shape}) and phase "
+                f"({self.inputs.in_phase[0]}, {phase.shape}) stacks differ in shape; give every echo "
+                "a magnitude and a phase image on the same grid."
+            )
         phase = scale_phase_to_radians(phase)
         self._results["out_magnitude"] = save_volume(mag, img, "magnitude.nii.gz", runtime.cwd)
         self._results["out_phase"] = save_volume(phase, img, "phase_rad.nii.gz", runtime.cwd)
