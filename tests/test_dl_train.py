@@ -58,3 +58,70 @@ def test_nrmse_and_loss_known_values():
     assert train.nrmse_demeaned(2 * t, t, mask) == pytest.approx(100.0, rel=1e-5)
     loss, parts = train.loss_terms([t + 0.5], t, mask, grad_weight=0.0, deep_weight=0.0)
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_xsim_matches_qsm_ci():
+    """The torch XSIM (loss and validation) is qsm-ci's XSIM on demeaned, masked maps."""
+    np = pytest.importorskip("numpy")
+    qe = pytest.importorskip("qsm_ci.qsm_eval")
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    shape = (20, 22, 18)
+    truth = gaussian_filter(rng.normal(0, 0.3, shape), 1.5).astype(np.float32)
+    recon = (0.8 * truth + gaussian_filter(rng.normal(0, 0.05, shape), 1.0)).astype(np.float32)
+    mask = np.zeros(shape, bool)
+    mask[3:17, 4:19, 2:15] = True
+
+    def dm(x):
+        return np.where(mask, x - x[mask].mean(), 0.0)
+
+    ref = qe.xsim(dm(recon), dm(truth), mask)
+    t = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None, None]  # noqa: E731
+    got = float(train.xsim_t(t(recon), t(truth), t(mask))[0])
+    assert got == pytest.approx(ref, abs=1e-4)
+    assert 0.3 < ref < 0.99  # a case that discriminates
+    assert float(train.xsim_t(t(truth), t(truth), t(mask))[0]) == pytest.approx(1.0, abs=1e-5)
+    # as a loss term: zero for a perfect prediction, positive for the blurred one, and differentiable
+    p = t(recon).requires_grad_(True)
+    loss, parts = train.loss_terms([p], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
+    assert parts["xsim"] == pytest.approx(ref, abs=1e-4)
+    loss.backward()
+    assert torch.isfinite(p.grad).all() and float(p.grad.abs().sum()) > 0
+    perfect, _ = train.loss_terms([t(truth)], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
+    assert float(perfect) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ema_and_best_state_export(tmp_path):
+    """With validation heads and EMA, the summary records XSIM and the exported state is the best one."""
+    np = pytest.importorskip("numpy")
+    from qsmprep.qsm.dipole import forward_field
+
+    rng = np.random.default_rng(1)
+    shape = (16, 18, 14)
+    chi = np.zeros(shape, np.float32)
+    chi[5:11, 6:12, 4:10] = 0.1
+    chi += rng.normal(0, 0.01, shape).astype(np.float32)
+    mask = np.zeros(shape, np.float32)
+    mask[2:14, 2:16, 2:12] = 1
+    field = (forward_field(chi * mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)) * mask).astype(np.float32)
+    vdir = tmp_path / "val"
+    vdir.mkdir()
+    np.savez(vdir / "head_1.npz", chi=chi, field=field, mask=mask, weight=mask, voxel_size=np.ones(3),
+             b0_dir=np.array([0.0, 0.0, 1.0]), s=np.float32(16.0))
+    cfg = {"seed": 5, "device": "cpu", "model": {"n_iter": 2, "widths": [4, 8, 8]},
+           "data": {"batch_size": 1, "max_voxels": 6000}, "budget": {"max_steps": 4, "max_minutes": 5},
+           "val": {"dir": str(vdir), "every": 2}, "ckpt_every": 2, "log_every": 1, "ema_decay": 0.5,
+           "loss": {"xsim_weight": 1.0}, "optim": {"lr": 1e-2, "warmup": 1}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert train.main(["--config", str(p), "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    vals = {r["step"]: r for r in recs if r["event"] == "val"}
+    assert set(vals) >= {0, 2, 4} and all(0 < v["val_xsim"] <= 1 for v in vals.values())
+    assert "xsim" in next(r for r in recs if r["event"] == "train")
+    best = max(vals.values(), key=lambda r: r["val_score"])
+    assert s["best_step"] == best["step"] and s["val_xsim"] == pytest.approx(best["val_xsim"])
+    assert "ema" in torch.load(out / "ckpt.pt", weights_only=True)

@@ -7,8 +7,10 @@ The YAML config has the sections ``seed``, ``device``, ``model`` (:func:`qsmprep
 keys), ``data`` (``batch_size`` + :class:`qsmprep.dl.synthetic.SynthConfig` fields), ``optim``
 (``lr``, ``lr_min``, ``weight_decay``, ``clip``, ``warmup``), ``budget`` (``max_steps``,
 ``max_minutes``: whichever comes first; the cosine schedule follows the larger progress fraction),
-``loss`` (``grad_weight``, ``deep_weight``), ``val`` (``dir`` of ``*.npz`` heads, ``every`` steps)
-and ``ckpt_every``.  Batches are a pure function of (seed, step), so ``--resume`` continues the
+``loss`` (``grad_weight``, ``deep_weight``, ``xsim_weight``), ``val`` (``dir`` of ``*.npz`` heads,
+``every`` steps), ``ema_decay`` (exponential moving average of the weights, 0 = off; validation and
+export use the average) and ``ckpt_every``.  With validation heads, the exported weights are the
+validated state with the best ``val_xsim - val_nrmse / 100`` (``best_step`` in the summary).  Batches are a pure function of (seed, step), so ``--resume`` continues the
 same data stream from the last checkpoint (``DIR/ckpt.pt``).  Outputs in DIR: ``ckpt.pt``,
 ``train_log.jsonl`` (one JSON line per logged step / validation), ``nsidl.pt`` (exported weights
 for :mod:`qsmprep.dl.weights`) and ``summary.json``.
@@ -35,13 +37,17 @@ DEFAULTS = {
     "data": {"batch_size": 2},
     "optim": {"lr": 5e-4, "lr_min": 1e-5, "weight_decay": 0.0, "clip": 0.5, "warmup": 100},
     "budget": {"max_steps": 100000, "max_minutes": 6.5},
-    "loss": {"grad_weight": 0.5, "deep_weight": 0.1},
+    "loss": {"grad_weight": 0.5, "deep_weight": 0.1, "xsim_weight": 0.0},
     "val": {"dir": None, "every": 250, "max_heads": 4},
     "ckpt_every": 250,
     "log_every": 25,
     "amp_bf16": False,
     "init_weights": None,
+    "ema_decay": 0.0,
 }
+
+# qsm-ci's XSIM constants (L = 1 ppm, K1 = 0.01, K2 = 0.001) and window (5x5x5, truncated at the edges)
+XSIM_C1, XSIM_C2, XSIM_WIN = 1e-4, 1e-6, 5
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -80,8 +86,36 @@ def demeaned(x, mask):
     return (x - (x * mask).sum(dim=(1, 2, 3, 4), keepdim=True) / n) * mask
 
 
-def loss_terms(preds, chi, mask, grad_weight=0.5, deep_weight=0.1):
-    """L1 of the demeaned error in the mask (in units of 0.1 ppm) + gradient L1 + deep supervision."""
+def xsim_map(a, b):
+    """Per-voxel XSIM of ``a`` against ``b`` (qsm-ci ``xsim``: 5x5x5 windows truncated at the
+    volume edge, c1 = 1e-4 ppm^2, c2 = 1e-6 ppm^2).  Maps in ppm, shapes (B,1,X,Y,Z).
+    Returns (value, den): average ``value`` where the mask is set and ``den > 0``."""
+    import torch.nn.functional as F
+
+    def win(x):
+        return F.avg_pool3d(x, XSIM_WIN, stride=1, padding=XSIM_WIN // 2, count_include_pad=False)
+
+    mu_a, mu_b = win(a), win(b)
+    var_a = win(a * a) - mu_a * mu_a
+    var_b = win(b * b) - mu_b * mu_b
+    cov = win(a * b) - mu_a * mu_b
+    num = (2.0 * mu_a * mu_b + XSIM_C1) * (2.0 * cov + XSIM_C2)
+    den = (mu_a * mu_a + mu_b * mu_b + XSIM_C1) * (var_a + var_b + XSIM_C2)
+    return num / den.clamp_min(1e-20), den
+
+
+def xsim_t(pred, truth, mask):
+    """Mean XSIM per sample (B,) of ``pred`` against ``truth`` (ppm), both demeaned in ``mask`` and
+    zeroed outside it first (as ``qsm_ci.qsm_eval.score_arrays`` scores chi after referencing)."""
+    v, den = xsim_map(demeaned(pred, mask), demeaned(truth, mask))
+    sel = (mask > 0) & (den > 0)
+    return (v * sel).sum(dim=(1, 2, 3, 4)) / sel.sum(dim=(1, 2, 3, 4)).clamp_min(1)
+
+
+def loss_terms(preds, chi, mask, grad_weight=0.5, deep_weight=0.1, xsim_weight=0.0):
+    """L1 of the demeaned error in the mask (in units of 0.1 ppm) + gradient L1 + deep supervision
+    + ``xsim_weight`` x (1 - XSIM) of the last iterate (the challenge metric made a loss: it rewards
+    fine structure that an L1 loss alone lets the network smooth away)."""
     import torch
 
     from qsmprep.dl.model import SIGMA_PPM
@@ -105,7 +139,12 @@ def loss_terms(preds, chi, mask, grad_weight=0.5, deep_weight=0.1):
     g = gl1(preds[-1])
     deep = sum(l1(p) for p in preds[:-1]) / max(1, len(preds) - 1) if len(preds) > 1 else torch.zeros(())
     total = main + grad_weight * g + deep_weight * deep
-    return total, {"l1": float(main.detach()), "grad": float(g.detach()), "deep": float(deep.detach()) if torch.is_tensor(deep) else float(deep)}
+    parts = {"l1": float(main.detach()), "grad": float(g.detach()), "deep": float(deep.detach()) if torch.is_tensor(deep) else float(deep)}
+    if xsim_weight:
+        xs = xsim_t(preds[-1], chi, mask.float()).mean()
+        total = total + xsim_weight * (1.0 - xs)
+        parts["xsim"] = float(xs.detach())
+    return total, parts
 
 
 def nrmse_demeaned(pred, truth, mask) -> float:
@@ -142,7 +181,8 @@ def load_val_heads(folder, device, max_heads=4):
 
 
 def validate(model, heads, baseline: bool = False) -> dict:
-    """Mean demeaned NRMSE (%) over the heads; with ``baseline`` also TKD's."""
+    """Mean demeaned NRMSE (%) and XSIM over the heads (``val_score`` = XSIM - NRMSE/100, the
+    selection criterion); with ``baseline`` also TKD's NRMSE."""
     import torch
 
     from qsmprep.dl import physics
@@ -152,17 +192,21 @@ def validate(model, heads, baseline: bool = False) -> dict:
         return out
     was = model.training
     model.eval()
-    vals, tk = [], []
+    vals, tk, xs = [], [], []
     with torch.no_grad():
         for h in heads:
             pred = model(h["field"], h["mask"], h["weight"], h["s"], h["kernel"], h["padded"])
             vals.append(nrmse_demeaned(pred, h["chi"], h["mask"]))
+            xs.append(float(xsim_t(pred, h["chi"], h["mask"])[0]))
             out[f"nrmse_{h['name']}"] = vals[-1]
+            out[f"xsim_{h['name']}"] = xs[-1]
             if baseline:
                 t = physics.tkd_t(h["field"], h["kernel"], h["padded"], 0.2) * h["mask"]
                 tk.append(nrmse_demeaned(t, h["chi"], h["mask"]))
     model.train(was)
     out["val_nrmse"] = sum(vals) / len(vals)
+    out["val_xsim"] = sum(xs) / len(xs)
+    out["val_score"] = out["val_xsim"] - out["val_nrmse"] / 100.0
     if baseline:
         out["val_nrmse_tkd"] = sum(tk) / len(tk)
     return out
@@ -222,6 +266,9 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
         opt.load_state_dict(ck["optim"])
         step, elapsed0 = int(ck["step"]), float(ck["elapsed_s"])
         LOG.info("resumed from %s at step %d", ckpt_path, step)
+    ema = _Ema(model, float(cfg.get("ema_decay") or 0.0)) if cfg.get("ema_decay") else None
+    if resume and ema is not None and "ema" in ck:
+        ema.shadow = {k: v.to(dev) for k, v in ck["ema"].items()}
     heads = load_val_heads(cfg["val"].get("dir"), dev, int(cfg["val"].get("max_heads", 4)))
     max_steps = int(cfg["budget"]["max_steps"])
     max_s = float(cfg["budget"]["max_minutes"]) * 60.0
@@ -233,10 +280,19 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
 
     log({"event": "start", "step": step, "device": str(dev), "params": n_parameters(model), "config": cfg,
          "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None})
+    best = {"score": -math.inf, "step": None, "state": None, "val": {}}
+
+    def consider(v, at):
+        """Keep the validated weights with the best val_score (EMA weights when EMA is on)."""
+        if v and v["val_score"] > best["score"]:
+            best.update(score=v["val_score"], step=at, val=v,
+                        state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+
     if heads and step == 0:
         v = validate(model, heads, baseline=True)
         log({"event": "val", "step": 0, **v})
-        LOG.info("step 0 (untrained = TKD + K NDI steps) val NRMSE %.1f %% (TKD %.1f %%)", v["val_nrmse"], v["val_nrmse_tkd"])
+        consider(v, 0)
+        LOG.info("step 0 (start) val NRMSE %.1f %% XSIM %.3f (TKD %.1f %%)", v["val_nrmse"], v["val_xsim"], v["val_nrmse_tkd"])
     amp = torch.bfloat16 if cfg.get("amp_bf16") else None
     t0 = time.time()
     pbar = tqdm(total=max_steps, initial=step, desc="NSIDL", mininterval=5, disable=None)
@@ -253,7 +309,9 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
             gr["lr"] = lr
         b = make_batch(int(cfg["seed"]) * 7_919 + step, bs, dev, scfg)
         preds = model(b["field"], b["mask"], b["weight"], b["s"], b["kernel"], b["padded"], return_all=True, cnn_dtype=amp)
-        loss, parts = loss_terms(preds, b["chi"], b["mask"], float(cfg["loss"]["grad_weight"]), float(cfg["loss"]["deep_weight"]))
+        lc = cfg["loss"]
+        loss, parts = loss_terms(preds, b["chi"], b["mask"], float(lc["grad_weight"]), float(lc["deep_weight"]),
+                                 float(lc.get("xsim_weight", 0.0)))
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             log({"event": "nonfinite", "step": step})
@@ -262,6 +320,8 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(oc["clip"])))
         opt.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
         pbar.update(1)
         stats.append((float(loss.detach()), gn))
@@ -273,21 +333,35 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
                  "a_k": [round(float(a), 4) for a in model.step_sizes().detach()], **parts})
             pbar.set_postfix(loss=f"{ml:.3f}")
         if heads and step % int(cfg["val"]["every"]) == 0:
+            if ema is not None:
+                ema.swap(model)
             v = validate(model, heads)
-            log({"event": "val", "step": step, "elapsed_s": elapsed0 + time.time() - t0, **v})
-            LOG.info("step %d val NRMSE %.2f %%", step, v["val_nrmse"])
+            consider(v, step)
+            if ema is not None:
+                ema.swap(model)
+            log({"event": "val", "step": step, "elapsed_s": elapsed0 + time.time() - t0, "ema": ema is not None, **v})
+            LOG.info("step %d val NRMSE %.2f %% XSIM %.3f", step, v["val_nrmse"], v["val_xsim"])
         if step % int(cfg["ckpt_every"]) == 0:
-            _save_ckpt(model, opt, step, elapsed0 + time.time() - t0, cfg, ckpt_path)
+            _save_ckpt(model, opt, step, elapsed0 + time.time() - t0, cfg, ckpt_path, ema)
     pbar.close()
     elapsed = elapsed0 + time.time() - t0
-    _save_ckpt(model, opt, step, elapsed, cfg, ckpt_path)
+    _save_ckpt(model, opt, step, elapsed, cfg, ckpt_path, ema)
+    if ema is not None:
+        ema.swap(model)  # export / final validation use the average
     final = validate(model, heads, baseline=True) if heads else {}
     if final:
-        log({"event": "val", "step": step, "elapsed_s": elapsed, **final})
+        log({"event": "val", "step": step, "elapsed_s": elapsed, "ema": ema is not None, **final})
+        consider(final, step)
+        if best["step"] != step:
+            model.load_state_dict(best["state"])
+            final = dict(best["val"])
+            LOG.info("exporting the best validated state (step %s, val_score %.4f)", best["step"], best["score"])
     meta = {"steps": step, "train_seconds": round(elapsed, 1), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
             "torch": str(torch.__version__), "seed": int(cfg["seed"]), "batch_size": bs,
-            "val_nrmse": final.get("val_nrmse"), "val_nrmse_tkd": final.get("val_nrmse_tkd"),
+            "val_nrmse": final.get("val_nrmse"), "val_xsim": final.get("val_xsim"),
+            "val_nrmse_tkd": final.get("val_nrmse_tkd"), "best_step": best["step"] if heads else step,
+            "ema_decay": float(cfg.get("ema_decay") or 0.0),
             "a_k": [float(a) for a in model.step_sizes().detach()]}
     sha = export_weights(model, out / "nsidl.pt", meta)
     summary = {**meta, "weights": str(out / "nsidl.pt"), "sha256": sha, "params": n_parameters(model), "final_val": final}
@@ -297,12 +371,39 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     return summary
 
 
-def _save_ckpt(model, opt, step, elapsed, cfg, path):
+class _Ema:
+    """Exponential moving average of a model's parameters (decay d per step)."""
+
+    def __init__(self, model, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, model):
+        import torch
+
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+                else:
+                    self.shadow[k].copy_(v)
+
+    def swap(self, model):
+        """Exchange the model's weights and the average (call twice to restore)."""
+        cur = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        self.shadow = cur
+
+
+def _save_ckpt(model, opt, step, elapsed, cfg, path, ema=None):
     import torch
 
     tmp = Path(path).with_name(".ckpt.tmp")
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": int(step),
-                "elapsed_s": float(elapsed), "config_json": json.dumps(cfg)}, tmp)
+    blob = {"model": model.state_dict(), "optim": opt.state_dict(), "step": int(step),
+            "elapsed_s": float(elapsed), "config_json": json.dumps(cfg)}
+    if ema is not None:
+        blob["ema"] = ema.shadow
+    torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
