@@ -13,7 +13,7 @@ Sections (as in fMRIPrep's ``config.py``):
 ``nipype``
     plugin and resources (processes, threads, memory, device).
 ``seeds``
-    the master random seed (NumPy/torch seeds derive from it).
+    the master random seed (``--random-seed``; seeds ANTs' registration sampling).
 
 ``Config.to_toml()`` / ``Config.from_toml()`` round-trip; ``qsmprep ... --config-file
 sub-01/log/<uuid>/qsmprep.toml`` reruns with the same choices.
@@ -117,8 +117,10 @@ class NipypeSettings:
 
 @dataclass
 class SeedSettings:
-    master: int = 20260101
-    """Master seed; NumPy and torch seeds derive from it."""
+    master: int = 20260
+    """Master seed (``--random-seed``): the ANTs registration seed (metric sampling).  The other
+    steps are deterministic (no random numbers): masking, unwrapping, the fits, the
+    inversions (NSIDL inference included)."""
 
 
 _SECTIONS = {"execution": ExecutionSettings, "workflow": WorkflowSettings, "nipype": NipypeSettings, "seeds": SeedSettings}

@@ -419,3 +419,20 @@ def test_plugin_file_bad_node_args(tmp_path):
     f.write_text("plugin: SLURMGraph\nnode_plugin_args: [inversion]\n")
     with pytest.raises(ValueError, match="node_plugin_args"):
         read_plugin_file(f)
+
+
+def test_random_seed_reaches_registration(tmp_path, capsys):
+    """--random-seed sets config.seeds.master and survives the saved config (test_workflows: it seeds ANTs)."""
+    from qsmprep.config import SeedSettings
+
+    base = [str(tmp_path), str(tmp_path / "o"), "participant"]
+    assert parse_args(base).seeds.master == SeedSettings.master
+    cfg = parse_args([*base, "--random-seed", "1234"])
+    assert cfg.seeds.master == 1234
+    toml = tmp_path / "qsmprep.toml"
+    toml.write_text(cfg.to_toml())
+    assert parse_args([*base, "--config-file", str(toml)]).seeds.master == 1234
+    for bad in ("-1", "2147483648", "x"):
+        with pytest.raises(SystemExit) as exc:
+            parse_args([*base, "--random-seed", bad])
+        assert exc.value.code == 2

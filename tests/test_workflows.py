@@ -411,3 +411,15 @@ def test_background_removal_option_reaches_node_and_sidecars(method, datasets, t
     assert nodes and all(n.inputs.method == method for n in nodes)
     meta = run_metadata(runs[0], unwrapping="romeo", inversion="tkd", background_removal=method)
     assert meta["BackgroundFieldRemoval"] == BACKGROUND_DESCRIPTIONS[method]
+
+
+@pytest.mark.skipif(not HAVE_ATLAS, reason="antspyx / atlas data not installed")
+def test_master_seed_seeds_registration(datasets, tmp_path):
+    """config.seeds.master (--random-seed) is the seed of every registration node."""
+    bids = datasets["sessions"]
+    cfg = _config(bids, tmp_path, device="cpu")
+    cfg.seeds.master = 1234
+    regs = [n for n in init_qsmprep_wf(cfg, _runs(bids))._get_all_nodes() if n.name == "register"]
+    assert len(regs) == 4 and all(n.inputs.seed == 1234 for n in regs)
+    cfg.seeds.master = 99
+    assert {n.inputs.seed for n in init_qsmprep_wf(cfg, _runs(bids))._get_all_nodes() if n.name == "register"} == {99}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qsmprep import __version__
 from qsmprep import messages as msg
-from qsmprep.config import BACKGROUND_REMOVALS, DEVICES, INVERSIONS, PLUGINS, UNWRAPPINGS, Config
+from qsmprep.config import BACKGROUND_REMOVALS, DEVICES, INVERSIONS, PLUGINS, UNWRAPPINGS, Config, SeedSettings
 
 
 def _positive_int(value: str) -> int:
@@ -21,6 +21,17 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
     if ivalue < 1:
         raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return ivalue
+
+
+def _nonneg_int(value: str) -> int:
+    """A seed: an integer in [0, 2**31) (ANTs takes a 32-bit signed seed)."""
+    try:
+        ivalue = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if not 0 <= ivalue < 2**31:
+        raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 2147483647")
     return ivalue
 
 
@@ -123,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device for the NSIDL inversion; cuda fails at start when no GPU is visible")
     g.add_argument("--dry-run", action="store_true",
                    help="print the runs found (echoes, TEs, B0, B0 direction) and the steps, then exit")
+    g.add_argument("--random-seed", type=_nonneg_int, default=None, metavar="SEED",
+                   help="master random seed (ANTs registration sampling); default %d" % SeedSettings.master)
     g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
                    help="qsmprep.toml from an earlier run: reuse its choices (options given here win)")
     return parser
@@ -146,6 +159,7 @@ def _defaults_from_config(path: Path) -> dict:
         "omp_nthreads": cfg.nipype.omp_nthreads or None,
         "mem_gb": cfg.nipype.mem_gb or None,
         "device": cfg.nipype.device,
+        "random_seed": cfg.seeds.master,
         "_plugin": (cfg.nipype.plugin, cfg.nipype.plugin_args),
     }
 
@@ -189,6 +203,9 @@ def parse_args(argv=None) -> Config:
     wf.sloppy = opts.sloppy
     if wf.sloppy and wf.atlas_precise:
         parser.error("--sloppy and --atlas-precise contradict each other; pass only one.")
+
+    if opts.random_seed is not None:
+        cfg.seeds.master = opts.random_seed
 
     nip = cfg.nipype
     if opts.nprocs:

@@ -87,9 +87,13 @@ def init_single_subject_wf(
     device: str = "auto",
     use_gpu: bool = False,
     omp_nthreads: int = 1,
+    seed: int = 20260,
     name: str | None = None,
 ):
-    """All runs of one participant: per run the QSM graph, the atlas graph and the writers."""
+    """All runs of one participant: per run the QSM graph, the atlas graph and the writers.
+
+    ``seed`` is the master random seed (``config.seeds.master``); it seeds ANTs' registration.
+    """
     from nipype.pipeline import engine as pe
 
     from qsmprep.interfaces.qsm import call_with_supported
@@ -129,7 +133,8 @@ def init_single_subject_wf(
         if init_atlas_wf is not None:
             extra = {"flavor": "testing"} if sloppy else {}
             atlas_wf = call_with_supported(init_atlas_wf, precise=atlas_precise, omp_nthreads=omp_nthreads,
-                                           name=f"atlas_{run_id}_wf", reference_region=REFERENCE_REGION, **extra)
+                                           name=f"atlas_{run_id}_wf", reference_region=REFERENCE_REGION, seed=seed,
+                                           **extra)
             atlas_wf.inputs.inputnode.source_file = str(run.magnitude[0])
             if getattr(run, "t1w", None):
                 atlas_wf.inputs.inputnode.t1w = str(run.t1w)
@@ -173,6 +178,7 @@ def init_qsmprep_wf(config, runs):
             device=config.nipype.device,
             use_gpu=config.nipype.use_gpu,
             omp_nthreads=config.nipype.resolved_omp_nthreads(),
+            seed=config.seeds.master,
         )
         workflow.add_nodes([sub_wf])
     return workflow
