@@ -92,3 +92,29 @@ def test_tkd_recovers_band_limited_chi():
     f = torch.fft.irfftn(torch.fft.rfftn(chi) * k, s=shp)
     rec = physics.tkd_t(f, k, shp, threshold=0.2)
     np.testing.assert_allclose(rec.numpy(), chi.numpy(), atol=1e-4)
+
+
+def test_kspace_consistency_known_answers():
+    """Where |D| is above the ramp the output is the field's chi; in the cone it is the estimate's."""
+    from qsmprep.dl import physics
+
+    g = torch.Generator().manual_seed(3)
+    shape = (15, 17, 13)  # odd: no Nyquist planes (where an oblique kernel is not Hermitian-consistent)
+    chi = torch.randn((1, 1) + shape, generator=g)
+    kern = physics.dipole_kernel_t(shape, (1.0, 1.2, 1.5), (0.2, 0.1, 0.97))[None, None]
+    field = physics.convolve(chi, kern, shape)  # padded == shape: an exact circular model
+    # estimate = the truth -> unchanged (the data agree with it everywhere)
+    out = physics.kspace_consistency_t(chi, field, kern, shape, 0.1, 0.1)
+    assert torch.allclose(out, chi, atol=1e-4)
+    # estimate = 0 -> exactly the truth band-passed by the ramp a(k)
+    out0 = physics.kspace_consistency_t(torch.zeros_like(chi), field, kern, shape, 0.1, 0.1)
+    a = ((kern.abs() - 0.1) / 0.1).clamp(0, 1)
+    ref = torch.fft.irfftn(torch.fft.rfftn(chi, s=shape, dim=(-3, -2, -1)) * a, s=shape, dim=(-3, -2, -1))
+    assert torch.allclose(out0, ref, atol=1e-4)
+    assert 0.3 < float(out0.norm() / chi.norm()) < 0.99  # a real band: neither nothing nor everything
+    # the estimate is kept inside the cone and at k = 0
+    est = torch.randn((1, 1) + shape, generator=g)
+    o = physics.kspace_consistency_t(est, field, kern, shape, 0.1, 0.1)
+    so, se = (torch.fft.rfftn(x, s=shape, dim=(-3, -2, -1)) for x in (o, est))
+    cone = kern.abs() <= 0.1
+    assert torch.allclose(so[cone.expand_as(so)], se[cone.expand_as(se)], atol=1e-3)

@@ -10,7 +10,8 @@
 #   TRAIN_MIN=6.0 CONFIGS=qsmprep/data/nsidl/train_gpu.yaml bash benchmarks/gpu/train_and_time.sh
 #
 # Env: TRAIN_MIN (training wall budget per config, minutes, default 6.0), CONFIGS (YAML files,
-# space-separated; trained concurrently), OUT (output dir).
+# space-separated; trained concurrently), OUT (output dir), SKIP_EXTRAS=1 (no smoke test, timing or
+# gpu tests: a follow-up call on a warm machine with the same architecture).
 set -u
 OUT=${OUT:-/tmp/nsidl_out}
 mkdir -p "$OUT"
@@ -26,9 +27,10 @@ LOG="$OUT/device_log.txt"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, numpy, scipy, yaml, tqdm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   FIRST=${CONFIGS%% *}
+  [ "${SKIP_EXTRAS:-0}" = 1 ] || {
   echo "== smoke (3 tiny steps, $FIRST)"
   $PY -m qsmprep.dl.train --config "$FIRST" --out /tmp/nsidl_smoke --device "$DEV" --max-steps 3 \
-      --set data.max_voxels=200000 --set log_every=1 --set val.every=2 --set val.max_heads=1 || { echo "SMOKE FAILED"; exit 3; }
+      --set data.max_voxels=200000 --set log_every=1 --set val.every=2 --set val.max_heads=1 || { echo "SMOKE FAILED"; exit 3; }; }
   echo "== train ${TRAIN_MIN} min: $CONFIGS"
   pids=()
   for c in $CONFIGS; do
@@ -60,6 +62,7 @@ PYEOF
 )
   echo "best: $BEST"
   cp "$OUT/nsidl_$BEST.pt" "$OUT/nsidl_best.pt" 2>/dev/null
+  [ "${SKIP_EXTRAS:-0}" = 1 ] && { echo "== end $(date -u)"; exit 0; }
   echo "== timing"
   $PY benchmarks/gpu/time_inference.py --weights "$OUT/nsidl_best.pt" --out "$OUT/timing.json" --device "$DEV" --repeats 3 || echo "TIMING FAILED"
   echo "== gpu tests"

@@ -105,6 +105,29 @@ def tkd_t(field: torch.Tensor, kernel: torch.Tensor, padded: Sequence[int], thre
     return convolve(field, inv, padded)
 
 
+def kspace_consistency_t(chi: torch.Tensor, field: torch.Tensor, kernel: torch.Tensor, padded: Sequence[int],
+                         threshold: float = 0.1, width: float = 0.1) -> torch.Tensor:
+    """Put the data back where the dipole kernel is well conditioned (k-space data consistency).
+
+    ``X(k) = a(k) F(field)(k) / D(k) + (1 - a(k)) F(chi)(k)`` with the ramp
+    ``a = clip((|D| - threshold) / width, 0, 1)``: where ``|D| >= threshold + width`` the
+    susceptibility is the one the measured field determines (noise amplified at most
+    ``1 / threshold``); inside the cone ``|D| <= threshold`` (and at k = 0, D(0) = 0) it is
+    ``chi`` (the network's estimate); the ramp avoids ringing at the switch.  ``chi`` and
+    ``field`` in ppm, (..., X, Y, Z), zero-padded to ``padded``; ``kernel`` the half spectrum.
+    Returns chi in ppm, cropped back, not masked.
+    """
+    shp = chi.shape[-3:]
+    dims = (-3, -2, -1)
+    with torch.autocast(device_type=chi.device.type, enabled=False):
+        a = ((kernel.abs() - float(threshold)) / float(width)).clamp(0.0, 1.0)
+        inv = torch.where(a > 0, 1.0 / torch.where(a > 0, kernel, torch.ones_like(kernel)), torch.zeros_like(kernel))
+        spec = torch.fft.rfftn(chi.float(), s=tuple(padded), dim=dims) * (1.0 - a)
+        spec = spec + torch.fft.rfftn(field.float(), s=tuple(padded), dim=dims) * (a * inv)
+        out = torch.fft.irfftn(spec, s=tuple(padded), dim=dims)
+    return out[..., : shp[0], : shp[1], : shp[2]]
+
+
 def fast_padded_shape(shape: Sequence[int], pad_factor: float = 1.5) -> tuple[int, ...]:
     """Padded FFT grid; same rule as ``qsmprep.qsm.dipole.padded_shape``."""
     from qsmprep.qsm.dipole import padded_shape

@@ -11,10 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
-WEIGHTS_NAME = "nsidl_v1.pt"
+WEIGHTS_NAME = "nsidl_v2.pt"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "nsidl"
-#: sha256 of the shipped ``nsidl_v1.pt`` (updated whenever new weights are shipped).
-EXPECTED_SHA256 = "1eb613c927cd1b951d9298d56e39f3b05c5c671e05c005630d1b12cd240987db"
+#: sha256 of the shipped ``nsidl_v2.pt`` (updated whenever new weights are shipped).
+EXPECTED_SHA256 = "eb3d7b2dbce49e0546a1e9f0526f13dba7d323e3006e40bfaf7ad83e458008b3"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -285,7 +285,7 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
 
     meta = {"EstimationSoftwareName": "qsmprep", "EstimationSoftwareVersion": __version__}
     if method == "nsidl":
-        from qsmprep.dl.inference import invert_nsidl
+        from qsmprep.dl.inference import DC_THRESHOLD, DC_WIDTH, invert_nsidl
 
         info = nsidl_weights_info()
         chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device)
@@ -293,6 +293,7 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
             EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
             WeightsName=info.get("name"),
             WeightsSHA256=info.get("sha256"),
+            KSpaceDataConsistency={"DipoleKernelThreshold": DC_THRESHOLD, "RampWidth": DC_WIDTH},
             Device=device,
         )
         try:
