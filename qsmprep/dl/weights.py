@@ -14,7 +14,7 @@ from pathlib import Path
 WEIGHTS_NAME = "nsidl_v2.pt"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "nsidl"
 #: sha256 of the shipped ``nsidl_v2.pt`` (updated whenever new weights are shipped).
-EXPECTED_SHA256 = "eb3d7b2dbce49e0546a1e9f0526f13dba7d323e3006e40bfaf7ad83e458008b3"
+EXPECTED_SHA256 = "63e34a503ca778b3d7848ecc602f64a7e78e958080a730d21e98fb9edb1cc1f1"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
