@@ -3,7 +3,9 @@
 Iteration (``shared/ALGORITHMS.md`` 1.5/1.6), chi in ppm:
 
     chi_0   = M * TKD(f)                                         (init="tkd"; or 0)
-              then n_pre fixed Nesterov-accelerated NDI steps (step 4/(s^2 max W^2))
+              then n_pre fixed steps: Nesterov-accelerated NDI steps (step 4/(s^2 max W^2),
+              pre_solver="nesterov") or conjugate-gradient iterations on the linearised
+              data term ||W (D chi - f)||^2 (pre_solver="cg", about twice as fast per step)
     z_k     = M * (chi_k - alpha_k * s * D[W^2 sin(s D chi_k - phi)])
     chi_k+1 = M * (z_k + sigma * U([z_k / sigma, W, M, k/K]))
 
@@ -86,8 +88,12 @@ class NSIDL(nn.Module):
     """
 
     def __init__(self, n_iter: int = 4, widths: Sequence[int] = (8, 16, 32), init: str = "tkd",
-                 tkd_threshold: float = 0.2, a_init: float = 2.0, n_pre: int = 0, pre_step: float = 4.0):
+                 tkd_threshold: float = 0.2, a_init: float = 2.0, n_pre: int = 0, pre_step: float = 4.0,
+                 pre_solver: str = "nesterov"):
         super().__init__()
+        if pre_solver not in ("nesterov", "cg"):
+            raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {pre_solver!r}.")
+        self.pre_solver = pre_solver
         if init not in ("tkd", "zero"):
             raise ValueError(f"init must be 'tkd' or 'zero', not {init!r}.")
         self.n_iter = int(n_iter)
@@ -104,7 +110,8 @@ class NSIDL(nn.Module):
 
     def config(self) -> dict:
         return {"n_iter": self.n_iter, "widths": list(self.widths), "init": self.init,
-                "tkd_threshold": self.tkd_threshold, "n_pre": self.n_pre, "pre_step": self.pre_step}
+                "tkd_threshold": self.tkd_threshold, "n_pre": self.n_pre, "pre_step": self.pre_step,
+                "pre_solver": self.pre_solver}
 
     def step_sizes(self) -> torch.Tensor:
         """The unit-free a_k (alpha_k = a_k / (s^2 max W^2))."""
@@ -133,7 +140,9 @@ class NSIDL(nn.Module):
             chi = physics.tkd_t(field, kernel, padded, self.tkd_threshold) * mask
         else:
             chi = torch.zeros_like(field)
-        if self.n_pre:
+        if self.n_pre and self.pre_solver == "cg":
+            chi = cg_linearised(chi, field, w2, mask, kernel, padded, self.n_pre)
+        elif self.n_pre:
             chi = ndi_nesterov(chi, phi, w2, mask, kernel, padded, s_b, self.pre_step / (s_b * s_b * wmax2), self.n_pre)
         a = self.step_sizes()
         outs = []
@@ -173,12 +182,43 @@ def ndi_nesterov(chi, phi, w2, mask, kernel, padded, s, alpha, n_steps: int):
     return x
 
 
+@torch.no_grad()
+def cg_linearised(chi, field, w2, mask, kernel, padded, n_steps: int):
+    """``n_steps`` conjugate-gradient iterations on ``min ||W (D chi - f)||^2`` over chi in the mask.
+
+    The linearised NDI data term (``sin r ~ r`` for small residuals ``r = s D chi - phi``;
+    ``s`` cancels): CG on the normal equations ``M D W^2 D M chi = M D W^2 f`` (CGNR), started
+    from ``chi``.  The weighted residual decreases monotonically; each iteration costs two FFT
+    pairs, like one NDI gradient step, and 30 of them reach what ~60 Nesterov NDI steps reach
+    (validation heads).  chi, field in ppm; ``w2`` = W^2; per-sample inner products.
+    """
+    def A(x):
+        return mask * physics.convolve(w2 * physics.convolve(x, kernel, padded), kernel, padded)
+
+    dims = (1, 2, 3, 4)
+    x = chi.clone()
+    r = mask * physics.convolve(w2 * field, kernel, padded) - A(x)
+    p = r.clone()
+    rr = (r * r).sum(dim=dims, keepdim=True)
+    for _ in range(int(n_steps)):
+        ap = A(p)
+        pap = (p * ap).sum(dim=dims, keepdim=True)
+        a = torch.where(pap > 0, rr / pap.clamp_min(1e-30), torch.zeros_like(pap))
+        x = x + a * p
+        r = r - a * ap
+        rn = (r * r).sum(dim=dims, keepdim=True)
+        p = r + torch.where(rr > 0, rn / rr.clamp_min(1e-30), torch.zeros_like(rn)) * p
+        rr = rn
+    return x
+
+
 def build_model(cfg: dict | None = None) -> NSIDL:
     """NSIDL from a config dict (keys of :meth:`NSIDL.config`)."""
     cfg = dict(cfg or {})
     return NSIDL(n_iter=cfg.get("n_iter", 4), widths=cfg.get("widths", (8, 16, 32)),
                  init=cfg.get("init", "tkd"), tkd_threshold=cfg.get("tkd_threshold", 0.2),
-                 n_pre=cfg.get("n_pre", 0), pre_step=cfg.get("pre_step", 4.0))
+                 n_pre=cfg.get("n_pre", 0), pre_step=cfg.get("pre_step", 4.0),
+                 pre_solver=cfg.get("pre_solver", "nesterov"))
 
 
 def n_parameters(model: nn.Module) -> int:
