@@ -74,7 +74,8 @@ class Stage:
 
     On a shared machine the wall time includes waiting for the CPU; the CPU time does not
     (with 2 FFT threads it can exceed the wall time of an idle machine by up to 2x).
-    The traced peak counts numpy + Python allocations made during the call (tracemalloc).
+    The traced peak counts numpy + Python allocations made during the call (tracemalloc; torch's
+    own allocator is not traced); ``rss_mb`` is the process's peak RSS so far, after the call.
     """
 
     def __init__(self):
@@ -94,12 +95,25 @@ class Stage:
             if trace:
                 tracemalloc.stop()
         self.records.append({"stage": name, "wall_s": dt, "cpu_s": dc, "peak_mb": peak,
-                             "load1": os.getloadavg()[0]})
+                             "rss_mb": max_rss_mb(), "load1": os.getloadavg()[0]})
         return out
 
 
 def max_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
+    """Peak resident set size of this process's own memory so far (MB).
+
+    ``VmHWM`` from ``/proc/self/status`` where available: ``getrusage(RUSAGE_SELF).ru_maxrss`` is
+    preserved across ``execve`` and a forked child starts with its parent's high-water mark, so in a
+    ``spawn``-ed child it reports at least the parent's peak at the time of the fork (a benchmark
+    parent holding several GB made every chain child look that large).  Falls back to ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -109,3 +123,75 @@ def fmt(v, nd=3) -> str:
     if isinstance(v, str):
         return v
     return f"{v:.{nd}f}"
+
+
+# ------------------------------------------------------------------------------------------
+# the app's chain, call for call (qsmprep/interfaces/qsm.py + qsmprep/workflows/qsm.py)
+# ------------------------------------------------------------------------------------------
+
+
+def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = None, unwrapping: str = "romeo",
+                    mask_kwargs: dict | None = None, stage: "Stage | None" = None) -> dict:
+    """The app's per-run chain up to the local field, with the same functions and defaults as the
+    Nipype graph (``workflows.qsm.init_qsm_wf`` -> ``interfaces.qsm``):
+
+    ``LoadEchoes``: ``echoes.scale_phase_to_radians``; ``BrainMask``: ``masking.brain_mask(mag4d,
+    voxel_size, phase=phase4d)``; ``UnwrapEchoes``: ``unwrap.unwrap_echoes(method=unwrapping)``;
+    ``FitField``: ``echoes.fit_field(demean_echoes=unwrapping == "laplacian")``, non-finite -> 0;
+    ``VSharp``: ``background.vsharp(field_hz / hz_per_ppm(b0_t), brain_mask, method=bfr)``
+    (``bfr`` None = the app's default, ``config`` / ``background.DEFAULT_METHOD``).
+
+    ``mask_kwargs`` (studies only) go to ``brain_mask``; ``stage`` (a :class:`Stage`) times each step
+    as ``mask``, ``unwrap_<unwrapping>``, ``fit``, ``bfr``.  Returns a dict with ``mask`` (brain
+    mask), ``field_hz``, ``weight``, ``local_ppm``, ``eroded`` (final mask).
+    """
+    from qsmprep.qsm.background import DEFAULT_METHOD, vsharp
+    from qsmprep.qsm.constants import hz_per_ppm
+    from qsmprep.qsm.echoes import fit_field, scale_phase_to_radians
+    from qsmprep.qsm.masking import brain_mask
+    from qsmprep.qsm.unwrap import unwrap_echoes
+
+    def run(name, fn, *a, **k):
+        return stage.run(name, fn, *a, **k) if stage is not None else fn(*a, **k)
+
+    vs = tuple(float(v) for v in voxel_size)
+    te = [float(t) for t in te_s]
+    mag = np.asarray(mag, dtype=np.float32)
+    phase = scale_phase_to_radians(np.asarray(phase, dtype=np.float32))
+    if phase.ndim == 3:
+        phase, mag = phase[..., None], mag[..., None]
+    mask = run("mask", brain_mask, mag, vs, phase=phase, **(mask_kwargs or {}))
+    uw = run(f"unwrap_{unwrapping}", unwrap_echoes, phase, mag, te, mask, method=unwrapping, voxel_size=vs)
+    fit = run("fit", fit_field, uw, mag, te, mask, demean_echoes=unwrapping == "laplacian")
+    # the echoes are not needed any more (the app's later nodes do not hold them either); callers that
+    # pass their only reference (e.g. ``d.pop("phase")``) get the memory back here
+    del uw, phase, mag
+    field_hz = np.where(np.isfinite(fit.field_hz), fit.field_hz, 0.0).astype(np.float32)
+    weight = np.where(np.isfinite(fit.weight), fit.weight, 0.0).astype(np.float32)
+    del fit
+    method = bfr or DEFAULT_METHOD
+    local, eroded = run("bfr", vsharp, field_hz / np.float32(hz_per_ppm(b0_t)), mask, voxel_size=vs, method=method)
+    return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method)
+
+
+def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_s, *,
+                  stage: "Stage | None" = None, device: str = "cpu") -> np.ndarray:
+    """The app's ``DipoleInversion`` + ``ReferenceChi`` on :func:`app_chain_field`'s output:
+    ``interfaces.qsm.run_inversion`` (the app's dispatch: NSIDL via ``dl.inference.invert_nsidl``;
+    NDI gets ``rad_per_ppm(b0_t, TE_ref)``) with the fit weight and the mean echo time
+    (``workflows.qsm.reference_echo_time``), masked, then ``reference.reference_mean`` in the final
+    mask.  Timed as ``inv_<method>`` and ``ref_<method>`` when ``stage`` is given."""
+    from qsmprep.interfaces.qsm import run_inversion
+    from qsmprep.qsm.reference import reference_mean
+    from qsmprep.workflows.qsm import reference_echo_time
+
+    def run(name, fn, *a, **k):
+        return stage.run(name, fn, *a, **k) if stage is not None else fn(*a, **k)
+
+    em = chain["eroded"]
+    chi, _ = run(f"inv_{method}", run_inversion, method, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
+                 tuple(float(b) for b in b0_dir), weight=chain["weight"], b0_t=float(b0_t),
+                 te_s=reference_echo_time(te_s), device=device)
+    chi = np.where(em, chi, 0.0).astype(np.float32)
+    chi, _ = run(f"ref_{method}", reference_mean, chi, em)
+    return np.where(em, chi, 0.0).astype(np.float32)

@@ -220,3 +220,15 @@ def test_brain_mask_excludes_dark_skull_void_inside_the_outline():
     assert not np.any(m & void)
     assert masking.brain_mask(mag, (3, 3, 3), min_signal=0.0)[void].all()  # the old behaviour
     assert dice(m, truth & ~void) >= 0.95
+
+
+def test_default_erosion_is_2mm_but_at_least_one_voxel():
+    """``erode_radius_mm=None`` (default) erodes by max(DEFAULT_ERODE_MM = 2 mm, largest voxel edge)."""
+    assert masking.DEFAULT_ERODE_MM == 2.0
+    mag, _ = synthetic_head(seed=6)
+    for vs, expect in (((3.0, 3.0, 3.0), 3.0), ((1.0, 1.0, 1.0), 2.0), ((1.0, 1.0, 2.5), 2.5)):
+        m = masking.brain_mask(mag, vs)
+        assert np.array_equal(m, masking.brain_mask(mag, vs, erode_radius_mm=expect)), vs
+    # at 3 mm a 2 mm erosion would keep the outer voxel layer (extra-cerebral CSF): the default does not
+    m3, m2 = masking.brain_mask(mag, (3, 3, 3)), masking.brain_mask(mag, (3, 3, 3), erode_radius_mm=2.0)
+    assert m3.sum() < m2.sum() and not np.any(m3 & ~m2)

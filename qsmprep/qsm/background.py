@@ -34,6 +34,15 @@ The final mask is ``E_{r_N}``, i.e. the brain mask eroded by the smallest radius
    0.878 -> 0.903 with one iteration (correlation 0.945 -> 0.947); more iterations raise xSIM
    further (0.913, 0.918) but let low spatial frequencies drift (NRMSE rises), so 1 is the default.
 
+Accuracy limit (``benchmarks/bfr_study.py --diagnose``, validation head): V-SHARP's error sits
+within ~12 mm of the mask edge (relative error 0.8 within 6 mm, 0.15 deeper).  It is neither the
+TSVD's low-frequency loss (the true local field through the truncated 12 mm filter alone: xSIM
+0.994; maximum radii of 18 or 25 mm change nothing) nor the rim correction (solving ``A x = g``
+to a 0.6 % residual: 0.914): near the edge the small spheres only see the Laplacian of the local
+field, so its part that is harmonic in the eroded mask is not in the data, and V-SHARP's TSVD fills
+it in worse than iSMV's assumption (local field ~ 0 on the 2 mm rim: 0.936; V-SHARP with the same
+2 mm erosion 0.917).  On the four benchmark heads V-SHARP scores 0.86-0.88, below the issue's 0.90.
+
 Speed: the volume is cropped to the mask's bounding box plus a margin of the largest
 radius, the field and mask are transformed once (``rfftn``, float32/complex64), and each
 radius costs three real FFTs (sphere kernel, mask erosion, filtered field); each refinement
