@@ -46,7 +46,7 @@ def test_crop_pad_equals_uncropped_run():
 
 
 def test_kspace_consistency_step_lowers_error_on_clean_field():
-    """The default final step (data back where |D| > 0.1) beats the bare network on a noise-free field."""
+    """The default final step (data back where |D| > 0.2) beats the bare network on a noise-free field."""
     chi, f, mask, vs, b0 = _case()
     model = _model()
 
@@ -56,8 +56,10 @@ def test_kspace_consistency_step_lowers_error_on_clean_field():
 
     bare = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=None)
     dc = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model)
-    assert inference.DC_THRESHOLD == 0.1 and np.all(dc[~mask] == 0)
-    assert err(dc) < err(bare) - 0.02, (err(dc), err(bare))
+    assert inference.DC_THRESHOLD == 0.2 and np.all(dc[~mask] == 0)
+    more = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=0.1)
+    # on a clean field the data are right, so taking more of k-space from them helps more
+    assert err(more) < err(dc) - 0.005 < err(bare) - 0.01, (err(more), err(dc), err(bare))
 
 
 def test_untrained_model_improves_on_nothing_and_tracks_truth():

@@ -122,3 +122,23 @@ def test_ndi_handles_wrapped_phase_and_weights():
 
 def test_methods_dict():
     assert set(METHODS) == {"tkd", "cgl2", "ndi"}
+
+
+def test_app_dispatch_runs_ndi_with_its_tuned_phase_scale():
+    """interfaces.qsm.run_inversion gives NDI its tuned scale (4 rad/ppm), not rad_per_ppm(B0, TE)."""
+    from qsmprep.interfaces.qsm import run_inversion
+    from qsmprep.qsm import inversion
+    from qsmprep.qsm.dipole import forward_field
+
+    shape = (20, 20, 20)
+    chi = np.zeros(shape, np.float32)
+    chi[8:12, 8:12, 8:12] = 1.5  # a haemorrhage-like source: the two scales differ
+    mask = np.zeros(shape, bool)
+    mask[3:17, 3:17, 3:17] = True
+    f = forward_field(chi, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)) * mask
+    got, meta = run_inversion("ndi", f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), weight=None, b0_t=3.0, te_s=0.02)
+    ref = inversion.ndi(f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+    physical = inversion.ndi(f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), rad_per_ppm=16.05)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert np.abs(physical - ref).max() > 1e-3  # the scale matters, so the check above can fail
+    assert meta["PhaseScaleRadPerPpm"] == inversion.NDI_DEFAULT_RAD_PER_PPM == 4.0

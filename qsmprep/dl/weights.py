@@ -14,7 +14,7 @@ from pathlib import Path
 WEIGHTS_NAME = "nsidl_v2.pt"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "nsidl"
 #: sha256 of the shipped ``nsidl_v2.pt`` (updated whenever new weights are shipped).
-EXPECTED_SHA256 = "9d83dbc6a5ea9759e813bec949ac8d88c8448441d61012fe2f195755e71d4603"
+EXPECTED_SHA256 = "4638eb1bfcea8ad08d8643bc714220c151cbae2983642f573f6bb830ba265a78"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
