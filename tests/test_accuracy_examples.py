@@ -23,6 +23,10 @@ ds-t2starw romeo       0.911 / 0.413             0.836 / 0.551             0.68 
 ds-t2starw laplacian   0.915 / 0.404             0.838 / 0.547             0.68      0.625 / 0.547
 =====================  ========================  ========================  ========  ===============
 
+Remeasured after the brain-mask erosion became max(2 mm, largest voxel edge) (session 2): the
+megre runs are unchanged (2.5 mm voxels: same erosion); t2starw local-field r with iSMV 0.863
+(ROMEO) / 0.910 (Laplacian), coverage 0.67; with V-SHARP 0.908 (ROMEO), coverage 0.695.
+
 Before the mask fix (signal voids and aliased-phase voxels kept in the mask) the same graph gave
 local-field r 0.40 / 0.22 (megre sub-02 romeo / laplacian), 0.55 (sub-01 ses-1) and 0.30 / 0.33
 (t2starw romeo / laplacian); chi r 0.29 / 0.25, 0.38 and 0.25 / 0.33.  The thresholds below leave
