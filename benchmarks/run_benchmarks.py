@@ -337,25 +337,18 @@ def run_case(case: Case, voxel_size, methods: dict, timing: bool, a_methods=None
     out["bfr_default"] = DEFAULT_METHOD
     out["bfr_true"] = {}
     locs = {}
-    for bname in BFR_METHODS:
+    # the methods at their defaults, then V-SHARP variants (diagnosis of why V-SHARP stays below
+    # iSMV; the defaults were chosen on the validation head, benchmarks/bfr_study.py)
+    runs = [(b, {"method": b}) for b in BFR_METHODS]
+    runs += [(v, {"method": "vsharp", **kw}) for v, kw in BFR_VARIANTS.items()]
+    for bname, kw in runs:
         t0 = time.perf_counter()
-        loc, em = vsharp(sim["field_ppm"], brain, vs, method=bname)
+        loc, em = vsharp(sim["field_ppm"], brain, vs, **kw)
         dt = time.perf_counter() - t0
         locs[bname] = (loc, em)
         out["bfr_true"][bname] = {**score_field(loc, true_local, em), "time_s": dt,
                                   "coverage": float(em.sum() / brain.sum())}
         print(f"[bench] {case.name}: {bname}(true total) {dt:.1f} s, xsim {out['bfr_true'][bname]['xsim']:.3f}",
-              flush=True)
-    # V-SHARP variants (diagnosis of why V-SHARP stays below iSMV; the defaults were chosen on the
-    # validation head, benchmarks/bfr_study.py)
-    for vname, kw in BFR_VARIANTS.items():
-        t0 = time.perf_counter()
-        loc, em = vsharp(sim["field_ppm"], brain, vs, method="vsharp", **kw)
-        dt = time.perf_counter() - t0
-        locs[vname] = (loc, em)
-        out["bfr_true"][vname] = {**score_field(loc, true_local, em), "time_s": dt,
-                                  "coverage": float(em.sum() / brain.sum())}
-        print(f"[bench] {case.name}: {vname}(true total) {dt:.1f} s, xsim {out['bfr_true'][vname]['xsim']:.3f}",
               flush=True)
     # all methods scored in the smallest (common) mask too, for a like-for-like comparison
     common = np.logical_and.reduce([e for _, e in locs.values()])

@@ -140,9 +140,10 @@ def invert_nsidl(
     with torch.inference_mode():
         kern = physics.dipole_kernel_t(padded, voxel_size, b0_dir, device=dev)[None, None]
         tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)[None, None]
-        chi_c = model(tt(fc), tt(mc), tt(wc), s, kern, padded, cnn_dtype=cnn_dtype)
+        field_t = tt(fc)
+        chi_c = model(field_t, tt(mc), tt(wc), s, kern, padded, cnn_dtype=cnn_dtype)
         if dc_threshold is not None:
-            chi_c = physics.kspace_consistency_t(chi_c, tt(fc), kern, padded, dc_threshold, dc_width)
+            chi_c = physics.kspace_consistency_t(chi_c, field_t, kern, padded, dc_threshold, dc_width)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         chi_c = chi_c[0, 0].float().cpu().numpy()

@@ -303,7 +303,7 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
         except ImportError:  # pragma: no cover
             pass
     else:
-        from qsmprep.qsm.inversion import METHODS
+        from qsmprep.qsm.inversion import METHODS, NDI_DEFAULT_RAD_PER_PPM
 
         names = {"tkd": "TKD (truncated k-space division)", "cgl2": "CG-L2 (weighted Tikhonov, conjugate gradient)",
                  "ndi": "NDI (nonlinear dipole inversion, gradient descent)"}
@@ -313,8 +313,6 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
         chi = call_with_supported(METHODS[method], local_ppm, mask, voxel_size, b0_dir, weight=weight)
         meta.update(EstimationAlgorithm=names[method], Device="cpu")
         if method == "ndi":
-            from qsmprep.qsm.inversion import NDI_DEFAULT_RAD_PER_PPM
-
             meta["PhaseScaleRadPerPpm"] = NDI_DEFAULT_RAD_PER_PPM
     return np.asarray(chi, dtype=np.float32), meta
 
