@@ -174,6 +174,17 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method)
 
 
+#: Benchmark method names that are an app inversion with options: name -> (method, run_inversion kwargs).
+#: ``nsidl-strong`` is NSIDL with the ``strong`` data-fit preset (``qsmprep invert --nsidl-data-fit strong``).
+APP_VARIANTS = {"nsidl-strong": ("nsidl", {"nsidl_data_fit": "strong"})}
+
+
+def app_method(name: str) -> tuple[str, dict]:
+    """Benchmark method name -> (``run_inversion`` method, extra keyword arguments)."""
+    method, kw = APP_VARIANTS.get(name, (name, {}))
+    return method, dict(kw)
+
+
 def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_s, *,
                   stage: "Stage | None" = None, device: str = "cpu") -> np.ndarray:
     """The app's ``DipoleInversion`` + ``ReferenceChi`` on :func:`app_chain_field`'s output:
@@ -189,9 +200,10 @@ def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_
         return stage.run(name, fn, *a, **k) if stage is not None else fn(*a, **k)
 
     em = chain["eroded"]
-    chi, _ = run(f"inv_{method}", run_inversion, method, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
+    base, kw = app_method(method)
+    chi, _ = run(f"inv_{method}", run_inversion, base, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
                  tuple(float(b) for b in b0_dir), weight=chain["weight"], b0_t=float(b0_t),
-                 te_s=reference_echo_time(te_s), device=device)
+                 te_s=reference_echo_time(te_s), device=device, **kw)
     chi = np.where(em, chi, 0.0).astype(np.float32)
     chi, _ = run(f"ref_{method}", reference_mean, chi, em)
     return np.where(em, chi, 0.0).astype(np.float32)

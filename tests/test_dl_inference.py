@@ -133,3 +133,63 @@ def test_cpu_gpu_agree():
     c = inference.invert_nsidl(f, mask, vs, b0, w, device="cpu", model=model)
     g = inference.invert_nsidl(f, mask, vs, b0, w, device="cuda", model=model)
     assert np.abs(c - g).max() < inference.CPU_GPU_ATOL_PPM
+
+
+def test_data_fit_presets_set_the_pre_solver_and_kspace_threshold():
+    """``data_fit`` picks DATA_FIT's pre-solver and k-space threshold; None keeps the model's own."""
+    chi, f, mask, vs, b0 = _case()
+    model = _model()
+    assert model.n_pre == 0
+    strong = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="strong")
+    # the same by hand: the model configured like the preset
+    cfg = inference.DATA_FIT["strong"]
+    model.n_pre, model.pre_solver = cfg["n_pre"], cfg["pre_solver"]
+    by_hand = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=cfg["dc_threshold"])
+    model.n_pre, model.pre_solver = 0, "nesterov"
+    np.testing.assert_allclose(strong, by_hand, atol=1e-6)
+    own = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model)  # n_pre 0, DC_THRESHOLD
+    robust = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="robust")
+    assert not np.allclose(own, robust, atol=1e-4)  # robust runs its 10 NDI pre-steps
+    # (that strong beats robust on a clean field is a property of the trained weights:
+    # tests/test_invert_cli.py checks it with the shipped ones)
+    with pytest.raises(ValueError, match="robust"):
+        inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="sharp")
+    with pytest.raises(ValueError, match="dc_threshold"):
+        inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold="auto")
+
+
+def test_shipped_weights_config_is_the_robust_preset():
+    """The app's default (robust) is what the shipped weights were validated with."""
+    from qsmprep.dl.weights import default_weights_path, load_model
+
+    if not default_weights_path().is_file():
+        pytest.skip("no shipped NSIDL weights")
+    model, _ = load_model(None, device="cpu")
+    rob = inference.DATA_FIT[inference.DEFAULT_DATA_FIT]
+    assert (model.n_pre, model.pre_solver) == (rob["n_pre"], rob["pre_solver"])
+    assert rob["dc_threshold"] == inference.DC_THRESHOLD
+
+
+def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
+    """interfaces.qsm.run_inversion hands ``nsidl_data_fit`` to invert_nsidl and records the preset."""
+    from qsmprep.interfaces import qsm as iq
+
+    seen = {}
+
+    def fake_invert(local, mask, vs, b0, **kw):
+        seen.update(kw)
+        return np.zeros_like(local)
+
+    monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
+    monkeypatch.setattr(iq, "nsidl_weights_info", lambda: {"name": "w.pt", "sha256": "0" * 64})
+    chi, f, mask, vs, b0 = _case()
+    for preset in ("robust", "strong"):
+        _, meta = iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit=preset)
+        cfg = inference.DATA_FIT[preset]
+        assert seen["data_fit"] == preset
+        assert meta["DataFit"] == {"Preset": preset, "PreSolver": cfg["pre_solver"], "PreSolverIterations": cfg["n_pre"]}
+        assert meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == cfg["dc_threshold"]
+    _, meta = iq.run_inversion("nsidl", f, mask, vs, b0)
+    assert meta["DataFit"]["Preset"] == "robust"
+    with pytest.raises(ValueError, match="strong"):
+        iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit="weak")

@@ -63,6 +63,20 @@ def test_nsidl_reads_b0_te_from_sidecar(tmp_path):
     assert side["EchoTimeReference"] == pytest.approx(0.02) and side["MagneticFieldStrength"] == 3
     res = nb.load(out).get_fdata()
     assert np.corrcoef(res[mask], chi[mask])[0, 1] > 0.8
+    assert side["DataFit"]["Preset"] == "robust"
+    # the strong preset on this clean (noise-free) field: recorded, and closer to the truth
+    out2 = tmp_path / "chi_strong.nii.gz"
+    assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--out", str(out2), "--device", "cpu",
+                        "--nsidl-data-fit", "strong"]) == 0
+    side2 = json.loads((tmp_path / "chi_strong.json").read_text())
+    assert side2["DataFit"] == {"Preset": "strong", "PreSolver": "cg", "PreSolverIterations": 50, "KSpaceThreshold": 0.1}
+    res2 = nb.load(out2).get_fdata()
+
+    def err(x):
+        p, t = x[mask] - x[mask].mean(), chi[mask] - chi[mask].mean()
+        return np.linalg.norm(p - t) / np.linalg.norm(t)
+
+    assert err(res2) < err(res), (err(res2), err(res))
 
 
 def test_hz_field_is_converted(tmp_path):

@@ -117,15 +117,22 @@ class NSIDL(nn.Module):
         """The unit-free a_k (alpha_k = a_k / (s^2 max W^2))."""
         return 4.4 * torch.sigmoid(self.step_logit)
 
-    def forward(self, field, mask, weight, s, kernel, padded, return_all: bool = False, cnn_dtype=None):
+    def forward(self, field, mask, weight, s, kernel, padded, return_all: bool = False, cnn_dtype=None,
+                n_pre: int | None = None, pre_solver: str | None = None):
         """Run the K steps.
 
         field : (B,1,X,Y,Z) local field, ppm.  mask : same, {0,1}.  weight : same, in [0,1]
         (multiplied by the mask here).  s : (B,) or float, rad/ppm.  kernel : half-spectrum
         dipole kernel(s) on the ``padded`` grid, (B or 1, 1, X', Y', Z'//2+1).
         cnn_dtype : e.g. torch.bfloat16 to autocast the U-Net only (physics stays fp32).
+        n_pre, pre_solver : override the model's pre-solver for this call (inference presets,
+            ``qsmprep.dl.inference.DATA_FIT``); None keeps the configured ones.
         Returns chi (B,1,X,Y,Z) in ppm, or the list of all K iterates.
         """
+        n_pre = self.n_pre if n_pre is None else int(n_pre)
+        pre_solver = self.pre_solver if pre_solver is None else pre_solver
+        if pre_solver not in ("nesterov", "cg"):
+            raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {pre_solver!r}.")
         mask = mask.float()
         w = weight.float() * mask
         w2 = w * w
@@ -140,10 +147,10 @@ class NSIDL(nn.Module):
             chi = physics.tkd_t(field, kernel, padded, self.tkd_threshold) * mask
         else:
             chi = torch.zeros_like(field)
-        if self.n_pre and self.pre_solver == "cg":
-            chi = cg_linearised(chi, field, w2, mask, kernel, padded, self.n_pre)
-        elif self.n_pre:
-            chi = ndi_nesterov(chi, phi, w2, mask, kernel, padded, s_b, self.pre_step / (s_b * s_b * wmax2), self.n_pre)
+        if n_pre and pre_solver == "cg":
+            chi = cg_linearised(chi, field, w2, mask, kernel, padded, n_pre)
+        elif n_pre:
+            chi = ndi_nesterov(chi, phi, w2, mask, kernel, padded, s_b, self.pre_step / (s_b * s_b * wmax2), n_pre)
         a = self.step_sizes()
         outs = []
         for k in range(self.n_iter):

@@ -245,6 +245,8 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
     b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T)")
     te_s = traits.Float(0.02, usedefault=True, desc="reference echo time (s) for the nonlinear data term")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True, desc="torch device for nsidl")
+    nsidl_data_fit = traits.Enum("robust", "strong", usedefault=True,
+                                 desc="NSIDL data-fit preset (qsmprep.dl.inference.DATA_FIT); robust for the app's chain")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="scheduled on a GPU (Nipype's GPU slots)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads")
 
@@ -275,25 +277,31 @@ def nsidl_weights_info() -> dict:
     return weights_info()
 
 
-def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu"):
+def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
+                  nsidl_data_fit="robust"):
     """Dispatch to the chosen inversion; returns ``(chi_ppm, metadata dict)``.
 
-    ``nsidl`` -> :func:`qsmprep.dl.inference.invert_nsidl`; ``tkd``/``cgl2``/``ndi`` ->
-    :data:`qsmprep.qsm.inversion.METHODS`.  ``ndi`` keeps its tuned phase scale (4 rad/ppm).
+    ``nsidl`` -> :func:`qsmprep.dl.inference.invert_nsidl` with the data-fit preset
+    ``nsidl_data_fit`` (``robust`` for fields from background removal, ``strong`` for clean
+    fields); ``tkd``/``cgl2``/``ndi`` -> :data:`qsmprep.qsm.inversion.METHODS`.  ``ndi`` keeps
+    its tuned phase scale (4 rad/ppm).
     """
     from qsmprep import __version__
 
     meta = {"EstimationSoftwareName": "qsmprep", "EstimationSoftwareVersion": __version__}
     if method == "nsidl":
-        from qsmprep.dl.inference import DC_THRESHOLD, DC_WIDTH, invert_nsidl
+        from qsmprep.dl.inference import DC_WIDTH, data_fit_settings, invert_nsidl
 
+        fit = data_fit_settings(nsidl_data_fit)
         info = nsidl_weights_info()
-        chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device)
+        chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
+                           data_fit=fit["name"])
         meta.update(
             EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
             WeightsName=info.get("name"),
             WeightsSHA256=info.get("sha256"),
-            KSpaceDataConsistency={"DipoleKernelThreshold": DC_THRESHOLD, "RampWidth": DC_WIDTH},
+            DataFit={"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"]},
+            KSpaceDataConsistency={"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
             Device=device,
         )
         try:
@@ -340,7 +348,7 @@ class DipoleInversion(SimpleInterface):
             torch.set_num_threads(max(1, int(self.inputs.num_threads)))
         chi, meta = run_inversion(
             self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight,
-            b0_t=self.inputs.b0_t, te_s=self.inputs.te_s, device=device,
+            b0_t=self.inputs.b0_t, te_s=self.inputs.te_s, device=device, nsidl_data_fit=self.inputs.nsidl_data_fit,
         )
         meta.update(MagneticFieldStrength=self.inputs.b0_t, ReferenceEchoTime=self.inputs.te_s,
                     B0Direction=[float(v) for v in b0_dir])
