@@ -142,7 +142,8 @@ def test_data_fit_presets_set_the_pre_solver_and_kspace_threshold():
     assert model.n_pre == 0
     strong = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="strong")
     # the same by hand: the model configured like the preset
-    cfg = inference.DATA_FIT["strong"]
+    cfg = inference.data_fit_settings("strong", f, mask)
+    assert cfg["dc_threshold"] == inference.kspace_threshold_for_noise(cfg["relative_noise"])
     model.n_pre, model.pre_solver = cfg["n_pre"], cfg["pre_solver"]
     by_hand = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=cfg["dc_threshold"])
     model.n_pre, model.pre_solver = 0, "nesterov"
@@ -185,11 +186,38 @@ def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
     chi, f, mask, vs, b0 = _case()
     for preset in ("robust", "strong"):
         _, meta = iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit=preset)
-        cfg = inference.DATA_FIT[preset]
-        assert seen["data_fit"] == preset
-        assert meta["DataFit"] == {"Preset": preset, "PreSolver": cfg["pre_solver"], "PreSolverIterations": cfg["n_pre"]}
+        cfg = inference.data_fit_settings(preset, f, mask)
+        assert seen["data_fit"] == preset and seen["dc_threshold"] == cfg["dc_threshold"]
+        assert meta["DataFit"]["Preset"] == preset and meta["DataFit"]["PreSolver"] == cfg["pre_solver"]
+        assert meta["DataFit"]["PreSolverIterations"] == cfg["n_pre"]
+        assert ("FieldRelativeNoise" in meta["DataFit"]) == (preset == "strong")
         assert meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == cfg["dc_threshold"]
     _, meta = iq.run_inversion("nsidl", f, mask, vs, b0)
     assert meta["DataFit"]["Preset"] == "robust"
     with pytest.raises(ValueError, match="strong"):
         iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit="weak")
+
+
+def test_kspace_threshold_follows_the_field_noise():
+    """strong: 0.05 for a noise-free field, 0.1 for a noisy one, linear between the knots, monotonic."""
+    (r0, t0), (r1, t1) = inference.DC_NOISE_KNOTS
+    assert inference.kspace_threshold_for_noise(0.0) == t0 == 0.05
+    assert inference.kspace_threshold_for_noise(r0) == pytest.approx(t0)
+    assert inference.kspace_threshold_for_noise((r0 + r1) / 2) == pytest.approx((t0 + t1) / 2)
+    assert inference.kspace_threshold_for_noise(r1) == inference.kspace_threshold_for_noise(5.0) == t1 == 0.1
+    assert inference.kspace_threshold_for_noise(float("inf")) == t1
+    # a textured, brain-like field (smooth random sources, 1 mm): noise-free vs noisy
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    shp = (48, 48, 48)
+    g = np.meshgrid(*[np.arange(n) - n / 2 for n in shp], indexing="ij")
+    mask = (g[0] ** 2 + g[1] ** 2 + g[2] ** 2) < 20**2
+    chi = ndimage.gaussian_filter(rng.standard_normal(shp), 3.0).astype(np.float32) * mask
+    f = (forward_field(chi, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)) * mask).astype(np.float32)
+    clean = inference.data_fit_settings("strong", f, mask)
+    noisy_f = (f + rng.normal(0, 0.3 * f[mask].std(), shp).astype(np.float32)) * mask
+    noisy = inference.data_fit_settings("strong", noisy_f, mask)
+    assert clean["dc_threshold"] == t0 and noisy["dc_threshold"] == t1, (clean, noisy)
+    assert inference.data_fit_settings("strong")["dc_threshold"] == "noise"  # unresolved without a field
+    assert inference.data_fit_settings("robust", f, mask)["dc_threshold"] == inference.DC_THRESHOLD

@@ -168,13 +168,14 @@ def run(args) -> dict:
         except RuntimeError as exc:
             raise InvertError(str(exc)) from exc
         info = weights_info(args.weights)
-        fit = data_fit_settings(args.nsidl_data_fit)
+        fit = data_fit_settings(args.nsidl_data_fit, field, mask)
         chi = invert_nsidl(field, mask, vs, b0_dir, weight, b0_t=b0_t, te_s=te_s, device=str(dev), weights_path=args.weights,
-                           data_fit=fit["name"])
+                           data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
         side.update({"Device": str(dev), "WeightsName": info["name"], "WeightsSha256": info["sha256"],
                      "RadPerPpm": rad_per_ppm(b0_t, te_s),
                      "DataFit": {"Preset": fit["name"], "PreSolver": fit["pre_solver"],
-                                 "PreSolverIterations": fit["n_pre"], "KSpaceThreshold": fit["dc_threshold"]}})
+                                 "PreSolverIterations": fit["n_pre"], "KSpaceThreshold": round(fit["dc_threshold"], 4),
+                                 **({"FieldRelativeNoise": round(fit["relative_noise"], 4)} if "relative_noise" in fit else {})}})
     else:
         from qsmprep.qsm.inversion import METHODS
 

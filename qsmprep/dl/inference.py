@@ -16,7 +16,7 @@ import numpy as np
 from qsmprep.dl.weights import weights_info  # noqa: F401  (public API, CONTRIBUTING.md)
 
 __all__ = ["invert_nsidl", "weights_info", "resolve_device", "normalise_weight", "mask_bbox", "CPU_GPU_ATOL_PPM",
-           "DATA_FIT", "DEFAULT_DATA_FIT", "data_fit_settings"]
+           "DATA_FIT", "DEFAULT_DATA_FIT", "data_fit_settings", "kspace_threshold_for_noise"]
 
 LOG = logging.getLogger("qsmprep.dl.inference")
 
@@ -36,13 +36,32 @@ DC_WIDTH = 0.1
 #: 0.589 / NRMSE 39.6 % with ``robust`` but 0.341 / 66.1 % with 50 CG iterations, while white
 #: noise of the chain's level (0.0014 ppm) costs both alike (0.602 / 0.578).  ``strong`` is for
 #: clean local fields (simulations, challenge platforms, fields from total-field methods):
-#: more CG data fitting and more measured k-space.  Values chosen on validation data only
-#: (``benchmarks/RESULTS_NSIDL.md``).
+#: more CG data fitting and more measured k-space, the more the less noisy the field
+#: (:func:`kspace_threshold_for_noise`).  Values chosen on validation data only
+#: (``benchmarks/RESULTS.md``, "NSIDL's two data-fit presets").
 DATA_FIT = {
     "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD},
-    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": 0.1},
+    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise"},
 }
 DEFAULT_DATA_FIT = "robust"
+
+#: ``strong``'s k-space threshold against the field's relative noise (``qsm.inversion.field_noise``):
+#: 0.05 up to a relative noise of 0.075, 0.1 from 0.145 on, linear between.  Validation head 0, true
+#: local field + white noise (relative noise 0.038 / 0.075 / 0.144), chi XSIM with thresholds
+#: 0.1 / 0.05 / 0.03: 0.823 / 0.843 / 0.846; 0.803 / 0.813 / 0.809; 0.740 / 0.725 / 0.704.  The four
+#: noisier validation heads (relative noise 0.18-0.32) want 0.1 (0.05: -0.015; 0.12-0.2: up to -0.02).
+DC_NOISE_KNOTS = ((0.075, 0.05), (0.145, 0.1))
+
+
+def kspace_threshold_for_noise(relative_noise: float) -> float:
+    """|D| threshold of the final k-space step for a field of this relative noise (see :data:`DC_NOISE_KNOTS`)."""
+    (r0, t0), (r1, t1) = DC_NOISE_KNOTS
+    r = float(relative_noise)
+    if not np.isfinite(r) or r >= r1:
+        return t1
+    if r <= r0:
+        return t0
+    return t0 + (t1 - t0) * (r - r0) / (r1 - r0)
 
 #: Stated CPU/GPU agreement: max |chi_cpu - chi_gpu| inside the mask, in ppm (fp32 both).
 CPU_GPU_ATOL_PPM = 2e-3
@@ -89,12 +108,24 @@ def normalise_weight(weight: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
 _FROM_PRESET = "preset"
 
 
-def data_fit_settings(data_fit: str | None = None) -> dict:
-    """The :data:`DATA_FIT` preset ``data_fit`` (None = :data:`DEFAULT_DATA_FIT`), as a new dict."""
+def data_fit_settings(data_fit: str | None = None, local_ppm: np.ndarray | None = None,
+                      mask: np.ndarray | None = None) -> dict:
+    """The :data:`DATA_FIT` preset ``data_fit`` (None = :data:`DEFAULT_DATA_FIT`), as a new dict.
+
+    A noise-dependent k-space threshold (``"noise"``) is resolved from ``local_ppm`` and ``mask``
+    (:func:`qsmprep.qsm.inversion.field_noise`, :func:`kspace_threshold_for_noise`) when they are
+    given; the dict then also holds ``relative_noise``.
+    """
     name = DEFAULT_DATA_FIT if data_fit is None else str(data_fit).lower()
     if name not in DATA_FIT:
         raise ValueError(f"NSIDL data fit must be one of {tuple(DATA_FIT)}, got {data_fit!r}.")
-    return {"name": name, **DATA_FIT[name]}
+    out = {"name": name, **DATA_FIT[name]}
+    if out["dc_threshold"] == "noise" and local_ppm is not None and mask is not None:
+        from qsmprep.qsm.inversion import field_noise
+
+        out["relative_noise"] = field_noise(local_ppm, mask)["relative"]
+        out["dc_threshold"] = kspace_threshold_for_noise(out["relative_noise"])
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,7 +189,9 @@ def invert_nsidl(
         raise ValueError(f"Local field {f.shape} and mask {m.shape} must be 3-D volumes of the same shape.")
     if not np.all(np.isfinite(f[m])):
         raise ValueError("The local field has NaN/inf inside the mask; fix the background-removal output or the mask.")
-    preset = None if data_fit is None else data_fit_settings(data_fit)
+    preset = None
+    if data_fit is not None:
+        preset = data_fit_settings(data_fit, f, m) if isinstance(dc_threshold, str) else data_fit_settings(data_fit)
     if isinstance(dc_threshold, str):
         if dc_threshold != _FROM_PRESET:
             raise ValueError(f"dc_threshold must be a number, None or {_FROM_PRESET!r}, got {dc_threshold!r}.")

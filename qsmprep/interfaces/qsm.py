@@ -292,15 +292,16 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
     if method == "nsidl":
         from qsmprep.dl.inference import DC_WIDTH, data_fit_settings, invert_nsidl
 
-        fit = data_fit_settings(nsidl_data_fit)
+        fit = data_fit_settings(nsidl_data_fit, local_ppm, mask)
         info = nsidl_weights_info()
         chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
-                           data_fit=fit["name"])
+                           data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
         meta.update(
             EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
             WeightsName=info.get("name"),
             WeightsSHA256=info.get("sha256"),
-            DataFit={"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"]},
+            DataFit={"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"],
+                     **({"FieldRelativeNoise": round(fit["relative_noise"], 4)} if "relative_noise" in fit else {})},
             KSpaceDataConsistency={"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
             Device=device,
         )

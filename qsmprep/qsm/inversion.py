@@ -352,3 +352,32 @@ def ndi(
 
 #: Inversion methods by name (used by the CLI, workflows and benchmarks).
 METHODS: dict[str, Callable[..., np.ndarray]] = {"tkd": tkd, "cgl2": cg_l2, "ndi": ndi}
+
+
+def field_noise(local_ppm: np.ndarray, mask: np.ndarray) -> dict:
+    """Robust estimate of the white-noise level of a local field (ppm), for choosing regularisation.
+
+    ``r = f - (mean of the 6 face neighbours of f)`` has variance ``sigma^2 (1 + 1/6)`` for white
+    noise of std ``sigma``, while a smooth field contributes only its (small, sparse) Laplacian,
+    so ``sigma = 1.4826 MAD(r) / sqrt(7/6)`` over the voxels whose neighbours are all in the mask.
+    ``spread = 1.4826 MAD(f)`` is the robust std of the field itself.  Returns ``dict(sigma_ppm,
+    spread_ppm, relative = sigma / spread)``.  A noise-free 1 mm simulated local field reads
+    ``relative`` ~ 0.04 (its fine structure), the app's chain on a 3 T, 4-echo head ~ 0.27.
+    """
+    from scipy import ndimage
+
+    f = np.asarray(local_ppm, dtype=np.float32)
+    m = np.asarray(mask) > 0
+    if f.shape != m.shape or f.ndim != 3:
+        raise ValueError(f"field_noise needs a 3-D field and a mask of the same shape, got {f.shape} and {m.shape}.")
+    k = np.zeros((3, 3, 3), np.float32)
+    k[1, 1, 0] = k[1, 1, 2] = k[1, 0, 1] = k[1, 2, 1] = k[0, 1, 1] = k[2, 1, 1] = 1.0 / 6.0
+    inner = ndimage.binary_erosion(m)
+    if inner.sum() < 27:
+        raise ValueError("field_noise: the mask has too few interior voxels to estimate the noise.")
+    fm = np.where(m, f, 0.0).astype(np.float32)
+    r = (fm - ndimage.convolve(fm, k, mode="constant"))[inner]
+    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r)))) / float(np.sqrt(7.0 / 6.0))
+    v = fm[inner]
+    spread = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    return {"sigma_ppm": sigma, "spread_ppm": spread, "relative": sigma / spread if spread > 0 else float("inf")}
