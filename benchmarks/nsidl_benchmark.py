@@ -37,6 +37,11 @@ TILTS = {7001: (10.0, -7.0), 7002: (-15.0, 4.0), 7003: (0.0, 12.0), 7100: (8.0, 
 
 VOXEL = (1.0, 1.0, 1.0)
 
+#: NSIDL rows -> data-fit preset (``qsmprep.dl.inference.DATA_FIT``): the app's default and the
+#: preset for clean local fields (``qsmprep invert --nsidl-data-fit strong``), which these are.
+FIT = {"nsidl": "robust", "nsidl-strong": "strong"}
+METHODS = ("tkd", "cgl2", "ndi", *FIT)
+
 
 def head(seed):
     from make_val_heads import b0_tilted, local_head
@@ -87,10 +92,10 @@ def run_method(name, h, params):
         chi = inversion.cg_l2(f, m, vs, b0, weight=w, lam=params["lam"])
     elif name == "ndi":
         chi = inversion.ndi(f, m, vs, b0, weight=w, rad_per_ppm=s, n_iter=params["n_iter"])
-    elif name == "nsidl":
+    elif name in FIT:
         from qsmprep.dl.inference import invert_nsidl
 
-        chi = invert_nsidl(f, m, vs, b0, w, b0_t=3.0, te_s=0.02, device="cpu")
+        chi = invert_nsidl(f, m, vs, b0, w, b0_t=3.0, te_s=0.02, device="cpu", data_fit=FIT[name])
     return chi, time.time() - t
 
 
@@ -118,15 +123,15 @@ def tune(h, log):
     return best
 
 
-def cpu_time_nsidl(h, tmp):
-    """Wall time and peak RSS of NSIDL on this head in a fresh 2-thread process."""
+def cpu_time_nsidl(h, tmp, data_fit="robust"):
+    """Wall time and peak RSS of NSIDL (preset ``data_fit``) on this head in a fresh 2-thread process."""
     p = Path(tmp)
     np.savez(p, field=h["field_true"], mask=h["mask"], weight=h["weight"], vs=h["voxel_size"], b0=h["b0_dir"])
     code = (
         "import numpy as np, time, torch, json, resource; torch.set_num_threads(2);"
         "from qsmprep.dl.inference import invert_nsidl;"
         f"z=np.load({str(p)!r}); t=time.time();"
-        "invert_nsidl(z['field'], z['mask']>0, tuple(z['vs']), z['b0'], z['weight'], device='cpu');"
+        f"invert_nsidl(z['field'], z['mask']>0, tuple(z['vs']), z['b0'], z['weight'], device='cpu', data_fit={data_fit!r});"
         "print(json.dumps({'wall_s': time.time()-t, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -169,7 +174,7 @@ def main():
         h = head(seed)
         log(f"head {seed}: {h['chi'].shape}, {int(h['mask'].sum())} mask voxels")
         results["heads"][seed] = {}
-        for name in ("tkd", "cgl2", "ndi", "nsidl"):
+        for name in METHODS:
             chi, dt = run_method(name, h, params.get(name, {}))
             sc = score(chi, h)
             sc["seconds"] = dt
@@ -177,9 +182,11 @@ def main():
             log(f"  {name:6s} NRMSE {sc['nrmse']:.1f} HFEN {sc['hfen']:.1f} XSIM {sc['xsim']:.3f} slope {sc['roi_slope']:.3f} "
                 f"calc-streak {sc['calc_streak']:.3f} ({dt:.0f} s)")
         if timing is None:
-            timing = cpu_time_nsidl(h, "/tmp/nsidl_bench_head.npz")
-            timing["crop_shape"] = list(h["chi"].shape)
-            log(f"NSIDL CPU (2 threads, fresh process): {timing}")
+            timing = {}
+            for name, fit in FIT.items():
+                timing[name] = cpu_time_nsidl(h, "/tmp/nsidl_bench_head.npz", fit)
+                timing[name]["crop_shape"] = list(h["chi"].shape)
+                log(f"NSIDL {fit} CPU (2 threads, fresh process): {timing[name]}")
     results["cpu_timing"] = timing
     if a.gpu_timing and Path(a.gpu_timing).is_file():
         results["gpu_timing"] = json.loads(Path(a.gpu_timing).read_text())
@@ -189,7 +196,7 @@ def main():
 
 
 def write_md(r, a, out: Path):
-    meths = ("tkd", "cgl2", "ndi", "nsidl")
+    meths = METHODS
     keys = (("nrmse", "NRMSE %", "{:.1f}"), ("hfen", "HFEN %", "{:.1f}"), ("xsim", "XSIM", "{:.3f}"),
             ("roi_slope", "DGM ROI slope", "{:.3f}"), ("calc_streak", "calc. streak", "{:.3f}"),
             ("calc_moment_dev", "calc. moment err", "{:.2f}"), ("seconds", "CPU s", "{:.0f}"))
@@ -216,9 +223,8 @@ def write_md(r, a, out: Path):
             vals.append(fmt.format(float(np.nanmean(v))) if v else "n/a")
         L.append(f"| {mth} | " + " | ".join(vals) + " |")
     L.append("")
-    if r.get("cpu_timing"):
-        t = r["cpu_timing"]
-        L.append(f"NSIDL CPU inference (fresh process, 2 threads, crop {t.get('crop_shape')}): "
+    for name, t in (r.get("cpu_timing") or {}).items():
+        L.append(f"{name} CPU inference (data fit `{FIT[name]}`, fresh process, 2 threads, crop {t.get('crop_shape')}): "
                  f"{t['wall_s']:.1f} s wall, peak RSS {t['peak_rss_gb']:.2f} GB.")
     if r.get("gpu_timing"):
         g = r["gpu_timing"]

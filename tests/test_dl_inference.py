@@ -126,12 +126,13 @@ def test_shipped_weights_load_and_match_pinned_sha():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-def test_cpu_gpu_agree():
+@pytest.mark.parametrize("data_fit", [None, "robust", "strong"])
+def test_cpu_gpu_agree(data_fit):
     chi, f, mask, vs, b0 = _case((64, 56, 48))
     model = _model(1)
     w = np.where(mask, 0.5 + 0.5 * np.random.default_rng(0).random(mask.shape), 0).astype(np.float32)
-    c = inference.invert_nsidl(f, mask, vs, b0, w, device="cpu", model=model)
-    g = inference.invert_nsidl(f, mask, vs, b0, w, device="cuda", model=model)
+    c = inference.invert_nsidl(f, mask, vs, b0, w, device="cpu", model=model, data_fit=data_fit)
+    g = inference.invert_nsidl(f, mask, vs, b0, w, device="cuda", model=model, data_fit=data_fit)
     assert np.abs(c - g).max() < inference.CPU_GPU_ATOL_PPM
 
 
