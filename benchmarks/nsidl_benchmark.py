@@ -203,7 +203,8 @@ def write_md(r, a, out: Path):
     L = ["# NSIDL benchmark (held-out simulated 1 mm heads, true local field)", "",
          "Command: `nice .venv/bin/python benchmarks/nsidl_benchmark.py --seeds "
          + " ".join(map(str, a.seeds)) + f" --tune-seed {a.tune_seed}"
-         + (f" --gpu-timing {a.gpu_timing}" if a.gpu_timing else "") + "`", "",
+         + (f" --gpu-timing {a.gpu_timing}" if a.gpu_timing else "")
+         + (f" --params '{a.params}'" if a.params else "") + "`", "",
          f"Weights: `{r['weights']['name']}` sha256 `{r['weights']['sha256']}`.  "
          f"Classical parameters tuned on head {a.tune_seed}: `{json.dumps(r['params'])}`.", "",
          "Both maps demeaned in the brain mask before scoring (qsm-ci `score_arrays`, kind chi). "
