@@ -209,8 +209,10 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_invert(local, mask, voxel_size, b0_dir, weight=None, b0_t=3.0, te_s=0.02, device="auto"):
-        seen.update(b0_t=b0_t, te_s=te_s, device=device, weight=weight is not None, voxel_size=tuple(voxel_size))
+    def fake_invert(local, mask, voxel_size, b0_dir, weight=None, b0_t=3.0, te_s=0.02, device="auto",
+                    data_fit=None, dc_threshold="preset"):
+        seen.update(b0_t=b0_t, te_s=te_s, device=device, weight=weight is not None, voxel_size=tuple(voxel_size),
+                    data_fit=data_fit, dc_threshold=dc_threshold)
         return 2.0 * local
 
     monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
@@ -224,8 +226,11 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
                                       in_weight=_write(mask.astype(np.float32), aff, tmp_path / "w.nii.gz")),
                    name="inv", base_dir=str(tmp_path))
     res = node.run()
-    assert seen == {"b0_t": 7.0, "te_s": 0.015, "device": "cpu", "weight": True, "voxel_size": (1.0, 1.0, 2.0)}
+    # the app's node runs the robust data-fit preset (its fields come from background removal)
+    assert seen == {"b0_t": 7.0, "te_s": 0.015, "device": "cpu", "weight": True, "voxel_size": (1.0, 1.0, 2.0),
+                    "data_fit": "robust", "dc_threshold": inference.DC_THRESHOLD}
     meta = json.loads(Path(res.outputs.out_meta).read_text())
+    assert meta["DataFit"]["Preset"] == "robust" and meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == 0.2
     assert meta["WeightsSHA256"] == "ab" * 32 and meta["Device"] == "cpu" and meta["EstimationAlgorithm"].startswith("NSIDL")
     import nibabel as nb
 
