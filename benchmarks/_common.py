@@ -189,7 +189,7 @@ def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_
                   stage: "Stage | None" = None, device: str = "cpu") -> np.ndarray:
     """The app's ``DipoleInversion`` + ``ReferenceChi`` on :func:`app_chain_field`'s output:
     ``interfaces.qsm.run_inversion`` (the app's dispatch: NSIDL via ``dl.inference.invert_nsidl``;
-    NDI gets ``rad_per_ppm(b0_t, TE_ref)``) with the fit weight and the mean echo time
+    NDI with its tuned phase scale; names in :data:`APP_VARIANTS` add options) with the fit weight and the mean echo time
     (``workflows.qsm.reference_echo_time``), masked, then ``reference.reference_mean`` in the final
     mask.  Timed as ``inv_<method>`` and ``ref_<method>`` when ``stage`` is given."""
     from qsmprep.interfaces.qsm import run_inversion

@@ -210,7 +210,8 @@ def inversion_methods() -> dict[str, Callable | str]:
     """name -> ``fn(local_ppm, mask, voxel_size, b0_dir, weight, b0_t, te_ref_s)`` or a reason string (n/a).
 
     Every method goes through the app's dispatch (``qsmprep.interfaces.qsm.run_inversion``), so the
-    benchmark uses the app's parameters (e.g. NDI gets ``rad_per_ppm(b0_t, te_ref_s)``).
+    benchmark uses the app's parameters (e.g. NDI keeps its tuned phase scale, 4 rad/ppm);
+    ``nsidl-strong`` is NSIDL with the ``strong`` data-fit preset (``_common.APP_VARIANTS``).
     """
     from functools import partial
 

@@ -108,3 +108,23 @@ def test_clear_errors(tmp_path, capsys):
         assert invert.main(["--local-field", str(fp), "--mask", str(mp), "--b0", "3", "--te", "0.02",
                             "--device", "cuda", "--out", out]) == 1
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_strong_preset_with_a_mask_without_interior_fails_cleanly(tmp_path, capsys):
+    """strong needs the field's noise, estimated inside the mask: a sliver of a mask is a one-sentence error."""
+    from qsmprep.dl.weights import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("no shipped NSIDL weights")
+    fp, mp, _, _ = _write_case(tmp_path)
+    img = nb.load(mp)
+    sliver = np.zeros(img.shape, np.uint8)
+    sliver[10:20, 10:20, 14] = 1  # one slice thick: no interior voxels
+    sp = tmp_path / "sliver.nii.gz"
+    nb.save(nb.Nifti1Image(sliver, img.affine), sp)
+    out = tmp_path / "chi.nii.gz"
+    assert invert.main(["--local-field", str(fp), "--mask", str(sp), "--b0", "3", "--te", "0.02", "--device", "cpu",
+                        "--nsidl-data-fit", "strong", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(sp) in err and "--nsidl-data-fit robust" in err
+    assert not out.exists() and not (tmp_path / "chi.json").exists()

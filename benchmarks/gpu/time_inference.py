@@ -51,6 +51,10 @@ def main():
     res = {"grid": list(h["chi"].shape), "mask_voxels": int(h["mask"].sum()), "device": dev,
            "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor(),
            "torch": str(torch.__version__), "weights_sha256": info["sha256"]}
+    if dev.startswith("cuda"):  # CPU/GPU agreement: a smaller head and a CPU copy of the model
+        sm = synthetic_head(shape=(96, 112, 96), vs=(1.5, 1.5, 1.5), seed=77, device=dev)
+        agree_args = (sm["field"], sm["mask"] > 0, sm["voxel_size"], sm["b0_dir"], sm["weight"])
+        model_cpu, _ = load_model(a.weights, device="cpu")
     res["presets"] = {}
     for k, fit in enumerate(a.data_fit):
         pr = res["presets"][fit] = {}
@@ -74,11 +78,8 @@ def main():
                         "nrmse_pct": float(100 * np.linalg.norm(p - t_) / np.linalg.norm(t_))}
             print(fit, name, pr[name], flush=True)
         if dev.startswith("cuda"):
-            sm = synthetic_head(shape=(96, 112, 96), vs=(1.5, 1.5, 1.5), seed=77, device=dev)
-            args = (sm["field"], sm["mask"] > 0, sm["voxel_size"], sm["b0_dir"], sm["weight"])
-            mc, _ = load_model(a.weights, device="cpu")
-            c_cpu = invert_nsidl(*args, device="cpu", model=mc, data_fit=fit)
-            c_gpu = invert_nsidl(*args, device=dev, model=model, data_fit=fit)
+            c_cpu = invert_nsidl(*agree_args, device="cpu", model=model_cpu, data_fit=fit)
+            c_gpu = invert_nsidl(*agree_args, device=dev, model=model, data_fit=fit)
             pr["cpu_gpu_max_abs_ppm"] = float(np.abs(c_cpu - c_gpu).max())
             print(fit, "cpu/gpu max |diff| ppm", pr["cpu_gpu_max_abs_ppm"], flush=True)
         if k == 0:

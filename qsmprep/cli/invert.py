@@ -160,7 +160,7 @@ def run(args) -> dict:
     if te_s is not None:
         side["EchoTimeReference"] = te_s
     if args.method == "nsidl":
-        from qsmprep.dl.inference import data_fit_settings, invert_nsidl, resolve_device
+        from qsmprep.dl.inference import data_fit_record, data_fit_settings, invert_nsidl, resolve_device
         from qsmprep.dl.weights import weights_info
 
         try:
@@ -168,14 +168,16 @@ def run(args) -> dict:
         except RuntimeError as exc:
             raise InvertError(str(exc)) from exc
         info = weights_info(args.weights)
-        fit = data_fit_settings(args.nsidl_data_fit, field, mask)
+        try:
+            fit = data_fit_settings(args.nsidl_data_fit, field, mask)
+        except ValueError as exc:  # the strong preset's noise estimate needs a mask with an interior
+            raise InvertError(f"{args.mask} has too few interior voxels for the strong preset's noise estimate; pass "
+                              "the brain mask of this field or use --nsidl-data-fit robust.") from exc
         chi = invert_nsidl(field, mask, vs, b0_dir, weight, b0_t=b0_t, te_s=te_s, device=str(dev), weights_path=args.weights,
                            data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
         side.update({"Device": str(dev), "WeightsName": info["name"], "WeightsSha256": info["sha256"],
                      "RadPerPpm": rad_per_ppm(b0_t, te_s),
-                     "DataFit": {"Preset": fit["name"], "PreSolver": fit["pre_solver"],
-                                 "PreSolverIterations": fit["n_pre"], "KSpaceThreshold": round(fit["dc_threshold"], 4),
-                                 **({"FieldRelativeNoise": round(fit["relative_noise"], 4)} if "relative_noise" in fit else {})}})
+                     "DataFit": {**data_fit_record(fit), "KSpaceThreshold": round(fit["dc_threshold"], 4)}})
     else:
         from qsmprep.qsm.inversion import METHODS
 

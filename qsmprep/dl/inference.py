@@ -16,7 +16,8 @@ import numpy as np
 from qsmprep.dl.weights import weights_info  # noqa: F401  (public API, CONTRIBUTING.md)
 
 __all__ = ["invert_nsidl", "weights_info", "resolve_device", "normalise_weight", "mask_bbox", "CPU_GPU_ATOL_PPM",
-           "DATA_FIT", "DEFAULT_DATA_FIT", "data_fit_settings", "kspace_threshold_for_noise"]
+           "DATA_FIT", "DEFAULT_DATA_FIT", "data_fit_settings", "data_fit_record",
+           "kspace_threshold_for_noise"]
 
 LOG = logging.getLogger("qsmprep.dl.inference")
 
@@ -126,6 +127,14 @@ def data_fit_settings(data_fit: str | None = None, local_ppm: np.ndarray | None 
         out["relative_noise"] = field_noise(local_ppm, mask)["relative"]
         out["dc_threshold"] = kspace_threshold_for_noise(out["relative_noise"])
     return out
+
+
+def data_fit_record(fit: dict) -> dict:
+    """The sidecar record (BIDS-style keys) of a :func:`data_fit_settings` result."""
+    rec = {"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"]}
+    if "relative_noise" in fit:
+        rec["FieldRelativeNoise"] = round(fit["relative_noise"], 4)
+    return rec
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,6 +29,15 @@ from qsmprep.dl import physics
 
 SIGMA_PPM = 0.1
 
+#: Pre-solvers run before the unrolled steps (``NSIDL(pre_solver=...)``).
+PRE_SOLVERS = ("nesterov", "cg")
+
+
+def _check_pre_solver(name: str) -> str:
+    if name not in PRE_SOLVERS:
+        raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {name!r}.")
+    return name
+
 
 class _Block(nn.Sequential):
     def __init__(self, cin: int, cout: int):
@@ -91,9 +100,7 @@ class NSIDL(nn.Module):
                  tkd_threshold: float = 0.2, a_init: float = 2.0, n_pre: int = 0, pre_step: float = 4.0,
                  pre_solver: str = "nesterov"):
         super().__init__()
-        if pre_solver not in ("nesterov", "cg"):
-            raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {pre_solver!r}.")
-        self.pre_solver = pre_solver
+        self.pre_solver = _check_pre_solver(pre_solver)
         if init not in ("tkd", "zero"):
             raise ValueError(f"init must be 'tkd' or 'zero', not {init!r}.")
         self.n_iter = int(n_iter)
@@ -130,9 +137,7 @@ class NSIDL(nn.Module):
         Returns chi (B,1,X,Y,Z) in ppm, or the list of all K iterates.
         """
         n_pre = self.n_pre if n_pre is None else int(n_pre)
-        pre_solver = self.pre_solver if pre_solver is None else pre_solver
-        if pre_solver not in ("nesterov", "cg"):
-            raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {pre_solver!r}.")
+        pre_solver = self.pre_solver if pre_solver is None else _check_pre_solver(pre_solver)
         mask = mask.float()
         w = weight.float() * mask
         w2 = w * w

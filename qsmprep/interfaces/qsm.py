@@ -290,7 +290,7 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
 
     meta = {"EstimationSoftwareName": "qsmprep", "EstimationSoftwareVersion": __version__}
     if method == "nsidl":
-        from qsmprep.dl.inference import DC_WIDTH, data_fit_settings, invert_nsidl
+        from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
 
         fit = data_fit_settings(nsidl_data_fit, local_ppm, mask)
         info = nsidl_weights_info()
@@ -300,8 +300,7 @@ def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b
             EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
             WeightsName=info.get("name"),
             WeightsSHA256=info.get("sha256"),
-            DataFit={"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"],
-                     **({"FieldRelativeNoise": round(fit["relative_noise"], 4)} if "relative_noise" in fit else {})},
+            DataFit=data_fit_record(fit),
             KSpaceDataConsistency={"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
             Device=device,
         )
