@@ -125,3 +125,61 @@ def test_ema_and_best_state_export(tmp_path):
     best = max(vals.values(), key=lambda r: r["val_score"])
     assert s["best_step"] == best["step"] and s["val_xsim"] == pytest.approx(best["val_xsim"])
     assert "ema" in torch.load(out / "ckpt.pt", weights_only=True)
+
+
+def test_presets_train_and_validate_as_inference_runs(tmp_path):
+    """Training with inference presets: each step draws one (deterministically), the loss sees the
+    k-space step, and validation scores every preset (selection on their mean)."""
+    np = pytest.importorskip("numpy")
+    from qsmprep.dl import physics
+    from qsmprep.dl.inference import DC_WIDTH
+    from qsmprep.dl.model import NSIDL
+    from qsmprep.qsm.dipole import forward_field
+
+    presets = train.check_presets([{"name": "strong", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "p": 3},
+                                   {"name": "robust", "n_pre": 2, "dc_threshold": 0.2, "p": 1}])
+    assert [p["p"] for p in presets] == [0.75, 0.25] and presets[1]["pre_solver"] == "nesterov"
+    with pytest.raises(ValueError, match=r"presets\[0\]"):
+        train.check_presets([{"pre_solvr": "cg"}])
+    with pytest.raises(ValueError, match="pre_solver"):
+        train.check_presets([{"pre_solver": "lsqr"}])
+    draws = [train._draw_preset(presets, 7, k)["name"] for k in range(400)]
+    assert draws == [train._draw_preset(presets, 7, k)["name"] for k in range(400)]  # pure function of (seed, step)
+    assert 0.65 < draws.count("strong") / 400 < 0.85
+    assert train._draw_preset([], 7, 0) is None
+
+    rng = np.random.default_rng(3)
+    shape, vs, b0 = (16, 18, 14), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)
+    chi = (rng.normal(0, 0.05, shape)).astype(np.float32)
+    mask = np.zeros(shape, np.float32)
+    mask[2:14, 2:16, 2:12] = 1
+    field = (forward_field(chi * mask, vs, b0) * mask).astype(np.float32)
+    t = lambda a: torch.as_tensor(a)[None, None]
+    padded = physics.fast_padded_shape(shape, 1.5)
+    kern = physics.dipole_kernel_t(padded, vs, b0)[None, None]
+    model = NSIDL(n_iter=2, widths=(4, 8, 8))
+    args = (t(field), t(mask), t(mask), torch.tensor([16.0]), kern, padded)
+    with torch.no_grad():
+        assert torch.equal(train.run_preset(model, *args, None), model(*args))
+        got = train.run_preset(model, *args, presets[0], return_all=True)
+        raw = model(*args, return_all=True, n_pre=3, pre_solver="cg")
+        want = physics.kspace_consistency_t(raw[-1], t(field), kern, padded, 0.1, DC_WIDTH) * t(mask)
+    assert len(got) == 2 and torch.equal(got[0], raw[0]) and torch.allclose(got[-1], want, atol=1e-6)
+    assert not torch.allclose(got[-1], raw[-1], atol=1e-4)  # the k-space step changed the estimate
+
+    vdir = tmp_path / "val"
+    vdir.mkdir()
+    np.savez(vdir / "head_1.npz", chi=chi, field=field, mask=mask, weight=mask, voxel_size=np.ones(3),
+             b0_dir=np.array(b0), s=np.float32(16.0))
+    cfg = {"seed": 5, "device": "cpu", "model": {"n_iter": 2, "widths": [4, 8, 8]},
+           "data": {"batch_size": 1, "max_voxels": 6000}, "budget": {"max_steps": 2, "max_minutes": 5},
+           "val": {"dir": str(vdir), "every": 2}, "ckpt_every": 2, "log_every": 1,
+           "presets": [{"name": "strong", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1},
+                       {"name": "robust", "n_pre": 2, "dc_threshold": 0.2}]}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert train.main(["--config", str(p), "--out", str(tmp_path / "run")]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    v0 = next(r for r in recs if r["event"] == "val")
+    assert v0["val_score"] == pytest.approx((v0["strong_val_score"] + v0["robust_val_score"]) / 2)
+    assert v0["strong_val_xsim"] != v0["robust_val_xsim"] and "val_nrmse_tkd" in v0

@@ -8,7 +8,11 @@ keys), ``data`` (``batch_size`` + :class:`qsmprep.dl.synthetic.SynthConfig` fiel
 (``lr``, ``lr_min``, ``weight_decay``, ``clip``, ``warmup``), ``budget`` (``max_steps``,
 ``max_minutes``: whichever comes first; the cosine schedule follows the larger progress fraction),
 ``loss`` (``grad_weight``, ``deep_weight``, ``xsim_weight``), ``val`` (``dir`` of ``*.npz`` heads,
-``every`` steps), ``ema_decay`` (exponential moving average of the weights, 0 = off; validation and
+``every`` steps), ``presets`` (optional: a list of inference settings ``{pre_solver, n_pre,
+dc_threshold, p}``, one drawn per step with probability ``p``; the loss then scores the final
+iterate *after* the k-space data-consistency step that inference applies
+(:func:`qsmprep.dl.physics.kspace_consistency_t`), and validation scores every preset, selecting on
+their mean ``val_score``), ``ema_decay`` (exponential moving average of the weights, 0 = off; validation and
 export use the average) and ``ckpt_every``.  With validation heads, the exported weights are the
 validated state with the best ``val_xsim - val_nrmse / 100`` (``best_step`` in the summary).  Batches are a pure function of (seed, step), so ``--resume`` continues the
 same data stream from the last checkpoint (``DIR/ckpt.pt``).  Outputs in DIR: ``ckpt.pt``,
@@ -44,6 +48,7 @@ DEFAULTS = {
     "amp_bf16": False,
     "init_weights": None,
     "ema_decay": 0.0,
+    "presets": None,
 }
 
 # qsm-ci's XSIM constants (L = 1 ppm, K1 = 0.01, K2 = 0.001) and window (5x5x5, truncated at the edges)
@@ -180,35 +185,99 @@ def load_val_heads(folder, device, max_heads=4):
     return heads
 
 
-def validate(model, heads, baseline: bool = False) -> dict:
+def check_presets(presets) -> list[dict]:
+    """Validate the config's ``presets`` list (None -> []); returns dicts with float ``p`` summing to 1."""
+    from qsmprep.dl.model import _check_pre_solver
+
+    if not presets:
+        return []
+    out = []
+    for i, pr in enumerate(presets):
+        unknown = set(pr) - {"name", "pre_solver", "n_pre", "dc_threshold", "p"}
+        if unknown:
+            raise ValueError(f"Unknown keys {sorted(unknown)} in presets[{i}] of the training config; "
+                             "valid keys are name, pre_solver, n_pre, dc_threshold, p.")
+        out.append({"name": str(pr.get("name", f"preset{i}")), "pre_solver": _check_pre_solver(pr.get("pre_solver", "nesterov")),
+                    "n_pre": int(pr.get("n_pre", 0)), "dc_threshold": pr.get("dc_threshold"), "p": float(pr.get("p", 1.0))})
+    tot = sum(pr["p"] for pr in out)
+    if tot <= 0:
+        raise ValueError("The presets' probabilities p in the training config must add up to more than 0.")
+    for pr in out:
+        pr["p"] /= tot
+    return out
+
+
+def run_preset(model, field, mask, weight, s, kernel, padded, preset=None, return_all=False, cnn_dtype=None):
+    """The model's forward pass as inference runs it with ``preset`` (pre-solver override, then the
+    k-space data-consistency step when ``dc_threshold`` is set; masked).  ``preset`` None = the
+    model's own forward, no k-space step.  With ``return_all`` the list of iterates, the last one
+    after the k-space step."""
+    from qsmprep.dl import physics
+    from qsmprep.dl.inference import DC_WIDTH
+
+    if preset is None:
+        return model(field, mask, weight, s, kernel, padded, return_all=return_all, cnn_dtype=cnn_dtype)
+    outs = model(field, mask, weight, s, kernel, padded, return_all=True, cnn_dtype=cnn_dtype,
+                 n_pre=preset["n_pre"], pre_solver=preset["pre_solver"])
+    if preset.get("dc_threshold") is not None:
+        outs[-1] = physics.kspace_consistency_t(outs[-1], field, kernel, padded, float(preset["dc_threshold"]), DC_WIDTH) * mask
+    return outs if return_all else outs[-1]
+
+
+def validate(model, heads, baseline: bool = False, presets=None) -> dict:
     """Mean demeaned NRMSE (%) and XSIM over the heads (``val_score`` = XSIM - NRMSE/100, the
-    selection criterion); with ``baseline`` also TKD's NRMSE."""
+    selection criterion); with ``baseline`` also TKD's NRMSE.  With ``presets`` (see
+    :func:`check_presets`) each preset is scored (keys ``<name>_val_nrmse`` etc.) and the top-level
+    values are the means over the presets."""
+    out = {}
+    if not heads:
+        return out
+    if presets:
+        per = []
+        for pr in presets:
+            v = _validate_one(model, heads, pr)
+            per.append(v)
+            out.update({f"{pr['name']}_{k}": x for k, x in v.items()})
+        for k in ("val_nrmse", "val_xsim", "val_score"):
+            out[k] = sum(v[k] for v in per) / len(per)
+        if baseline:
+            out["val_nrmse_tkd"] = _tkd_nrmse(heads)
+        return out
+    out = _validate_one(model, heads, None)
+    if baseline:
+        out["val_nrmse_tkd"] = _tkd_nrmse(heads)
+    return out
+
+
+def _tkd_nrmse(heads) -> float:
     import torch
 
     from qsmprep.dl import physics
 
+    with torch.no_grad():
+        tk = [nrmse_demeaned(physics.tkd_t(h["field"], h["kernel"], h["padded"], 0.2) * h["mask"], h["chi"], h["mask"])
+              for h in heads]
+    return sum(tk) / len(tk)
+
+
+def _validate_one(model, heads, preset) -> dict:
+    import torch
+
     out = {}
-    if not heads:
-        return out
     was = model.training
     model.eval()
-    vals, tk, xs = [], [], []
+    vals, xs = [], []
     with torch.no_grad():
         for h in heads:
-            pred = model(h["field"], h["mask"], h["weight"], h["s"], h["kernel"], h["padded"])
+            pred = run_preset(model, h["field"], h["mask"], h["weight"], h["s"], h["kernel"], h["padded"], preset)
             vals.append(nrmse_demeaned(pred, h["chi"], h["mask"]))
             xs.append(float(xsim_t(pred, h["chi"], h["mask"])[0]))
             out[f"nrmse_{h['name']}"] = vals[-1]
             out[f"xsim_{h['name']}"] = xs[-1]
-            if baseline:
-                t = physics.tkd_t(h["field"], h["kernel"], h["padded"], 0.2) * h["mask"]
-                tk.append(nrmse_demeaned(t, h["chi"], h["mask"]))
     model.train(was)
     out["val_nrmse"] = sum(vals) / len(vals)
     out["val_xsim"] = sum(xs) / len(xs)
     out["val_score"] = out["val_xsim"] - out["val_nrmse"] / 100.0
-    if baseline:
-        out["val_nrmse_tkd"] = sum(tk) / len(tk)
     return out
 
 
@@ -270,6 +339,7 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     if resume and ema is not None and "ema" in ck:
         ema.shadow = {k: v.to(dev) for k, v in ck["ema"].items()}
     heads = load_val_heads(cfg["val"].get("dir"), dev, int(cfg["val"].get("max_heads", 4)))
+    presets = check_presets(cfg.get("presets"))
     max_steps = int(cfg["budget"]["max_steps"])
     max_s = float(cfg["budget"]["max_minutes"]) * 60.0
     logf = open(out / "train_log.jsonl", "a")
@@ -289,7 +359,7 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
                         state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
 
     if heads and step == 0:
-        v = validate(model, heads, baseline=True)
+        v = validate(model, heads, baseline=True, presets=presets)
         log({"event": "val", "step": 0, **v})
         consider(v, 0)
         LOG.info("step 0 (start) val NRMSE %.1f %% XSIM %.3f (TKD %.1f %%)", v["val_nrmse"], v["val_xsim"], v["val_nrmse_tkd"])
@@ -308,7 +378,9 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
         for gr in opt.param_groups:
             gr["lr"] = lr
         b = make_batch(int(cfg["seed"]) * 7_919 + step, bs, dev, scfg)
-        preds = model(b["field"], b["mask"], b["weight"], b["s"], b["kernel"], b["padded"], return_all=True, cnn_dtype=amp)
+        preset = _draw_preset(presets, int(cfg["seed"]), step)
+        preds = run_preset(model, b["field"], b["mask"], b["weight"], b["s"], b["kernel"], b["padded"], preset,
+                           return_all=True, cnn_dtype=amp)
         lc = cfg["loss"]
         loss, parts = loss_terms(preds, b["chi"], b["mask"], float(lc["grad_weight"]), float(lc["deep_weight"]),
                                  float(lc.get("xsim_weight", 0.0)))
@@ -335,7 +407,7 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
         if heads and step % int(cfg["val"]["every"]) == 0:
             if ema is not None:
                 ema.swap(model)
-            v = validate(model, heads)
+            v = validate(model, heads, presets=presets)
             consider(v, step)
             if ema is not None:
                 ema.swap(model)
@@ -348,7 +420,7 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     _save_ckpt(model, opt, step, elapsed, cfg, ckpt_path, ema)
     if ema is not None:
         ema.swap(model)  # export / final validation use the average
-    final = validate(model, heads, baseline=True) if heads else {}
+    final = validate(model, heads, baseline=True, presets=presets) if heads else {}
     if final:
         log({"event": "val", "step": step, "elapsed_s": elapsed, "ema": ema is not None, **final})
         consider(final, step)
@@ -369,6 +441,21 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     log({"event": "end", **summary})
     logf.close()
     return summary
+
+
+def _draw_preset(presets, seed: int, step: int):
+    """The preset of this step (a pure function of (seed, step), so --resume draws the same); None without presets."""
+    if not presets:
+        return None
+    import random
+
+    u = random.Random(seed * 1_000_003 + step).random()
+    acc = 0.0
+    for pr in presets:
+        acc += pr["p"]
+        if u < acc:
+            return pr
+    return presets[-1]
 
 
 class _Ema:
