@@ -72,11 +72,11 @@ def _vsharp_system(field, mask, radii, threshold=0.05, vs=(1.0, 1.0, 1.0)):
     fitting radius), the radius index per voxel, the 1 - S_r spectra and the TSVD inverse."""
     import scipy.fft as sfft
 
-    from qsmprep.qsm import background as bg
+    from qsmprep.qsm.geometry import bounding_box
 
     radii = sorted(radii, reverse=True)
     margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
-    box = bg._bbox(mask, margin)
+    box = bounding_box(mask, margin)
     mc = mask[box]
     shape = tuple(int(sfft.next_fast_len(n + mg, real=True)) for n, mg in zip(mc.shape, margin))
     crop = tuple(slice(0, n) for n in mc.shape)

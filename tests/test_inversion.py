@@ -161,3 +161,29 @@ def test_field_noise_recovers_white_noise_on_a_smooth_field():
         assert est["relative"] == pytest.approx(est["sigma_ppm"] / est["spread_ppm"])
     with pytest.raises(ValueError, match="same shape"):
         field_noise(smooth, mask[:10])
+
+
+def test_field_noise_is_the_face_neighbour_residual_estimator():
+    """The bounding-box/slicing implementation equals the estimator's definition (binary erosion and a
+    6-neighbour mean with scipy.ndimage), also for a ragged mask touching the volume edge."""
+    from scipy import ndimage
+
+    from qsmprep.qsm.inversion import field_noise
+
+    rng = np.random.default_rng(4)
+    f = rng.normal(0, 0.02, (20, 22, 24)).astype(np.float32)
+    mask = rng.random(f.shape) > 0.15
+    mask[:, :, :3] = False  # an empty slab: the box is smaller than the volume on one side
+    k = np.zeros((3, 3, 3), np.float32)
+    k[1, 1, 0] = k[1, 1, 2] = k[1, 0, 1] = k[1, 2, 1] = k[0, 1, 1] = k[2, 1, 1] = 1.0 / 6.0
+    inner = ndimage.binary_erosion(mask)
+    fm = np.where(mask, f, 0.0).astype(np.float32)
+    r = (fm - ndimage.convolve(fm, k, mode="constant"))[inner]
+    sigma = 1.4826 * np.median(np.abs(r - np.median(r))) / np.sqrt(7.0 / 6.0)
+    v = fm[inner]
+    spread = 1.4826 * np.median(np.abs(v - np.median(v)))
+    got = field_noise(f, mask)
+    assert got["sigma_ppm"] == pytest.approx(sigma, rel=1e-5)
+    assert got["spread_ppm"] == pytest.approx(spread, rel=1e-5)
+    with pytest.raises(ValueError, match="interior"):
+        field_noise(f, np.zeros(f.shape, bool))

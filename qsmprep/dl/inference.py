@@ -83,10 +83,11 @@ def resolve_device(device: str = "auto"):
 
 def mask_bbox(mask: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:
     """Bounding box of ``mask`` (bool 3-D) grown by ``margin`` voxels, clipped to the volume."""
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
+    from qsmprep.qsm.geometry import bounding_box
+
+    if not np.any(mask):
         raise ValueError("The brain mask is empty; check the mask file (it must contain non-zero voxels).")
-    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + margin + 1)) for i, n in zip(idx, mask.shape))
+    return bounding_box(mask, margin)
 
 
 def normalise_weight(weight: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
@@ -198,9 +199,11 @@ def invert_nsidl(
         raise ValueError(f"Local field {f.shape} and mask {m.shape} must be 3-D volumes of the same shape.")
     if not np.all(np.isfinite(f[m])):
         raise ValueError("The local field has NaN/inf inside the mask; fix the background-removal output or the mask.")
+    bb = mask_bbox(m, margin)
+    fc, m_c = f[bb] * m[bb], m[bb]
     preset = None
-    if data_fit is not None:
-        preset = data_fit_settings(data_fit, f, m) if isinstance(dc_threshold, str) else data_fit_settings(data_fit)
+    if data_fit is not None:  # the noise estimate on the crop: the same as on the volume (the mask is inside it)
+        preset = data_fit_settings(data_fit, fc, m_c) if isinstance(dc_threshold, str) else data_fit_settings(data_fit)
     if isinstance(dc_threshold, str):
         if dc_threshold != _FROM_PRESET:
             raise ValueError(f"dc_threshold must be a number, None or {_FROM_PRESET!r}, got {dc_threshold!r}.")
@@ -210,9 +213,10 @@ def invert_nsidl(
     if model is None:
         model, _ = _cached_model(weights_path, str(dev))
     model = model.to(dev).eval()
-    w = normalise_weight(weight, m)
-    bb = mask_bbox(m, margin)
-    fc, mc, wc = f[bb] * m[bb], m[bb].astype(np.float32), w[bb]
+    if weight is not None and np.shape(weight) != m.shape:
+        raise ValueError(f"Weight shape {np.shape(weight)} differs from the mask shape {m.shape}; pass a 3-D magnitude on the same grid.")
+    wc = normalise_weight(None if weight is None else np.asarray(weight)[bb], m_c)
+    mc = m_c.astype(np.float32)
     shp = fc.shape
     padded = physics.fast_padded_shape(shp, 1.5)
     s = rad_per_ppm(b0_t, te_s)

@@ -57,6 +57,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmprep.qsm.dipole import fft_workers
+from qsmprep.qsm.geometry import bounding_box
 
 #: Erosion threshold on ``SMV_r * mask``: a voxel is reliable when its sphere lies (all but
 #: round-off) inside the mask.
@@ -113,18 +114,6 @@ def sphere_kernel(shape: Sequence[int], voxel_size: Sequence[float], radius_mm: 
     return ker
 
 
-def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped to the array)."""
-    sl = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        lo = max(0, int(nz[0]) - margin[ax])
-        hi = min(mask.shape[ax], int(nz[-1]) + 1 + margin[ax])
-        sl.append(slice(lo, hi))
-    return tuple(sl)
-
-
 def vsharp(
     field_ppm: np.ndarray,
     mask: np.ndarray,
@@ -172,7 +161,7 @@ def vsharp(
 
     # Crop to the mask's bounding box + a margin of the largest sphere, round to fast FFT sizes.
     margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
-    box = _bbox(m, margin)
+    box = bounding_box(m, margin)
     mc = m[box]
     fc = np.where(mc, field[box], 0.0).astype(np.float32)
     shape = tuple(int(sfft.next_fast_len(n + mg, real=True)) for n, mg in zip(mc.shape, margin))
@@ -278,7 +267,7 @@ def ismv(
     if r <= 0:
         raise ValueError(f"ismv radius_mm must be positive, got {radius_mm}.")
     margin = [int(np.ceil(r / d)) + 2 for d in vs]
-    box = _bbox(m, margin)
+    box = bounding_box(m, margin)
     mc = m[box]
     shape = tuple(int(sfft.next_fast_len(n, real=True)) for n in mc.shape)
     crop = tuple(slice(0, n) for n in mc.shape)

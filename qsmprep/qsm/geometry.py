@@ -1,6 +1,8 @@
-"""Image geometry: voxel sizes and the B0 direction in array axes from a NIfTI affine."""
+"""Image geometry: voxel sizes and the B0 direction in array axes from a NIfTI affine; mask bounding boxes."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -42,3 +44,17 @@ def obliquity_deg(b0_dir: np.ndarray) -> float:
     b = np.asarray(b0_dir, dtype=float)
     b = b / np.linalg.norm(b)
     return float(np.degrees(np.arccos(min(1.0, abs(b[2])))))
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """Bounding box of the non-zero voxels of ``mask`` grown by ``margin`` voxels (one number or one
+    per axis), clipped to the array, as a tuple of slices; an empty mask gives empty slices."""
+    m = np.asarray(mask)
+    margins = [int(margin)] * m.ndim if np.isscalar(margin) else [int(v) for v in margin]
+    sl = []
+    for ax in range(m.ndim):
+        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax)))
+        if hit.size == 0:
+            return tuple(slice(0, 0) for _ in m.shape)
+        sl.append(slice(max(0, int(hit[0]) - margins[ax]), min(m.shape[ax], int(hit[-1]) + 1 + margins[ax])))
+    return tuple(sl)

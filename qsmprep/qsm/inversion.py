@@ -27,6 +27,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmprep.qsm.dipole import dipole_kernel, fft_workers, kspace_grid, padded_shape
+from qsmprep.qsm.geometry import bounding_box
 
 Vec3 = Sequence[float]
 
@@ -364,20 +365,31 @@ def field_noise(local_ppm: np.ndarray, mask: np.ndarray) -> dict:
     spread_ppm, relative = sigma / spread)``.  A noise-free 1 mm simulated local field reads
     ``relative`` ~ 0.04 (its fine structure), the app's chain on a 3 T, 4-echo head ~ 0.27.
     """
-    from scipy import ndimage
-
     f = np.asarray(local_ppm, dtype=np.float32)
     m = np.asarray(mask) > 0
     if f.shape != m.shape or f.ndim != 3:
         raise ValueError(f"field_noise needs a 3-D field and a mask of the same shape, got {f.shape} and {m.shape}.")
-    k = np.zeros((3, 3, 3), np.float32)
-    k[1, 1, 0] = k[1, 1, 2] = k[1, 0, 1] = k[1, 2, 1] = k[0, 1, 1] = k[2, 1, 1] = 1.0 / 6.0
-    inner = ndimage.binary_erosion(m)
+    if m.any():  # work in the mask's bounding box, padded by one zero voxel (same result, less work)
+        bb = bounding_box(m)
+        m = np.pad(m[bb], 1)
+        f = np.pad(np.where(m[1:-1, 1:-1, 1:-1], f[bb], 0.0).astype(np.float32), 1)
+    else:
+        f = np.zeros_like(f)
+    # interior = voxels whose 6 face neighbours are all in the mask (binary erosion, face connectivity);
+    # nb = the sum of the 6 face neighbours (zero outside the mask)
+    c = (slice(1, -1),) * 3
+    inner = m[c].copy()
+    nb = np.zeros(inner.shape, np.float32)
+    for ax in range(3):
+        for d in (-1, 1):
+            sl = list(c)
+            sl[ax] = slice(1 + d, m.shape[ax] - 1 + d)
+            inner &= m[tuple(sl)]
+            nb += f[tuple(sl)]
     if inner.sum() < 27:
         raise ValueError("field_noise: the mask has too few interior voxels to estimate the noise.")
-    fm = np.where(m, f, 0.0).astype(np.float32)
-    r = (fm - ndimage.convolve(fm, k, mode="constant"))[inner]
+    v = f[c][inner]
+    r = v - nb[inner] / np.float32(6.0)
     sigma = 1.4826 * float(np.median(np.abs(r - np.median(r)))) / float(np.sqrt(7.0 / 6.0))
-    v = fm[inner]
     spread = 1.4826 * float(np.median(np.abs(v - np.median(v))))
     return {"sigma_ppm": sigma, "spread_ppm": spread, "relative": sigma / spread if spread > 0 else float("inf")}

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from .dipole import fft_workers
+from .geometry import bounding_box
 
 TWO_PI = 2.0 * np.pi
 
@@ -33,16 +34,6 @@ def _wrap(x):
     if x.dtype == np.float32:
         return x - np.float32(TWO_PI) * np.rint(x * np.float32(1.0 / TWO_PI))
     return x - TWO_PI * np.rint(x / TWO_PI)
-
-
-def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin`` voxels (clipped to the array)."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
-        return tuple(slice(0, 0) for _ in mask.shape)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def _axis_slices(ndim: int, axis: int):
@@ -137,7 +128,7 @@ def unwrap_laplacian(
     m = np.ones(ph.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     if not m.any():
         return np.zeros(ph.shape, np.float32)
-    box = _bbox(m, 1)
+    box = bounding_box(m, 1)
     phb, mb = ph[box], m[box]
     lap = discrete_laplacian(phb, voxel_size, mb, wrapped=True)
     big = tuple(_dst_len(n, pad_factor) for n in phb.shape)
@@ -373,7 +364,7 @@ def unwrap_quality(
     if ph.ndim != 3:
         raise ValueError(f"unwrap_quality expects a 3-D phase volume, got shape {ph.shape}.")
     m = np.ones(ph.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
-    box = _bbox(m, 0)
+    box = bounding_box(m, 0)
     phb, mb = ph[box], m[box]
     magb = None if magnitude is None else np.asarray(magnitude)[box]
     ph2b = None if phase2 is None else np.asarray(phase2)[box]
@@ -409,7 +400,7 @@ def _reunwrap(
     if not bad.any():
         return out
     sub = ndimage.binary_dilation(bad, structure=np.ones((3, 3, 3), bool)) & mask
-    box = _bbox(sub, 0)
+    box = bounding_box(sub, 0)
     subb = sub[box]
     phb = phase[box]
     turns_guess = np.rint((uw_guess[box] - ph[box]) / TWO_PI).astype(np.int64)
@@ -556,7 +547,7 @@ def unwrap_echoes(
     if n_echo == 1:
         out[..., 0] = unwrap_quality(ph[..., 0], None if mag is None else mag[..., 0], m)
         return out
-    box = _bbox(m, 2)
+    box = bounding_box(m, 2)
     out[box] = _romeo_multi_echo(
         ph[box], None if mag is None else mag[box], te, m[box], voxel_size,
         int(template), offset_correction, temporal_threshold,
