@@ -6,7 +6,8 @@ Times (median of ``--repeats`` after one warm-up; the GPU synchronised around ea
 ``host_prep_s`` (crop, the weight's normalisation and, for ``strong``, the field-noise estimate:
 numpy on the host), ``kernel_s`` (dipole kernel on the device), ``pre_solver_s`` (TKD start + the
 preset's pre-solver), ``unrolled_s`` (the K learned steps), ``kspace_s`` (the k-space step) and
-``total_s`` (``invert_nsidl`` end to end, host-device copies included).
+``total_s`` (``invert_nsidl`` end to end, host-device copies included); on a GPU also the unrolled
+steps with cuDNN's autotuner on (``unrolled_cudnn_benchmark_s``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def main():
         res["presets"][name] = {"n_pre": fit["n_pre"], "pre_solver": fit["pre_solver"], "fft_grid": list(padded),
                                 "host_prep_s": t_prep, "kernel_s": t_kern, "pre_solver_s": t_pre,
                                 "unrolled_s": t_all - t_pre, "kspace_s": t_dc, "total_s": t_tot}
+        if dev.type == "cuda":  # the same with cuDNN's autotuner (fixed shapes; its tuning is in the warm-up)
+            torch.backends.cudnn.benchmark = True
+            with torch.inference_mode():
+                t_b, _ = timed(lambda: model(field, mask, w, s, kern, padded, n_pre=fit["n_pre"], pre_solver=fit["pre_solver"]))
+            torch.backends.cudnn.benchmark = False
+            res["presets"][name]["unrolled_cudnn_benchmark_s"] = t_b - t_pre
         print(name, json.dumps(res["presets"][name]), flush=True)
     with open(a.out, "w") as fh:
         json.dump(res, fh, indent=2)
