@@ -229,9 +229,12 @@ def write_md(r, a, out: Path):
                  f"{t['wall_s']:.1f} s wall, peak RSS {t['peak_rss_gb']:.2f} GB.")
     if r.get("gpu_timing"):
         g = r["gpu_timing"]
-        L.append(f"GPU ({g.get('gpu')}, torch {g.get('torch')}, grid {g.get('grid')}): fp32 {g['fp32']['median_s']:.3f} s "
-                 f"(peak {g['fp32']['peak_gpu_mem_gib']:.2f} GiB), bf16-CNN {g['bf16_cnn']['median_s']:.3f} s; "
-                 f"CPU/GPU max |diff| {g.get('cpu_gpu_max_abs_ppm', float('nan')):.1e} ppm.")
+        presets = g.get("presets") or {"model default": g}  # older timing files: one setting, top-level keys
+        for fit, t in presets.items():
+            L.append(f"GPU, data fit `{fit}` ({g.get('gpu')}, torch {g.get('torch')}, grid {g.get('grid')}, weights "
+                     f"{str(g.get('weights_sha256', ''))[:8]}): fp32 {t['fp32']['median_s']:.3f} s "
+                     f"(peak {t['fp32']['peak_gpu_mem_gib']:.2f} GiB), bf16-CNN {t['bf16_cnn']['median_s']:.3f} s; "
+                     f"CPU/GPU max |diff| {t.get('cpu_gpu_max_abs_ppm', float('nan')):.1e} ppm.")
     out.write_text("\n".join(L) + "\n")
 
 
