@@ -117,3 +117,28 @@ def test_cg_linearised_pre_solver():
     assert m.config()["pre_solver"] == "cg" and build_model(m.config()).pre_solver == "cg"
     with pytest.raises(ValueError, match="pre_solver"):
         NSIDL(pre_solver="lbfgs")
+
+
+def test_four_level_unet_warm_starts_exactly_from_three_levels():
+    """A 4-level U-Net loading a 3-level state (strict=False) computes the same prox (its new level's
+    decoder is residual and zero-initialised), has more receptive field once trained, and takes any size."""
+    from qsmprep.dl.model import UNet3d
+
+    torch.manual_seed(0)
+    small = UNet3d(in_ch=4, widths=(4, 8, 8))
+    with torch.no_grad():
+        small.out.weight.normal_(0, 0.1)
+    big = UNet3d(in_ch=4, widths=(4, 8, 8, 16))
+    missing, unexpected = big.load_state_dict(small.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.split(".")[0] in ("enc4", "up3", "dec3") for k in missing)
+    x = torch.randn(1, 4, 16, 24, 16)
+    with torch.no_grad():
+        ref = small(x)
+        assert (big(x) - ref).abs().max() < 1e-7
+        big.dec3[-1].weight.normal_(0, 1.0)  # once the new level is trained, it changes the output
+        assert (big(x) - ref).abs().max() > 1e-5  # 100x the warm-start difference bound above
+        assert big(torch.randn(1, 4, 13, 10, 11)).shape == (1, 1, 13, 10, 11)
+    with pytest.raises(ValueError, match="3 or 4 levels"):
+        UNet3d(widths=(4, 8))
+    m = build_model({"n_iter": 2, "widths": [4, 8, 8, 16]})
+    assert m.config()["widths"] == [4, 8, 8, 16] and len(m.prox.enc4) == 4

@@ -50,18 +50,33 @@ class _Block(nn.Sequential):
 
 
 class UNet3d(nn.Module):
-    """3-level 3-D U-Net (no normalisation layers), residual-ready (zero-initialised output).
+    """3- or 4-level 3-D U-Net (no normalisation layers), residual-ready (zero-initialised output).
 
-    ``widths`` = channels per level, e.g. ``(8, 16, 32)``.  Any input size works: the
-    volume is zero-padded to a multiple of 4 internally and cropped back.
+    ``widths`` = channels per level, e.g. ``(8, 16, 32)`` or ``(16, 32, 64, 128)``.  A fourth level
+    (``enc4``, ``up3``, ``dec3``) doubles the receptive field for a few per cent more compute (it runs
+    at 1/8 resolution).  Its decoder is residual with a zero-initialised last layer
+    (``d3 = e3 + dec3([up3(e4), e3])``), so a 4-level net that loads a 3-level net's weights
+    (``load_state_dict(strict=False)``: the 3-level keys are shared) computes exactly what the
+    3-level net did, and training starts from there.  Any input size works: the volume is
+    zero-padded to a multiple of 2^(levels-1) internally and cropped back.
     """
 
     def __init__(self, in_ch: int = 4, widths: Sequence[int] = (8, 16, 32)):
         super().__init__()
-        c1, c2, c3 = widths
+        if len(widths) not in (3, 4):
+            raise ValueError(f"U-Net widths must list 3 or 4 levels, got {list(widths)}.")
+        c1, c2, c3 = widths[:3]
+        self.levels = len(widths)
         self.enc1 = _Block(in_ch, c1)
         self.enc2 = _Block(c1, c2)
         self.enc3 = _Block(c2, c3)
+        if self.levels == 4:
+            c4 = widths[3]
+            self.enc4 = _Block(c3, c4)
+            self.up3 = nn.ConvTranspose3d(c4, c3, 2, stride=2)
+            self.dec3 = nn.Sequential(_Block(2 * c3, c3), nn.Conv3d(c3, c3, 1))
+            nn.init.zeros_(self.dec3[-1].weight)
+            nn.init.zeros_(self.dec3[-1].bias)
         self.up2 = nn.ConvTranspose3d(c3, c2, 2, stride=2)
         self.dec2 = _Block(2 * c2, c2)
         self.up1 = nn.ConvTranspose3d(c2, c1, 2, stride=2)
@@ -72,12 +87,17 @@ class UNet3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shp = x.shape[-3:]
-        pad = [(-n) % 4 for n in shp]
+        mult = 2 ** (self.levels - 1)
+        pad = [(-n) % mult for n in shp]
         if any(pad):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool3d(e1, 2))
         e3 = self.enc3(F.max_pool3d(e2, 2))
+        if self.levels == 4:
+            e4 = self.enc4(F.max_pool3d(e3, 2))
+            e3 = e3 + self.dec3(torch.cat([self.up3(e4), e3], dim=1))
+            del e4
         d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
         del e2, e3
         d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
@@ -92,7 +112,7 @@ class NSIDL(nn.Module):
     Parameters
     ----------
     n_iter : K, number of unrolled steps.
-    widths : U-Net channels per level.
+    widths : U-Net channels per level (3 or 4 levels, see :class:`UNet3d`).
     init : "tkd" (chi_0 = masked TKD, threshold ``tkd_threshold``) or "zero".
     """
 
