@@ -45,6 +45,29 @@ def test_crop_pad_equals_uncropped_run():
     np.testing.assert_allclose(out, ref * mask, atol=2e-3)
 
 
+def test_weight_is_normalised_in_the_crop_and_checked_before_it():
+    """The magnitude weight is cropped with the field (its 99th percentile is taken inside the mask, so
+    the crop changes nothing), and a weight on another grid fails in one sentence, even when it is
+    larger than the mask's box (slicing alone would not notice)."""
+    chi, f, mask, vs, b0 = _case()
+    model = _model()
+    w = np.where(mask, 1.0 + np.random.default_rng(2).random(mask.shape), 50.0).astype(np.float32)
+    got = inference.invert_nsidl(f, mask, vs, b0, w, device="cpu", model=model)
+    bb = inference.mask_bbox(mask, 4)
+    wn = inference.normalise_weight(w, mask)  # the whole-volume normalisation, cropped by hand
+    padded = physics.fast_padded_shape(f[bb].shape, 1.5)
+    k = physics.dipole_kernel_t(padded, vs, b0)[None, None]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        ref = model(t(f[bb] * mask[bb]), t(mask[bb]), t(wn[bb]), 16.05, k, padded)
+        ref = physics.kspace_consistency_t(ref, t(f[bb] * mask[bb]), k, padded, inference.DC_THRESHOLD, inference.DC_WIDTH)
+    want = np.zeros_like(f)
+    want[bb] = ref[0, 0].numpy()
+    np.testing.assert_allclose(got, want * mask, atol=1e-5)
+    with pytest.raises(ValueError, match="Weight shape"):
+        inference.invert_nsidl(f, mask, vs, b0, np.ones(tuple(n + 2 for n in mask.shape), np.float32), device="cpu", model=model)
+
+
 def test_kspace_consistency_step_lowers_error_on_clean_field():
     """The default final step (data back where |D| > 0.2) beats the bare network on a noise-free field."""
     chi, f, mask, vs, b0 = _case()
