@@ -142,3 +142,26 @@ def test_four_level_unet_warm_starts_exactly_from_three_levels():
         UNet3d(widths=(4, 8))
     m = build_model({"n_iter": 2, "widths": [4, 8, 8, 16]})
     assert m.config()["widths"] == [4, 8, 8, 16] and len(m.prox.enc4) == 4
+
+
+def test_cpu_channels_last_gives_the_same_prox():
+    """The CPU channels-last layout (a speed choice) changes no number beyond float32 rounding, in the
+    forward pass and in the gradients that training uses."""
+    from qsmprep.dl.model import UNet3d
+
+    torch.manual_seed(1)
+    u = UNet3d(in_ch=4, widths=(4, 8, 8, 16))
+    with torch.no_grad():
+        u.out.weight.normal_(0, 0.5)
+        u.dec3[-1].weight.normal_(0, 0.5)
+    x = torch.randn(1, 4, 19, 22, 17)
+    outs, grads = [], []
+    for cl in (False, True):
+        u.cpu_channels_last = cl
+        u.zero_grad()
+        y = u(x)
+        (y ** 2).sum().backward()
+        outs.append(y.detach())
+        grads.append(u.enc1[0].weight.grad.clone())
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and outs[0].abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)

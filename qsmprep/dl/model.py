@@ -61,6 +61,10 @@ class UNet3d(nn.Module):
     zero-padded to a multiple of 2^(levels-1) internally and cropped back.
     """
 
+    #: On CPU, run the convolutions channels-last (oneDNN's 3-D convolutions are about twice as fast
+    #: that way on 2 cores; the numbers agree to float32 rounding).  GPUs keep the default layout.
+    cpu_channels_last = True
+
     def __init__(self, in_ch: int = 4, widths: Sequence[int] = (8, 16, 32)):
         super().__init__()
         if len(widths) not in (3, 4):
@@ -91,6 +95,8 @@ class UNet3d(nn.Module):
         pad = [(-n) % mult for n in shp]
         if any(pad):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+        if self.cpu_channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool3d(e1, 2))
         e3 = self.enc3(F.max_pool3d(e2, 2))
