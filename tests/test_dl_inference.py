@@ -100,6 +100,11 @@ def test_weight_normalisation():
     wn = inference.normalise_weight(w, mask)
     assert wn.max() == pytest.approx(1.0) and wn.min() == 0.0 and np.all(wn[~mask] == 0)
     assert np.array_equal(inference.normalise_weight(None, mask), mask.astype(np.float32))
+    bb = inference.mask_bbox(mask, 1)  # cropping first gives the same numbers, cropped
+    assert np.array_equal(inference.normalise_weight(w, mask, bb), wn[bb])
+    assert np.array_equal(inference.normalise_weight(None, mask, bb), mask[bb].astype(np.float32))
+    with pytest.raises(ValueError, match="Weight shape"):
+        inference.normalise_weight(w[:9], mask, bb)
 
 
 def test_errors_are_clear():

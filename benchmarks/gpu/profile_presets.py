@@ -61,7 +61,7 @@ def main():
             bb = mask_bbox(m, 4)
             fc, mc = h["field"][bb] * m[bb], m[bb]
             fit = data_fit_settings(name, fc, mc)
-            return fit, fc, mc, normalise_weight(h["weight"][bb], mc)
+            return fit, fc, mc, normalise_weight(h["weight"], m, bb)
 
         t_prep, (fit, fc, mc, wc) = timed(prep)
         padded = physics.fast_padded_shape(fc.shape, 1.5)

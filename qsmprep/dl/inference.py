@@ -90,17 +90,22 @@ def mask_bbox(mask: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:
     return bounding_box(mask, margin)
 
 
-def normalise_weight(weight: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+def normalise_weight(weight: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ...] | None = None) -> np.ndarray:
     """Magnitude weight -> [0, 1]: divided by its 99th percentile in the mask, clipped, masked.
 
-    ``None`` gives the mask itself (uniform weights).
+    ``None`` gives the mask itself (uniform weights).  ``box`` (slices containing the whole mask,
+    e.g. :func:`mask_bbox`) returns the result cropped to it, computed on the crop only: the same
+    numbers, less work.  A weight on another grid than the mask raises ValueError.
     """
     m = mask.astype(bool)
+    if weight is not None and np.shape(weight) != m.shape:
+        raise ValueError(f"Weight shape {np.shape(weight)} differs from the mask shape {m.shape}; pass a 3-D magnitude on the same grid.")
+    if box is not None:
+        m = m[box]
+        weight = None if weight is None else np.asarray(weight)[box]
     if weight is None:
         return m.astype(np.float32)
     w = np.nan_to_num(np.asarray(weight, dtype=np.float32))
-    if w.shape != m.shape:
-        raise ValueError(f"Weight shape {w.shape} differs from the mask shape {m.shape}; pass a 3-D magnitude on the same grid.")
     p99 = float(np.percentile(w[m], 99)) if m.any() else 1.0
     if p99 <= 0:
         return m.astype(np.float32)
@@ -213,9 +218,7 @@ def invert_nsidl(
     if model is None:
         model, _ = _cached_model(weights_path, str(dev))
     model = model.to(dev).eval()
-    if weight is not None and np.shape(weight) != m.shape:
-        raise ValueError(f"Weight shape {np.shape(weight)} differs from the mask shape {m.shape}; pass a 3-D magnitude on the same grid.")
-    wc = normalise_weight(None if weight is None else np.asarray(weight)[bb], m_c)
+    wc = normalise_weight(weight, m, bb)
     mc = m_c.astype(np.float32)
     shp = fc.shape
     padded = physics.fast_padded_shape(shp, 1.5)

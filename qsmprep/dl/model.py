@@ -35,7 +35,7 @@ PRE_SOLVERS = ("nesterov", "cg")
 
 def _check_pre_solver(name: str) -> str:
     if name not in PRE_SOLVERS:
-        raise ValueError(f"pre_solver must be 'nesterov' or 'cg', not {name!r}.")
+        raise ValueError(f"pre_solver must be one of {', '.join(map(repr, PRE_SOLVERS))}, not {name!r}.")
     return name
 
 

@@ -240,10 +240,8 @@ def validate(model, heads, baseline: bool = False, presets=None) -> dict:
             out.update({f"{pr['name']}_{k}": x for k, x in v.items()})
         for k in ("val_nrmse", "val_xsim", "val_score"):
             out[k] = sum(v[k] for v in per) / len(per)
-        if baseline:
-            out["val_nrmse_tkd"] = _tkd_nrmse(heads)
-        return out
-    out = _validate_one(model, heads, None)
+    else:
+        out = _validate_one(model, heads, None)
     if baseline:
         out["val_nrmse_tkd"] = _tkd_nrmse(heads)
     return out
