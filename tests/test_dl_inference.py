@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 
 from qsmprep.dl import inference, physics
 from qsmprep.dl.model import NSIDL
+from qsmprep.qsm.constants import rad_per_ppm
 from qsmprep.qsm.dipole import forward_field
 
 HAS_CUDA = torch.cuda.is_available()
@@ -174,9 +175,27 @@ def test_data_fit_presets_set_the_pre_solver_and_kspace_threshold():
     cfg = inference.data_fit_settings("strong", f, mask)
     assert cfg["dc_threshold"] == inference.kspace_threshold_for_noise(cfg["relative_noise"])
     model.n_pre, model.pre_solver = cfg["n_pre"], cfg["pre_solver"]
-    by_hand = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=cfg["dc_threshold"])
+    assert cfg["dc_extrapolate"] is True
+    by_hand = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=cfg["dc_threshold"],
+                                     dc_extrapolate=True)
+    # the field extrapolation by hand: physics.extrapolate_field_t, then the k-space step
+    bb = inference.mask_bbox(mask, 4)
+    tt = lambda a: torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    fc, mc = tt(f[bb] * mask[bb]), tt(mask[bb])
+    padded = physics.fast_padded_shape(fc.shape[-3:], 1.5)
+    kern = physics.dipole_kernel_t(padded, vs, b0)[None, None]
+    with torch.no_grad():
+        net = model(fc, mc, mc, rad_per_ppm(3.0, 0.02), kern, padded, n_pre=cfg["n_pre"], pre_solver=cfg["pre_solver"])
+        chi_c, fe, _, _ = physics.extrapolate_field_t(net * mc, fc, mc, kern, padded, mc)
+        dc = physics.kspace_consistency_t(chi_c, fe, kern, padded, cfg["dc_threshold"], inference.DC_WIDTH) * mc
+    plain = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_threshold=cfg["dc_threshold"],
+                                   dc_extrapolate=False)
     model.n_pre, model.pre_solver = 0, "nesterov"
     np.testing.assert_allclose(strong, by_hand, atol=1e-6)
+    np.testing.assert_allclose(strong[bb], dc[0, 0].numpy(), atol=1e-5)
+    assert not np.allclose(strong, plain, atol=1e-4)  # the extrapolation changed the result
+    with pytest.raises(ValueError, match="dc_extrapolate"):
+        inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, dc_extrapolate="yes")
     own = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model)  # n_pre 0, DC_THRESHOLD
     robust = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="robust")
     assert not np.allclose(own, robust, atol=1e-4)  # robust runs its 10 NDI pre-steps
@@ -220,6 +239,7 @@ def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
         assert meta["DataFit"]["Preset"] == preset and meta["DataFit"]["PreSolver"] == cfg["pre_solver"]
         assert meta["DataFit"]["PreSolverIterations"] == cfg["n_pre"]
         assert ("FieldRelativeNoise" in meta["DataFit"]) == (preset == "strong")
+        assert meta["DataFit"]["FieldExtrapolation"] == (preset == "strong") == cfg["dc_extrapolate"]
         assert meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == cfg["dc_threshold"]
     _, meta = iq.run_inversion("nsidl", f, mask, vs, b0)
     assert meta["DataFit"]["Preset"] == "robust"

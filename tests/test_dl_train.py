@@ -166,6 +166,13 @@ def test_presets_train_and_validate_as_inference_runs(tmp_path):
         want = physics.kspace_consistency_t(raw[-1], t(field), kern, padded, 0.1, DC_WIDTH) * t(mask)
     assert len(got) == 2 and torch.equal(got[0], raw[0]) and torch.allclose(got[-1], want, atol=1e-6)
     assert not torch.allclose(got[-1], raw[-1], atol=1e-4)  # the k-space step changed the estimate
+    ext = train.check_presets([{"name": "strong-ext", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "dc_extrapolate": True}])[0]
+    assert presets[0]["dc_extrapolate"] is False and ext["dc_extrapolate"] is True
+    with torch.no_grad():
+        got_ext = train.run_preset(model, *args, ext)
+        chi_c, fe, _, _ = physics.extrapolate_field_t(raw[-1] * t(mask), t(field), t(mask), kern, padded, t(mask))
+        want_ext = physics.kspace_consistency_t(chi_c, fe, kern, padded, 0.1, DC_WIDTH) * t(mask)
+    assert torch.allclose(got_ext, want_ext, atol=1e-6) and not torch.allclose(got_ext, got[-1], atol=1e-4)
 
     vdir = tmp_path / "val"
     vdir.mkdir()

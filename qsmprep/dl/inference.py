@@ -41,8 +41,8 @@ DC_WIDTH = 0.1
 #: (:func:`kspace_threshold_for_noise`).  Values chosen on validation data only
 #: (``benchmarks/RESULTS.md``, "NSIDL's two data-fit presets").
 DATA_FIT = {
-    "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD},
-    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise"},
+    "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD, "dc_extrapolate": False},
+    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise", "dc_extrapolate": True},
 }
 DEFAULT_DATA_FIT = "robust"
 
@@ -137,7 +137,8 @@ def data_fit_settings(data_fit: str | None = None, local_ppm: np.ndarray | None 
 
 def data_fit_record(fit: dict) -> dict:
     """The sidecar record (BIDS-style keys) of a :func:`data_fit_settings` result."""
-    rec = {"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"]}
+    rec = {"Preset": fit["name"], "PreSolver": fit["pre_solver"], "PreSolverIterations": fit["n_pre"],
+           "FieldExtrapolation": bool(fit.get("dc_extrapolate", False))}
     if "relative_noise" in fit:
         rec["FieldRelativeNoise"] = round(fit["relative_noise"], 4)
     return rec
@@ -166,6 +167,7 @@ def invert_nsidl(
     dc_threshold: float | None | str = _FROM_PRESET,
     dc_width: float = DC_WIDTH,
     data_fit: str | None = None,
+    dc_extrapolate: bool | str = _FROM_PRESET,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside ``mask``) from a local field (ppm) with NSIDL.
 
@@ -188,6 +190,10 @@ def invert_nsidl(
         e.g. the app's chain) or ``"strong"`` (clean local fields): the pre-solver before the
         network and the k-space threshold.  None: the model's own pre-solver configuration and
         :data:`DC_THRESHOLD` (for the shipped weights the same as ``"robust"``).
+    dc_extrapolate : before the k-space step, fit the network's chi offset to the field and extend
+        the field beyond the mask with the field of the network's chi
+        (:func:`qsmprep.dl.physics.extrapolate_field_t`), instead of zero; default: the preset's
+        choice (``strong`` yes, ``robust`` no; off when ``data_fit`` is None).
 
     The volume is cropped to the mask's bounding box + ``margin`` voxels, the physics is
     zero-padded 1.5x inside the network, and the result is put back and masked.  The
@@ -213,6 +219,10 @@ def invert_nsidl(
         if dc_threshold != _FROM_PRESET:
             raise ValueError(f"dc_threshold must be a number, None or {_FROM_PRESET!r}, got {dc_threshold!r}.")
         dc_threshold = DC_THRESHOLD if preset is None else preset["dc_threshold"]
+    if isinstance(dc_extrapolate, str):
+        if dc_extrapolate != _FROM_PRESET:
+            raise ValueError(f"dc_extrapolate must be True, False or {_FROM_PRESET!r}, got {dc_extrapolate!r}.")
+        dc_extrapolate = False if preset is None else bool(preset["dc_extrapolate"])
     dev = resolve_device(device)
     t0 = time.time()
     if model is None:
@@ -228,14 +238,17 @@ def invert_nsidl(
     LOG.info("NSIDL: crop %s -> %s, FFT grid %s, device %s, s = %.2f rad/ppm, K = %d, data fit %s "
              "(%d %s pre-steps), k-space consistency %s", f.shape, shp, padded, dev, s, model.n_iter,
              "model default" if preset is None else preset["name"], n_pre, pre_solver,
-             "off" if dc_threshold is None else f"|D| > {dc_threshold}")
+             "off" if dc_threshold is None else f"|D| > {dc_threshold}" + (", field extrapolated" if dc_extrapolate else ""))
     with torch.inference_mode():
         kern = physics.dipole_kernel_t(padded, voxel_size, b0_dir, device=dev)[None, None]
         tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)[None, None]
-        field_t = tt(fc)
-        chi_c = model(field_t, tt(mc), tt(wc), s, kern, padded, cnn_dtype=cnn_dtype,
+        field_t, mask_t, weight_t = tt(fc), tt(mc), tt(wc)
+        chi_c = model(field_t, mask_t, weight_t, s, kern, padded, cnn_dtype=cnn_dtype,
                       n_pre=n_pre, pre_solver=pre_solver)
         if dc_threshold is not None:
+            if dc_extrapolate:
+                chi_c, field_t, c, b = physics.extrapolate_field_t(chi_c * mask_t, field_t, mask_t, kern, padded, weight_t)
+                LOG.info("NSIDL: chi offset fitted to the field %.4f ppm, field offset %.5f ppm", float(c), float(b))
             chi_c = physics.kspace_consistency_t(chi_c, field_t, kern, padded, dc_threshold, dc_width)
         if dev.type == "cuda":
             torch.cuda.synchronize()

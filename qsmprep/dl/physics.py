@@ -128,6 +128,61 @@ def kspace_consistency_t(chi: torch.Tensor, field: torch.Tensor, kernel: torch.T
     return out[..., : shp[0], : shp[1], : shp[2]]
 
 
+def extrapolate_field_t(chi: torch.Tensor, field: torch.Tensor, mask: torch.Tensor, kernel: torch.Tensor,
+                        padded: Sequence[int], weight: torch.Tensor | None = None):
+    """Fit ``chi``'s offset to the field and extend the field beyond the mask, for :func:`kspace_consistency_t`.
+
+    The measured local field is known only inside the mask ``M`` (zero outside, and its own mean
+    is arbitrary), but ``F(field) / D`` treats the zero outside as data: on a clean field that
+    truncation costs more than the network's error (validation head 0: the true chi inside the cone
+    with the truncated field scores XSIM 0.947, NRMSE 14.6 %).  Two physical facts fix it:
+
+    * a uniform susceptibility ``c`` inside ``M`` has the field ``c (D * M)``, which is not
+      constant inside a non-spherical ``M``, so the field determines ``c`` (the network's mean is
+      otherwise free, D(0) = 0);
+    * outside ``M`` the field of the sources inside is ``D * (chi M)``.
+
+    So ``c`` and a constant ``b`` are fitted by weighted least squares inside ``M``,
+    ``field - D * (chi M) ~ c (D * M) + b`` (weights ``weight^2``, default the mask), and the field
+    on the whole padded grid becomes ``field - b`` inside ``M`` and ``D * ((chi + c) M)`` outside.
+    The fit is skipped (``c = 0``) when ``D * M`` is constant inside ``M`` (a sphere).
+
+    ``chi``, ``field`` in ppm and ``mask``, ``weight`` (..., X, Y, Z); ``kernel`` the half spectrum
+    on ``padded``.  Returns ``(chi + c M, field_ext, c, b)``: ``field_ext`` (ppm) on the padded grid,
+    ``c`` (ppm) and ``b`` (ppm) of shape ``(...)``, one per volume.  Computed in float32, the fit in
+    float64.
+    """
+    shp = chi.shape[-3:]
+    dims = (-3, -2, -1)
+    with torch.autocast(device_type=chi.device.type, enabled=False):
+        m = mask.float().expand_as(chi)
+        both = torch.stack([(chi.float() * m), m], 0)
+        fn, fm = torch.fft.irfftn(torch.fft.rfftn(both, s=tuple(padded), dim=dims) * kernel, s=tuple(padded), dim=dims)
+        crop = (..., slice(0, shp[0]), slice(0, shp[1]), slice(0, shp[2]))
+        w = (m if weight is None else weight.float() ** 2 * m).double()
+        g = fm[crop].double()
+        r = (field.float() - fn[crop]).double()
+        sw, sg, sgg = w.sum(dims), (w * g).sum(dims), (w * g * g).sum(dims)
+        sr, sgr = (w * r).sum(dims), (w * g * r).sum(dims)
+        det = sgg * sw - sg * sg
+        ok = det > 1e-9 * (sgg * sw).clamp_min(1e-300)
+        safe = torch.where(ok, det, torch.ones_like(det))
+        c = torch.where(ok, (sw * sgr - sg * sr) / safe, torch.zeros_like(det))
+        b = torch.where(ok, (sgg * sr - sg * sgr) / safe, sr / sw.clamp_min(1e-300))
+        c32, b32 = c.float()[..., None, None, None], b.float()[..., None, None, None]
+        model = fn + c32 * fm
+        ext = _put_crop(model, torch.where(m > 0, field.float() - b32, model[crop]))
+    return chi.float() + c32 * m, ext, c.float(), b.float()
+
+
+def _put_crop(full: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``full`` with its leading corner ``inner.shape[-3:]`` replaced by ``inner`` (a new tensor)."""
+    out = full.clone()
+    s = inner.shape[-3:]
+    out[..., : s[0], : s[1], : s[2]] = inner
+    return out
+
+
 def fast_padded_shape(shape: Sequence[int], pad_factor: float = 1.5) -> tuple[int, ...]:
     """Padded FFT grid; same rule as ``qsmprep.qsm.dipole.padded_shape``."""
     from qsmprep.qsm.dipole import padded_shape

@@ -193,12 +193,13 @@ def check_presets(presets) -> list[dict]:
         return []
     out = []
     for i, pr in enumerate(presets):
-        unknown = set(pr) - {"name", "pre_solver", "n_pre", "dc_threshold", "p"}
+        unknown = set(pr) - {"name", "pre_solver", "n_pre", "dc_threshold", "dc_extrapolate", "p"}
         if unknown:
             raise ValueError(f"Unknown keys {sorted(unknown)} in presets[{i}] of the training config; "
-                             "valid keys are name, pre_solver, n_pre, dc_threshold, p.")
+                             "valid keys are name, pre_solver, n_pre, dc_threshold, dc_extrapolate, p.")
         out.append({"name": str(pr.get("name", f"preset{i}")), "pre_solver": _check_pre_solver(pr.get("pre_solver", "nesterov")),
-                    "n_pre": int(pr.get("n_pre", 0)), "dc_threshold": pr.get("dc_threshold"), "p": float(pr.get("p", 1.0))})
+                    "n_pre": int(pr.get("n_pre", 0)), "dc_threshold": pr.get("dc_threshold"),
+                    "dc_extrapolate": bool(pr.get("dc_extrapolate", False)), "p": float(pr.get("p", 1.0))})
     tot = sum(pr["p"] for pr in out)
     if tot <= 0:
         raise ValueError("The presets' probabilities p in the training config must add up to more than 0.")
@@ -209,7 +210,8 @@ def check_presets(presets) -> list[dict]:
 
 def run_preset(model, field, mask, weight, s, kernel, padded, preset=None, return_all=False, cnn_dtype=None):
     """The model's forward pass as inference runs it with ``preset`` (pre-solver override, then the
-    k-space data-consistency step when ``dc_threshold`` is set; masked).  ``preset`` None = the
+    k-space data-consistency step when ``dc_threshold`` is set, after the field extrapolation of
+    ``qsmprep.dl.physics.extrapolate_field_t`` when ``dc_extrapolate``; masked).  ``preset`` None = the
     model's own forward, no k-space step.  With ``return_all`` the list of iterates, the last one
     after the k-space step."""
     from qsmprep.dl import physics
@@ -220,7 +222,10 @@ def run_preset(model, field, mask, weight, s, kernel, padded, preset=None, retur
     outs = model(field, mask, weight, s, kernel, padded, return_all=True, cnn_dtype=cnn_dtype,
                  n_pre=preset["n_pre"], pre_solver=preset["pre_solver"])
     if preset.get("dc_threshold") is not None:
-        outs[-1] = physics.kspace_consistency_t(outs[-1], field, kernel, padded, float(preset["dc_threshold"]), DC_WIDTH) * mask
+        chi = outs[-1]
+        if preset.get("dc_extrapolate"):
+            chi, field, _, _ = physics.extrapolate_field_t(chi * mask, field, mask, kernel, padded, weight)
+        outs[-1] = physics.kspace_consistency_t(chi, field, kernel, padded, float(preset["dc_threshold"]), DC_WIDTH) * mask
     return outs if return_all else outs[-1]
 
 
