@@ -8,6 +8,7 @@ set -euo pipefail
 OUT=${OUT:-/tmp/qsmprep_gpu}
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # the device runs the checkout, not an installed qsmprep
 [ -x "$PY" ] || PY=python3
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_dl_inference.py tests/test_dl_physics.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.txt" || echo "GPU TESTS FAILED (timing follows)"

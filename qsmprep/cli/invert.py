@@ -11,8 +11,9 @@
   (``MagneticFieldStrength``; ``EchoTimeReference`` or ``EchoTime``, the mean if a list).
 * A field whose sidecar says ``"Units": "Hz"`` is converted to ppm with B0.
 * ``--nsidl-data-fit``: ``robust`` (default) for local fields from background removal;
-  ``strong`` for clean local fields (simulations, challenge platforms), where more data fitting
-  pays (``qsmprep.dl.inference.DATA_FIT``).
+  ``strong`` for clean local fields (simulations, challenge platforms: the whole field of the
+  sources inside the mask), where more data fitting pays and the field outside the mask is
+  extrapolated from them (``qsmprep.dl.inference.DATA_FIT``).
 * Output: chi (float32 NIfTI, ppm, zero outside the mask, not referenced) written atomically,
   plus ``<out>.json`` with the method, device, weights sha256 and software version.
 """
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nsidl-data-fit", choices=("robust", "strong"), default="robust",
                     help="NSIDL data-fit preset: robust (default) for local fields from background removal, whose "
                          "errors near the brain edge strong fitting would amplify; strong for clean local fields "
-                         "(simulations, challenge platforms): more data fitting, sharper and more accurate there")
+                         "(simulations, challenge platforms): more data fitting and the field extrapolated beyond the mask, "
+                         "sharper and more accurate there")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
