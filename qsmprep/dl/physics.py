@@ -145,7 +145,8 @@ def extrapolate_field_t(chi: torch.Tensor, field: torch.Tensor, mask: torch.Tens
     So ``c`` and a constant ``b`` are fitted by weighted least squares inside ``M``,
     ``field - D * (chi M) ~ c (D * M) + b`` (weights ``weight^2``, default the mask), and the field
     on the whole padded grid becomes ``field - b`` inside ``M`` and ``D * ((chi + c) M)`` outside.
-    The fit is skipped (``c = 0``) when ``D * M`` is constant inside ``M`` (a sphere).
+    The fit is skipped (``c = 0``, ``b`` the weighted mean) when ``D * M`` is numerically constant
+    inside ``M`` (a one-voxel mask; an exact sphere would be one, a voxelised one is not).
 
     ``chi``, ``field`` in ppm and ``mask``, ``weight`` (..., X, Y, Z); ``kernel`` the half spectrum
     on ``padded``.  Returns ``(chi + c M, field_ext, c, b)``: ``field_ext`` (ppm) on the padded grid,
