@@ -258,7 +258,7 @@ def invert_nsidl(
                       n_pre=n_pre, pre_solver=pre_solver)
         if dc_threshold is not None:
             if dc_extrapolate:
-                chi_c, field_t, c, b = physics.extrapolate_field_t(chi_c * mask_t, field_t, mask_t, kern, padded, weight_t)
+                chi_c, field_t, c, b = physics.extrapolate_field_t(chi_c, field_t, mask_t, kern, padded, weight_t)
                 LOG.info("NSIDL: chi offset fitted to the field %.4f ppm, field offset %.5f ppm", float(c), float(b))
             chi_c = physics.kspace_consistency_t(chi_c, field_t, kern, padded, dc_threshold, dc_width)
         if dev.type == "cuda":

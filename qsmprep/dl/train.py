@@ -224,7 +224,7 @@ def run_preset(model, field, mask, weight, s, kernel, padded, preset=None, retur
     if preset.get("dc_threshold") is not None:
         chi = outs[-1]
         if preset.get("dc_extrapolate"):
-            chi, field, _, _ = physics.extrapolate_field_t(chi * mask, field, mask, kernel, padded, weight)
+            chi, field, _, _ = physics.extrapolate_field_t(chi, field, mask, kernel, padded, weight)
         outs[-1] = physics.kspace_consistency_t(chi, field, kernel, padded, float(preset["dc_threshold"]), DC_WIDTH) * mask
     return outs if return_all else outs[-1]
 
