@@ -14,19 +14,26 @@ arguments always give byte-identical files (seeded noise, gzip without time stam
       (-4096..4095 for -pi..pi, ``Units: arbitrary``).
     * ``sub-02`` (patient: one haemorrhage and one calcification), no sessions, 3 echoes
       TE = 5/12.5/20 ms, phase as **float32 radians** (``Units: rad``).
-    * Sidecars use BIDS inheritance: ``MEGRE.json`` at the top (field strength, TR, flip angle,
-      ...), ``*_echo-<n>_MEGRE.json`` per echo (EchoTime, shared by mag and phase) and
-      ``*_part-phase_MEGRE.json`` (Units) per run.
+    * Sidecars: ``MEGRE.json`` at the top (field strength, TR, flip angle, ...) is inherited by
+      every image; each image has its own ``*_echo-<n>_part-<mag|phase>_MEGRE.json`` (EchoTime,
+      EchoNumber, Units).  BIDS allows one applicable sidecar per folder level, so per-echo and
+      per-part sidecars side by side (``*_echo-1_MEGRE.json`` + ``*_part-mag_MEGRE.json``) would
+      be ambiguous (the validator's MULTIPLE_INHERITABLE_FILES).
 ``ds-t2starw/`` (7 T single echo, oblique B0 at 17 degrees to the slice axis)
     * ``sub-01``: ``part-mag`` / ``part-phase`` ``T2starw``, TE 15 ms, 2 x 2 x 2.5 mm voxels, phase in
       float32 radians; the affine is rotated so that the B0 direction read from it is the one
-      used for the simulation.
+      used for the simulation.  One complete sidecar per image (the phase one adds
+      ``Units: rad``).
 ``<ds>/derivatives/groundtruth/`` (a BIDS derivative dataset)
     per run: ``_Chimap`` (true chi in ppm, inside the brain, 0 outside), ``_desc-local_fieldmap``
     (true local field, ppm, demeaned in the brain), ``_desc-brain_mask``, ``_desc-phantom_dseg``
     (+ ``.tsv`` label table = ``qsmprep.sim.phantom.LABELS``), ``_desc-dgmtruth_stats.tsv`` (true mean chi
     of the 12 deep-gray structures) and ``_desc-simulation.json`` (every argument needed to
-    regenerate the run with ``make_head`` / ``simulate_gre``).
+    regenerate the run with ``make_head`` / ``simulate_gre``).  Its ``.bidsignore`` lists the files
+    BIDS has no name for (the simulation record, the truth table, and the local field map, which
+    BIDS only allows in ``fmap/`` next to a magnitude image), so that
+    ``bids-validator-deno --recursive`` gives no error either; all datasets validate with zero
+    errors (tests/test_bids_validator.py).
 
 To stay under the 20 MB repository budget the images are cropped to the brain + 15 mm
 (simulated on the whole head first, so skull/air/sinus fields are all there), the magnitude is stored with a small integer scale
@@ -80,6 +87,8 @@ MEGRE_COMMON = {
     "ImageType": ["ORIGINAL", "PRIMARY", "M", "P"],
 }
 PARTICIPANTS = (("sub-01", 34, "F", "control"), ("sub-02", 67, "M", "patient"))
+#: Ground-truth files BIDS has no name for (checked by tests/test_bids_validator.py).
+GT_BIDSIGNORE = ("*_desc-simulation.json", "*_desc-dgmtruth_stats.tsv", "*_desc-local_fieldmap.*")
 
 T2S_HEAD = dict(seed=303, lesions=True)
 T2S_VOXEL_MM = (2.0, 2.0, 2.5)
@@ -186,6 +195,7 @@ def write_groundtruth(gt_root: Path, sub: str, ses: str | None, suffix_src: str,
     write_nifti(d / f"{pre}_Chimap.nii.gz", chi, aff, np.float32)
     write_json(d / f"{pre}_Chimap.json", {
         "Units": "ppm",
+        "SkullStripped": True,
         "Description": "True magnetic susceptibility inside the brain mask (0 outside), relative to CSF = 0.",
         "Sources": [f"bids::{folder}/{pre}_{suffix_src}"],
     })
@@ -227,6 +237,7 @@ def write_gt_description(gt_root: Path, source: str) -> None:
                          "Description": "bids_examples/make_examples.py"}],
         "SourceDatasets": [{"URL": f"bids_examples/{source}"}],
     })
+    write_text(gt_root / ".bidsignore", "".join(f"{p}\n" for p in GT_BIDSIGNORE))
 
 
 def write_raw_description(root: Path, name: str, readme: str) -> None:
@@ -278,12 +289,13 @@ def make_megre(out: Path) -> Path:
         d = root / folder
         mag = _mag_int16(sim["mag"], sim["noise_sigma"])
         phase = _phase_store(sim["phase"], _head_support(head_c), kind)
+        units = {"mag": "arbitrary", "phase": "arbitrary" if kind == "int16" else "rad"}
         for e, te in enumerate(sim["te_s"], start=1):
             write_nifti(d / f"{pre}_echo-{e}_part-mag_MEGRE.nii.gz", mag[..., e - 1], sim["affine"], np.int16)
             write_nifti(d / f"{pre}_echo-{e}_part-phase_MEGRE.nii.gz", phase[..., e - 1], sim["affine"], phase.dtype)
-            write_json(d / f"{pre}_echo-{e}_MEGRE.json", {"EchoTime": te, "EchoNumber": e})
-        write_json(d / f"{pre}_part-phase_MEGRE.json", {"Units": "arbitrary" if kind == "int16" else "rad"})
-        write_json(d / f"{pre}_part-mag_MEGRE.json", {"Units": "arbitrary"})
+            for part in ("mag", "phase"):
+                write_json(d / f"{pre}_echo-{e}_part-{part}_MEGRE.json",
+                           {"EchoTime": te, "EchoNumber": e, "Units": units[part]})
         write_groundtruth(gt_root, sub, ses, "echo-1_part-mag_MEGRE.nii.gz", head_c, sim,
                           {"head": hargs, "sim": {k: list(v) if isinstance(v, tuple) else v for k, v in sargs.items()}})
     return root
@@ -312,15 +324,16 @@ def make_t2starw(out: Path) -> Path:
     write_nifti(d / f"{pre}_part-mag_T2starw.nii.gz", _mag_int16(sim["mag"], sim["noise_sigma"])[..., 0], sim["affine"], np.int16)
     write_nifti(d / f"{pre}_part-phase_T2starw.nii.gz", _phase_store(sim["phase"], _head_support(head), "float32")[..., 0],
                 sim["affine"], np.float32)
-    write_json(d / f"{pre}_T2starw.json", {
+    common = {
         "EchoTime": sim["te_s"][0],
         "MagneticFieldStrength": sim["b0_t"],
         "RepetitionTime": 0.035,
         "FlipAngle": 15,
         "MRAcquisitionType": "3D",
         "Manufacturer": "qsmprep-sim",
-    })
-    write_json(d / f"{pre}_part-phase_T2starw.json", {"Units": "rad"})
+    }
+    write_json(d / f"{pre}_part-mag_T2starw.json", common)
+    write_json(d / f"{pre}_part-phase_T2starw.json", {**common, "Units": "rad"})
     gt_root = root / "derivatives" / "groundtruth"
     write_gt_description(gt_root, "ds-t2starw")
     write_groundtruth(gt_root, "01", None, "part-mag_T2starw.nii.gz", head, sim,
