@@ -4,9 +4,15 @@
 subject/session/acquisition/reconstruction/run and suffix), reading ``EchoTime`` (s)
 and ``MagneticFieldStrength`` (T) with sidecar inheritance, and checks every
 problem that would otherwise crash the graph hours later: missing magnitude or
-phase for an echo, missing or malformed metadata, mag/phase grids that differ,
-NaNs.  Each problem raises :class:`InputError` whose message is ONE sentence
-naming the file and the fix (templates in :mod:`qsmprep.messages`).
+phase for an echo, missing or malformed metadata (field strength outside
+:data:`qsmprep.qsm.constants.B0_RANGE_T`), mag/phase grids that differ, NaNs,
+image headers that cannot be right (zero-length or too short axes, a singular
+affine, a declared size the file cannot hold: found before the data are read),
+images without signal, and phase in units the graph cannot convert (degrees,
+[0, 2pi), unwrapped).  Before pybids indexes the dataset,
+:func:`check_dataset_files` parses every JSON and TSV file it would index.  Each
+problem raises :class:`InputError` whose message is ONE sentence naming the file
+and the fix (templates in :mod:`qsmprep.messages`).
 
 Two input forms are accepted:
 
@@ -39,6 +45,25 @@ _IGNORE_DATATYPES = re.compile(
     r"/sub-[^/]+/(ses-[^/]+/)?(func|dwi|fmap|perf|eeg|meg|ieeg|beh|pet|micr|nirs|motion)/"
 )
 _AFFINE_ATOL_MM = 1e-3
+#: Top-level folders pybids is told to skip (with dot folders and :data:`_IGNORE_DATATYPES`).
+_IGNORE_TOP = ("code", "derivatives", "sourcedata", "stimuli", "models")
+
+#: Fewest voxels accepted along each spatial axis (a single slice, a 2-D image or a thin slab is
+#: refused before the graph).  Where the brain fills a slab, the default chain erodes each side:
+#: the brain mask by max(2 mm, voxel) and iSMV by its radius, 2 voxels along the coarsest axis,
+#: so at 1 mm (the usual QSM resolution) 2 * (2 + 2) + 1 = 9 slices are the fewest that leave a
+#: voxel to invert (measured with the test phantom: 9 run, 8 fail in background removal; at 4 mm
+#: 7 run).  Finer voxels need more, and there background removal refuses with its own message.
+MIN_AXIS_VOXELS = 9
+
+#: Phase in rad when every value lies within +-pi * 1.01 (as
+#: :func:`qsmprep.qsm.echoes.scale_phase_to_radians`).
+PHASE_RAD_LIMIT = float(np.pi * 1.01)
+#: Limit of phase in degrees, +-180 + 1 % (see :func:`phase_units`).
+PHASE_DEG_LIMIT = 180.0 * 1.01
+#: A gzip stream cannot be more than 1032 times smaller than its data (DEFLATE's best case:
+#: a 258-byte match coded in 2 bits), so a ``.nii.gz`` declaring more cannot hold its image.
+MAX_DEFLATE_RATIO = 1032
 
 
 class InputError(ValueError):
@@ -192,6 +217,97 @@ def check_output_dir(bids_dir, out_dir, work_dir=None) -> None:
         raise InputError(msg.OUT_NOT_WRITABLE.format(out=out, why=f"no write permission in {ancestor}"))
 
 
+# --------------------------------------------------------------------------- dataset files
+
+
+def _indexed_files(bids_dir: Path, extensions=(".json", ".tsv")):
+    """Files under ``bids_dir`` that pybids would index (same ignore rules as :func:`load_layout`).
+
+    Yields paths in a stable order.  Paths are matched the way pybids matches them: ``"/"`` plus
+    the path relative to the root (folders with a trailing ``"/"``).
+    """
+    bids_dir = Path(bids_dir)
+    for root, dirs, names in os.walk(bids_dir):
+        rel_root = Path(root).relative_to(bids_dir).as_posix()
+        rel_root = "" if rel_root == "." else rel_root + "/"
+
+        def _ignored(rel: str) -> bool:
+            if "/." in "/" + rel:
+                return True
+            if any(("/" + rel).startswith(f"/{top}") for top in _IGNORE_TOP):
+                return True
+            return bool(_IGNORE_DATATYPES.search("/" + rel))
+
+        dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d + "/"))
+        for name in sorted(names):
+            if name.endswith(extensions) and not _ignored(rel_root + name):
+                yield Path(root) / name
+
+
+def _check_json(path: Path) -> None:
+    import json
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(msg.JSON_INVALID.format(path=path, why="it is not UTF-8 text")) from None
+    except OSError as exc:
+        raise InputError(msg.JSON_INVALID.format(path=path, why=f"it cannot be read: {exc.strerror or exc}")) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        why = "the file is empty" if not text.strip() else f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise InputError(msg.JSON_INVALID.format(path=path, why=why)) from None
+    if not isinstance(value, dict):
+        raise InputError(msg.JSON_INVALID.format(path=path, why=f"it holds a {type(value).__name__}, not an object"))
+
+
+def _check_tsv(path: Path, participants: bool = False) -> None:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(msg.TSV_INVALID.format(path=path, why=f"it cannot be read: {exc.strerror or exc}")) from None
+    try:
+        if b"\x00" in raw:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(msg.TSV_INVALID.format(path=path, why="it is binary, not UTF-8 text")) from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise InputError(msg.TSV_INVALID.format(path=path, why="the file is empty, without even a header row"))
+    header = lines[0][1].split("\t")
+    for lineno, line in lines[1:]:
+        n = len(line.split("\t"))
+        if n != len(header):
+            why = f"line {lineno} has {n} column(s) but the header has {len(header)}"
+            raise InputError(msg.TSV_INVALID.format(path=path, why=why))
+    if participants and "participant_id" not in [h.strip() for h in header]:
+        shown = ", ".join(h.strip() for h in header[:6]) + (", ..." if len(header) > 6 else "")
+        raise InputError(msg.PARTICIPANTS_NO_ID.format(path=path, header=shown))
+
+
+def check_dataset_files(bids_dir) -> None:
+    """Parse every JSON and TSV file that pybids would index; raise :class:`InputError` on the first bad one.
+
+    pybids reads the JSON sidecars of every indexed image (of every subject, whatever
+    ``--participant-label`` says) and fails with a long traceback on one that does not
+    parse, so this runs first and names the file.  Checked: each ``.json`` is UTF-8 text
+    holding one JSON object; each ``.tsv`` (``participants.tsv``, ``*_sessions.tsv``,
+    ``*_scans.tsv``, ...) is non-empty UTF-8 text whose rows have as many tab-separated
+    columns as its header row (blank lines are skipped); ``participants.tsv`` at the root
+    has a ``participant_id`` column.  The folders pybids skips (``code``, ``derivatives``,
+    ``sourcedata``, ``stimuli``, ``models``, dot folders, non-anatomical datatypes) are not
+    read.  Reads only these small text files; writes nothing.
+    """
+    bids_dir = Path(bids_dir)
+    for path in _indexed_files(bids_dir):
+        if path.name.endswith(".json"):
+            _check_json(path)
+        else:
+            _check_tsv(path, participants=path.parent == bids_dir and path.name == "participants.tsv")
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -217,7 +333,8 @@ def load_layout(bids_dir):
         raise InputError(msg.BIDS_DIR_MISSING.format(path=bids_dir))
     if not (bids_dir / "dataset_description.json").exists():
         raise InputError(msg.BIDS_NO_DESCRIPTION.format(path=bids_dir))
-    ignore = ["code", "derivatives", "sourcedata", "stimuli", "models", re.compile(r"/\."), _IGNORE_DATATYPES]
+    check_dataset_files(bids_dir)
+    ignore = [*_IGNORE_TOP, re.compile(r"/\."), _IGNORE_DATATYPES]
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore)
     return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
 
@@ -228,47 +345,187 @@ def _strip(labels, prefix):
     return [str(lab)[len(prefix):] if str(lab).startswith(prefix) else str(lab) for lab in labels]
 
 
+def _defining_sidecar(path: Path, key: str) -> Path:
+    """The JSON sidecar that gives ``key`` to ``path`` under BIDS inheritance (for error messages).
+
+    Looks from ``path``'s folder up to the dataset root (the first folder with a
+    ``dataset_description.json``) for ``*.json`` files with the same suffix whose entities are a
+    subset of ``path``'s, most specific first, and returns the first that holds ``key``;
+    ``path``'s own sidecar when none does.
+    """
+    import json
+
+    def _parts(name: str):
+        stem = name.split(".")[0].split("_")
+        return stem[-1], {p for p in stem[:-1] if "-" in p}
+
+    suffix, ents = _parts(path.name)
+    folder = path.parent
+    while True:
+        candidates = []
+        for cand in folder.glob(f"*{suffix}.json"):
+            c_suffix, c_ents = _parts(cand.name)
+            if c_suffix == suffix and c_ents <= ents:
+                candidates.append((len(c_ents), cand))
+        for _, cand in sorted(candidates, key=lambda c: (-c[0], c[1].name)):
+            try:
+                if key in json.loads(cand.read_text(encoding="utf-8")):
+                    return cand
+            except (OSError, ValueError, TypeError):
+                continue
+        if (folder / "dataset_description.json").exists() or folder.parent == folder:
+            return _sidecar(path)
+        folder = folder.parent
+
+
 def _get_float(meta, key, unit, path, *, allow_list=False):
     value = meta.get(key)
-    sidecar = _sidecar(path)
     if value is None:
-        raise InputError(msg.MISSING_METADATA.format(key=key, unit=unit, path=path, sidecar=sidecar))
+        raise InputError(msg.MISSING_METADATA.format(key=key, unit=unit, path=path, sidecar=_sidecar(path)))
+
+    def _bad(why):  # names the sidecar that sets the value (looked up only on error)
+        return InputError(
+            msg.BAD_METADATA.format(key=key, value=value, path=path, why=why, sidecar=_defining_sidecar(path, key))
+        )
+
     values = value if (allow_list and isinstance(value, (list, tuple))) else [value]
     try:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise InputError(
-            msg.BAD_METADATA.format(key=key, value=value, path=path, why=f"expected a number in {unit}", sidecar=sidecar)
-        ) from None
+        raise _bad(f"expected a number in {unit}") from None
     if any(not np.isfinite(v) or v <= 0 for v in out):
-        raise InputError(
-            msg.BAD_METADATA.format(key=key, value=value, path=path, why=f"must be a positive number in {unit}", sidecar=sidecar)
-        )
+        raise _bad(f"must be a positive number in {unit}")
     if key == "EchoTime" and any(v > 1.0 for v in out):
-        raise InputError(
-            msg.BAD_METADATA.format(key=key, value=value, path=path, why="BIDS echo times are in seconds, not ms", sidecar=sidecar)
-        )
+        raise _bad("BIDS echo times are in seconds, not ms")
+    if key == "MagneticFieldStrength":
+        from qsmprep.qsm.constants import check_field_strength
+
+        for v in out:
+            why = check_field_strength(v)
+            if why:
+                raise _bad(f"{v:g} {why}")
     return out if (allow_list and isinstance(value, (list, tuple))) else out[0]
 
 
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _gzip_holds(path: Path, need: int) -> tuple[int, str | None]:
+    """Decompress ``path`` in 1 MB chunks until ``need`` bytes: (bytes found, error or None)."""
+    import gzip
+    import zlib
+
+    n = 0
+    try:
+        with gzip.open(str(path), "rb") as fh:
+            while n < need:
+                chunk = fh.read(min(1 << 20, need - n))
+                if not chunk:
+                    break
+                n += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        return n, str(exc) or type(exc).__name__
+    return n, None
+
+
+def check_declared_size(path, img) -> None:
+    """Refuse a NIfTI whose header declares more data than the file can hold, before reading it.
+
+    ``declared = vox_offset + prod(shape) * bytes per voxel``.  ``.nii``: the file must be at
+    least that long.  ``.nii.gz``: (1) DEFLATE cannot compress better than
+    :data:`MAX_DEFLATE_RATIO` : 1, so ``declared`` must not exceed that times the file size
+    (this alone refuses a 28 kB file declaring 1000 x 1000 x 500 voxels at once); (2) the gzip
+    trailer's ISIZE (uncompressed size modulo 2**32 of the last member) must agree: at least
+    ``declared`` when that is below 4 GiB, else equal to it modulo 2**32.  Only when (2) disagrees
+    (a truncated file, or a legitimate multi-member gzip) is the stream decompressed, in 1 MB
+    chunks and without keeping the data, to count what it really holds.  Raises :class:`InputError`.
+    """
+    path = Path(path)
+    hdr = img.header
+    shape = tuple(int(n) for n in img.shape)
+    itemsize = int(hdr.get_data_dtype().itemsize)
+    n_vox = 1
+    for n in shape:
+        n_vox *= n
+    declared = int(hdr.get_data_offset()) + n_vox * itemsize
+    size = path.stat().st_size
+    holds = None
+    if path.name.endswith(".gz"):
+        if declared > MAX_DEFLATE_RATIO * size:
+            holds = f"a {_fmt_bytes(size)} gzip stream, which decompresses to at most {_fmt_bytes(MAX_DEFLATE_RATIO * size)}"
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(fh.read(4), "little")
+            consistent = isize >= declared if declared < 2**32 else isize == declared % 2**32
+            if not consistent:
+                found, error = _gzip_holds(path, declared)
+                if found < declared:
+                    holds = f"only {_fmt_bytes(found)} once decompressed" + (f" ({error})" if error else "")
+    elif size < declared:
+        holds = f"only {_fmt_bytes(size)}"
+    if holds is not None:
+        raise InputError(
+            msg.IMAGE_SIZE_MISMATCH.format(
+                path=path, shape=" x ".join(str(n) for n in shape), dtype=hdr.get_data_dtype(),
+                declared=f"{_fmt_bytes(declared)} with the header", holds=holds,
+            )
+        )
+
+
+def check_header(path, img) -> tuple[tuple, np.ndarray]:
+    """Check what the header of ``img`` declares, before any voxel is read.
+
+    Refuses (:class:`InputError`): a zero-length axis; anything but a 3-D image or a 4-D echo
+    stack (a trailing axis of length 1 is dropped); fewer than :data:`MIN_AXIS_VOXELS` voxels
+    along a spatial axis; a non-finite or singular affine (a zero voxel size or collinear axes,
+    which leave the voxel size and the B0 direction undefined); a declared size the file cannot
+    hold (:func:`check_declared_size`).  Returns ``(shape3, affine)``.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    if any(n == 0 for n in shape):
+        raise InputError(msg.IMAGE_EMPTY_AXIS.format(path=path, shape=shape))
+    ndim = 3 if len(shape) == 4 and shape[3] == 1 else len(shape)
+    if ndim not in (3, 4):
+        raise InputError(msg.NOT_3D.format(path=path, ndim=ndim))
+    for axis, n in enumerate(shape[:3]):
+        if n < MIN_AXIS_VOXELS:
+            raise InputError(
+                msg.AXIS_TOO_SHORT.format(path=path, n=n, axis=axis, shape=shape, minimum=MIN_AXIS_VOXELS)
+            )
+    affine = np.asarray(img.affine, dtype=float)
+    why = None
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        why = "it holds NaN or infinite values"
+    else:
+        edges = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.any(edges < 1e-6):
+            why = f"voxel size {tuple(round(float(e), 6) for e in edges)} mm has a zero"
+        elif abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(edges)):
+            why = "its voxel axes are collinear, determinant 0"
+    if why:
+        raise InputError(msg.BAD_AFFINE.format(path=path, why=why))
+    check_declared_size(path, img)
+    return shape[:3], affine
+
+
 def _check_image(path: Path, reference: tuple | None):
-    """Load ``path``; check dimensions, finiteness and grid. Returns (img, data, (shape3, affine))."""
+    """Load ``path``; check the header (before reading data), finiteness and grid.
+
+    Returns ``(img, data, (shape3, affine))``.
+    """
     import nibabel as nb
 
     try:
         img = nb.load(str(path))
-        data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types
-        raise InputError(msg.UNREADABLE_IMAGE.format(path=path, why=str(exc).rstrip("."))) from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim not in (3, 4):
-        raise InputError(msg.NOT_3D.format(path=path, ndim=data.ndim))
-    if np.issubdtype(data.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(data)))
-        if n_bad:
-            raise InputError(msg.NAN_VALUES.format(path=path, n=n_bad))
-    grid = (tuple(int(s) for s in data.shape[:3]), np.asarray(img.affine, dtype=float))
+        why = str(exc).rstrip(".") or type(exc).__name__
+        raise InputError(msg.UNREADABLE_IMAGE.format(path=path, why=why)) from None
+    grid = check_header(path, img)
     if reference is not None:
         ref_path, (ref_shape, ref_affine) = reference
         if grid[0] != ref_shape:
@@ -277,7 +534,87 @@ def _check_image(path: Path, reference: tuple | None):
             )
         if not np.allclose(grid[1], ref_affine, atol=_AFFINE_ATOL_MM):
             raise InputError(msg.GRID_MISMATCH.format(path=path, what="affine differs", reference=ref_path))
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types (and MemoryError has no message)
+        why = str(exc).rstrip(".") or type(exc).__name__
+        raise InputError(msg.UNREADABLE_IMAGE.format(path=path, why=why)) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if np.issubdtype(data.dtype, np.floating):
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            raise InputError(msg.NAN_VALUES.format(path=path, n=n_bad))
     return img, data, grid
+
+
+def _volume_ranges(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-volume (min, max) of a 3-D image or 4-D stack, as float64 arrays (no copy of the data)."""
+    axes = (0, 1, 2)
+    lo = np.atleast_1d(np.min(data, axis=axes)).astype(np.float64)
+    hi = np.atleast_1d(np.max(data, axis=axes)).astype(np.float64)
+    return lo, hi
+
+
+def _check_not_constant(path: Path, data: np.ndarray, template: str) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse an image (or a volume of a 4-D stack) whose voxels all hold one value; return its ranges."""
+    lo, hi = _volume_ranges(data)
+    for k in range(lo.size):
+        if lo[k] == hi[k]:
+            where = f" of volume {k + 1}" if data.ndim == 4 else ""
+            raise InputError(template.format(path=path, where=where, value=lo[k]))
+    return lo, hi
+
+
+def _is_integer_valued(data: np.ndarray) -> bool:
+    """True for integer data, or float data whose values (a strided sample, as float32) are whole."""
+    if np.issubdtype(data.dtype, np.integer):
+        return True
+    flat = data.reshape(-1, order="A") if data.flags.c_contiguous or data.flags.f_contiguous else data.ravel()
+    sample = flat[:: max(1, flat.size // 200_000)].astype(np.float32).astype(np.float64)
+    return bool(np.all(np.abs(sample - np.round(sample)) < 1e-3))
+
+
+def phase_units(lo: float, hi: float, integer_valued: bool) -> str:
+    """Units of a run's phase from the range of all its echoes: ``"rad"`` or ``"scanner"``, else why not.
+
+    The graph rescales all echoes of a run together with
+    :func:`qsmprep.qsm.echoes.scale_phase_to_radians`, which accepts only the first two
+    kinds below; the others would crash there (or, for whole degrees, be taken for a
+    scanner turn of 360-361 codes), so they are refused before the graph.  In order:
+
+    * ``"rad"``: every value within +-:data:`PHASE_RAD_LIMIT` (pi + 1 %).
+    * ``"zero_to_2pi"``: within [-0.01 pi, 2 pi + 1 %]: radians in [0, 2 pi).
+    * ``"scanner"``: integer-valued, spanning (``hi - lo + 1``) at least 20 pi codes (what
+      ``scale_phase_to_radians`` converts), and either beyond +-:data:`PHASE_DEG_LIMIT`
+      (12-bit codes -4096..4095 or 0..4095, Philips -3142..3142, unsigned 8-bit 0..255) or
+      spanning 256 codes within 2 % (signed 8-bit -128..127).
+    * ``"degrees"``: a wrapped phase in degrees covers nearly the whole turn, so: within
+      +-:data:`PHASE_DEG_LIMIT` (181.8) and reaching beyond +-160, floats or whole degrees;
+      or non-integer values within [-3.6, 363.6] reaching beyond 320 (0..360 degrees).
+    * ``"unknown"``: anything else (unwrapped or rescaled phase, values just beyond +-pi,
+      integer data spanning fewer than 20 pi codes).
+    """
+    m = max(abs(lo), abs(hi))
+    if m <= PHASE_RAD_LIMIT:
+        return "rad"
+    if lo >= -0.01 * np.pi and hi <= 2 * PHASE_RAD_LIMIT:
+        return "zero_to_2pi"
+    span = hi - lo + 1.0
+    if integer_valued and span >= 20.0 * np.pi and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0):
+        return "scanner"
+    if 160.0 < m <= PHASE_DEG_LIMIT:
+        return "degrees"
+    if not integer_valued and lo >= -0.01 * 360.0 and 320.0 < hi <= 2 * PHASE_DEG_LIMIT:
+        return "degrees"
+    return "unknown"
+
+
+_PHASE_UNITS_MESSAGES = {
+    "degrees": msg.PHASE_IN_DEGREES,
+    "zero_to_2pi": msg.PHASE_ZERO_TO_TWO_PI,
+    "unknown": msg.PHASE_UNITS_UNKNOWN,
+}
 
 
 def _build_run(layout, key, files) -> QsmRun:
@@ -295,7 +632,7 @@ def _build_run(layout, key, files) -> QsmRun:
     echoes = []  # (te, mag, phase)
     b0 = None
     reference = None
-    phase_max = 0.0
+    phase_lo, phase_hi, phase_int, phase_extreme = np.inf, -np.inf, True, (0.0, None)
     stack = None
     for echo in sorted(mags, key=lambda e: (e is None, int(e) if e is not None else 0)):
         mag, pha = mags[echo], phases[echo]
@@ -315,7 +652,13 @@ def _build_run(layout, key, files) -> QsmRun:
             raise InputError(
                 msg.GRID_MISMATCH.format(path=pha, what=f"shape {pha_data.shape} vs {mag_data.shape}", reference=mag)
             )
-        phase_max = max(phase_max, float(np.max(np.abs(pha_data))) if pha_data.size else 0.0)
+        _check_not_constant(mag, mag_data, msg.MAG_NO_SIGNAL)
+        lo, hi = _check_not_constant(pha, pha_data, msg.PHASE_CONSTANT)
+        phase_lo, phase_hi = min(phase_lo, float(lo.min())), max(phase_hi, float(hi.max()))
+        phase_int = phase_int and _is_integer_valued(pha_data)
+        m = max(abs(float(lo.min())), abs(float(hi.max())))
+        if m > phase_extreme[0]:
+            phase_extreme = (m, pha)
         n_vol = mag_data.shape[3] if mag_data.ndim == 4 else 1
         tes = te if isinstance(te, list) else [te]
         if n_vol > 1 or isinstance(te, list):
@@ -346,6 +689,10 @@ def _build_run(layout, key, files) -> QsmRun:
         magnitude, phase = tuple(e[1] for e in echoes), tuple(e[2] for e in echoes)
         tes = [e[0] for e in echoes]
 
+    units = phase_units(phase_lo, phase_hi, phase_int)
+    if units not in ("rad", "scanner"):
+        raise InputError(_PHASE_UNITS_MESSAGES[units].format(path=phase_extreme[1], lo=phase_lo, hi=phase_hi))
+
     shape, affine = reference[1]
     from qsmprep.qsm.geometry import voxel_sizes
 
@@ -359,7 +706,7 @@ def _build_run(layout, key, files) -> QsmRun:
         shape=shape,
         voxel_size=voxel_sizes(affine),
         affine=tuple(tuple(float(v) for v in row) for row in affine),
-        phase_units="rad" if phase_max <= np.pi * 1.01 else "scanner",
+        phase_units=units,
     )
 
 

@@ -108,3 +108,56 @@ FINISHED = "qsmprep finished successfully; results are in {out}."
 SUBMITTED = ("qsmprep submitted the graph with {plugin}; when the jobs have finished, rerun the same "
              "command without --use-plugin to collect the results and reports (finished nodes in {work} are reused).")
 FAILED = "qsmprep failed; see the crash files in {crash_dir} and rerun the same command to resume."
+
+# --- input checks of issue #15 (qsmprep/bids.py) ----------------------------
+# Dataset files read before pybids indexes the dataset.
+JSON_INVALID = (
+    "{path} is not valid JSON ({why}); fix the file (a BIDS .json file holds one JSON object, e.g. "
+    '{{"EchoTime": 0.02}}) or remove it.'
+)
+TSV_INVALID = (
+    "{path} is not a valid BIDS table ({why}); fix it (UTF-8 text, tab-separated, a header row and "
+    "the same number of columns on every row) or remove it."
+)
+PARTICIPANTS_NO_ID = (
+    "{path} has no participant_id column (header: {header}); make the first column participant_id "
+    "with sub-<label> values, as BIDS requires, or remove the file."
+)
+# Image headers, checked before the data are read.
+IMAGE_EMPTY_AXIS = "{path} holds no voxels (shape {shape} has a zero-length axis); re-export it from the scanner data."
+AXIS_TOO_SHORT = (
+    "{path} has only {n} voxel(s) along array axis {axis} (shape {shape}) where qsmprep needs at "
+    "least {minimum} along each spatial axis (a 3-D volume, not a single slice or a thin slab); "
+    "give the whole 3-D acquisition."
+)
+BAD_AFFINE = (
+    "{path} has an unusable affine ({why}), so its voxel size and B0 direction are undefined; fix "
+    "the qform/sform of the header (e.g. re-convert the DICOMs with dcm2niix)."
+)
+IMAGE_SIZE_MISMATCH = (
+    "{path} declares {shape} voxels of {dtype} ({declared}) but the file holds {holds}, so its header "
+    "is wrong or the file is truncated; re-export (or copy again) the image."
+)
+# Image contents.
+MAG_NO_SIGNAL = (
+    "{path} holds no signal (every voxel{where} is {value:g}); check that it is the magnitude "
+    "image of this run and re-export it from the scanner data."
+)
+PHASE_CONSTANT = (
+    "{path} holds no phase information (every voxel{where} is {value:g}); check that it is the "
+    "phase image of this run and re-export it from the scanner data."
+)
+PHASE_IN_DEGREES = (
+    "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, which looks like degrees; convert it to "
+    "radians in [-pi, pi) (multiply by pi/180, then subtract 2pi above pi) in a copy of the dataset "
+    "and run qsmprep on that copy."
+)
+PHASE_ZERO_TO_TWO_PI = (
+    "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, which looks like radians in [0, 2pi); "
+    "wrap it to [-pi, pi) (subtract 2pi above pi) in a copy of the dataset and run qsmprep on that copy."
+)
+PHASE_UNITS_UNKNOWN = (
+    "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, neither wrapped radians within [-pi, pi] "
+    "nor integer scanner units (unwrapped or rescaled phase?); give the scanner's wrapped phase, in "
+    "radians or in its integer units."
+)
