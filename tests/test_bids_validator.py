@@ -45,7 +45,8 @@ def tiny_megre(root: Path, subjects=("01",)) -> Path:
             for part in ("mag", "phase"):
                 stem = root / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-{e}_part-{part}_MEGRE"
                 _nifti(stem.with_name(stem.name + ".nii.gz"))
-                _json(stem.with_name(stem.name + ".json"), {"EchoTime": te, **({"Units": "rad"} if part == "phase" else {})})
+                meta = {"EchoTime": te, **({"Units": "rad"} if part == "phase" else {})}
+                _json(stem.with_name(stem.name + ".json"), meta)
     return root
 
 
@@ -164,7 +165,8 @@ def test_parse_result_of_canned_output():
     assert res.derivatives["/derivatives/x/"].codes == {"NOT_INCLUDED"}
     text = res.summary()
     assert "2 errors of 2 kinds and 1 warning in /data/ds (3 files, 2.0 MB, 1 subjects)" in text
-    assert "NOT_INCLUDED: Files with such naming scheme are not part of BIDS specification (1 file: /sub-01/log/)" in text
+    assert ("NOT_INCLUDED: Files with such naming scheme are not part of BIDS specification "
+            "(1 file: /sub-01/log/)") in text
     assert "More text" not in text and "derivatives/derivatives/x" in text
 
 
