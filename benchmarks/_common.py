@@ -138,14 +138,14 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     ``LoadEchoes``: ``echoes.scale_phase_to_radians``; ``BrainMask``: ``masking.brain_mask(mag4d,
     voxel_size, phase=phase4d)``; ``UnwrapEchoes``: ``unwrap.unwrap_echoes(method=unwrapping)``;
     ``FitField``: ``echoes.fit_field(demean_echoes=unwrapping == "laplacian")``, non-finite -> 0;
-    ``VSharp``: ``background.vsharp(field_hz / hz_per_ppm(b0_t), brain_mask, method=bfr)``
+    ``BackgroundRemoval``: ``background.remove_background(field_hz / hz_per_ppm(b0_t), brain_mask, method=bfr)``
     (``bfr`` None = the app's default, ``config`` / ``background.DEFAULT_METHOD``).
 
     ``mask_kwargs`` (studies only) go to ``brain_mask``; ``stage`` (a :class:`Stage`) times each step
     as ``mask``, ``unwrap_<unwrapping>``, ``fit``, ``bfr``.  Returns a dict with ``mask`` (brain
     mask), ``field_hz``, ``weight``, ``local_ppm``, ``eroded`` (final mask).
     """
-    from qsmprep.qsm.background import DEFAULT_METHOD, vsharp
+    from qsmprep.qsm.background import DEFAULT_METHOD, remove_background
     from qsmprep.qsm.constants import hz_per_ppm
     from qsmprep.qsm.echoes import fit_field, scale_phase_to_radians
     from qsmprep.qsm.masking import brain_mask
@@ -170,17 +170,17 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     weight = np.where(np.isfinite(fit.weight), fit.weight, 0.0).astype(np.float32)
     del fit
     method = bfr or DEFAULT_METHOD
-    local, eroded = run("bfr", vsharp, field_hz / np.float32(hz_per_ppm(b0_t)), mask, voxel_size=vs, method=method)
+    local, eroded = run("bfr", remove_background, field_hz / np.float32(hz_per_ppm(b0_t)), mask, voxel_size=vs, method=method)
     return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method)
 
 
-#: Benchmark method names that are an app inversion with options: name -> (method, run_inversion kwargs).
+#: Benchmark method names that are an app inversion with options: name -> (method, ``methods.invert`` options).
 #: ``nsidl-strong`` is NSIDL with the ``strong`` data-fit preset (``qsmprep invert --nsidl-data-fit strong``).
 APP_VARIANTS = {"nsidl-strong": ("nsidl", {"nsidl_data_fit": "strong"})}
 
 
 def app_method(name: str) -> tuple[str, dict]:
-    """Benchmark method name -> (``run_inversion`` method, extra keyword arguments)."""
+    """Benchmark method name -> (``methods.invert`` method, extra keyword arguments)."""
     method, kw = APP_VARIANTS.get(name, (name, {}))
     return method, dict(kw)
 
@@ -188,22 +188,20 @@ def app_method(name: str) -> tuple[str, dict]:
 def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_s, *,
                   stage: "Stage | None" = None, device: str = "cpu") -> np.ndarray:
     """The app's ``DipoleInversion`` + ``ReferenceChi`` on :func:`app_chain_field`'s output:
-    ``interfaces.qsm.run_inversion`` (the app's dispatch: NSIDL via ``dl.inference.invert_nsidl``;
-    NDI with its tuned phase scale; names in :data:`APP_VARIANTS` add options) with the fit weight and the mean echo time
-    (``workflows.qsm.reference_echo_time``), masked, then ``reference.reference_mean`` in the final
-    mask.  Timed as ``inv_<method>`` and ``ref_<method>`` when ``stage`` is given."""
-    from qsmprep.interfaces.qsm import run_inversion
+    :func:`qsmprep.methods.invert` (the one dispatch of the app and ``qsmprep invert``; names in
+    :data:`APP_VARIANTS` add options) with the fit weight and the mean echo time
+    (``methods.reference_echo_time``), then ``reference.reference_mean`` in the final mask.
+    Timed as ``inv_<method>`` and ``ref_<method>`` when ``stage`` is given."""
+    from qsmprep.methods import invert, reference_echo_time
     from qsmprep.qsm.reference import reference_mean
-    from qsmprep.workflows.qsm import reference_echo_time
 
     def run(name, fn, *a, **k):
         return stage.run(name, fn, *a, **k) if stage is not None else fn(*a, **k)
 
     em = chain["eroded"]
     base, kw = app_method(method)
-    chi, _ = run(f"inv_{method}", run_inversion, base, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
+    chi, _ = run(f"inv_{method}", invert, base, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
                  tuple(float(b) for b in b0_dir), weight=chain["weight"], b0_t=float(b0_t),
                  te_s=reference_echo_time(te_s), device=device, **kw)
-    chi = np.where(em, chi, 0.0).astype(np.float32)
     chi, _ = run(f"ref_{method}", reference_mean, chi, em)
     return np.where(em, chi, 0.0).astype(np.float32)

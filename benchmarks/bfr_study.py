@@ -26,19 +26,19 @@ from _common import score_field  # noqa: E402
 def variants():
     from qsmprep.qsm import background as bg
     return {
-        "vsharp_r0": lambda f, m: bg.vsharp(f, m, refine=0, method="vsharp"),
-        "vsharp_r1": lambda f, m: bg.vsharp(f, m, refine=1, method="vsharp"),
-        "vsharp_r2": lambda f, m: bg.vsharp(f, m, refine=2, method="vsharp"),
-        "vsharp_r3": lambda f, m: bg.vsharp(f, m, refine=3, method="vsharp"),
-        "vsharp_r4": lambda f, m: bg.vsharp(f, m, refine=4, method="vsharp"),
-        "vsharp_r8": lambda f, m: bg.vsharp(f, m, refine=8, method="vsharp"),
-        "vsharp_max25": lambda f, m: bg.vsharp(f, m, radii_mm=range(25, 0, -1), method="vsharp"),
-        "vsharp_max18": lambda f, m: bg.vsharp(f, m, radii_mm=range(18, 0, -1), method="vsharp"),
-        "vsharp_max8": lambda f, m: bg.vsharp(f, m, radii_mm=range(8, 0, -1), method="vsharp"),
-        "vsharp_max6": lambda f, m: bg.vsharp(f, m, radii_mm=range(6, 0, -1), method="vsharp"),
-        "vsharp_min2": lambda f, m: bg.vsharp(f, m, radii_mm=range(12, 1, -1), method="vsharp"),
-        "vsharp_thr0.02": lambda f, m: bg.vsharp(f, m, threshold=0.02, method="vsharp"),
-        "vsharp_thr0.1": lambda f, m: bg.vsharp(f, m, threshold=0.1, method="vsharp"),
+        "vsharp_r0": lambda f, m: bg.vsharp(f, m, refine=0),
+        "vsharp_r1": lambda f, m: bg.vsharp(f, m, refine=1),
+        "vsharp_r2": lambda f, m: bg.vsharp(f, m, refine=2),
+        "vsharp_r3": lambda f, m: bg.vsharp(f, m, refine=3),
+        "vsharp_r4": lambda f, m: bg.vsharp(f, m, refine=4),
+        "vsharp_r8": lambda f, m: bg.vsharp(f, m, refine=8),
+        "vsharp_max25": lambda f, m: bg.vsharp(f, m, radii_mm=range(25, 0, -1)),
+        "vsharp_max18": lambda f, m: bg.vsharp(f, m, radii_mm=range(18, 0, -1)),
+        "vsharp_max8": lambda f, m: bg.vsharp(f, m, radii_mm=range(8, 0, -1)),
+        "vsharp_max6": lambda f, m: bg.vsharp(f, m, radii_mm=range(6, 0, -1)),
+        "vsharp_min2": lambda f, m: bg.vsharp(f, m, radii_mm=range(12, 1, -1)),
+        "vsharp_thr0.02": lambda f, m: bg.vsharp(f, m, threshold=0.02),
+        "vsharp_thr0.1": lambda f, m: bg.vsharp(f, m, threshold=0.1),
         "vsharp_exact": lambda f, m: vsharp_exact(f, m, n_iter=12),
         "ismv2": lambda f, m: bg.ismv(f, m, radius_mm=2.0, tol=1e-3),
         "ismv2_t1e-4": lambda f, m: bg.ismv(f, m, radius_mm=2.0, tol=1e-4),
@@ -107,8 +107,11 @@ def _vsharp_system(field, mask, radii, threshold=0.05, vs=(1.0, 1.0, 1.0)):
 
 def vsharp_exact(field, mask, radii=tuple(range(12, 0, -1)), n_iter=12):
     """V-SHARP's equations ``A x = g`` (each voxel high-passed with its own radius, x on the brain mask)
-    solved by CGLS from the TSVD solution (classic V-SHARP) -- a study tool (slow: ~3.5 s/iteration)."""
+    solved by conjugate gradients on the normal equations from the TSVD solution (classic V-SHARP) -- a
+    study tool (slow: ~3.5 s/iteration)."""
     import scipy.fft as sfft
+
+    from qsmprep.qsm.solvers import conjugate_gradient
 
     m = np.asarray(mask, bool)
     S = _vsharp_system(np.asarray(field, np.float32), m, radii)
@@ -134,19 +137,10 @@ def vsharp_exact(field, mask, radii=tuple(range(12, 0, -1)), n_iter=12):
 
     g = S["g"]
     x = np.where(mc, sfft.irfftn(sfft.rfftn(pad(g)) * S["inv"], s=shape)[crop], 0).astype(np.float32)
+    # CG on the normal equations A^T A dx = A^T (g - A x0), from the TSVD solution x0
+    dx, _ = conjugate_gradient(lambda v: AT(A(v)), AT(g - A(x)), tol=0.0, max_iter=n_iter)
+    x += dx
     r = g - A(x)
-    s = AT(r)
-    p = s.copy()
-    gam = float(np.vdot(s, s))
-    for _ in range(int(n_iter)):
-        q = A(p)
-        al = gam / float(np.vdot(q, q))
-        x += np.float32(al) * p
-        r -= np.float32(al) * q
-        s = AT(r)
-        gn = float(np.vdot(s, s))
-        p = s + np.float32(gn / gam) * p
-        gam = gn
     vsharp_exact.last_residual = float(np.linalg.norm(r) / np.linalg.norm(g))
     out = np.zeros(m.shape, np.float32)
     out[S["box"]] = np.where(E, x, 0)
@@ -173,7 +167,7 @@ def diagnose(f, m, truth):
 
     from qsmprep.qsm import background as bg
 
-    _, e1 = bg.vsharp(np.zeros_like(f), m, radii_mm=[1.0], method="vsharp", refine=0)
+    _, e1 = bg.vsharp(np.zeros_like(f), m, radii_mm=[1.0], refine=0)
     for rmax in (12, 18, 25):
         S = _vsharp_system(f, m, [rmax, 1.0])
         tc = S["pad"](np.where(e1[S["box"]], truth[S["box"]], 0))

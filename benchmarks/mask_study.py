@@ -5,7 +5,7 @@
 Simulates (and caches in ``/tmp/bfr/chain_seed0.npz``) the validation head (``make_head(seed=0)``,
 3 T, B0 || z, 4 echoes 4-22 ms, SNR 80, phase offset) and runs the app's chain
 (:func:`_common.app_chain_field`: ``masking.brain_mask(mag, vs, phase=phase)`` -> quality-guided
-unwrapping -> ``fit_field`` -> ``background.vsharp(method=...)``) with several values of
+unwrapping -> ``fit_field`` -> ``background.remove_background(method=...)``) with several values of
 ``brain_mask(erode_radius_mm=...)``, then each inversion through the app's dispatch
 (``qsmprep.interfaces.qsm.run_inversion``) and whole-brain mean referencing in the final mask.
 

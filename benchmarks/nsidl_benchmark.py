@@ -89,7 +89,7 @@ def run_method(name, h, params):
     if name == "tkd":
         chi = inversion.tkd(f, m, vs, b0, threshold=params["threshold"])
     elif name == "cgl2":
-        chi = inversion.cg_l2(f, m, vs, b0, weight=w, lam=params["lam"])
+        chi = inversion.cgl2(f, m, vs, b0, weight=w, lam=params["lam"])
     elif name == "ndi":
         chi = inversion.ndi(f, m, vs, b0, weight=w, rad_per_ppm=s, n_iter=params["n_iter"])
     elif name in FIT:
@@ -107,7 +107,7 @@ def tune(h, log):
     res = {t: nrmse(inversion.tkd(f, m, vs, b0, threshold=t), h["chi"], m) for t in (0.07, 0.1, 0.15, 0.2, 0.25)}
     best["tkd"] = {"threshold": min(res, key=res.get)}
     log(f"tune TKD threshold -> NRMSE {res}")
-    res = {lam: nrmse(inversion.cg_l2(f, m, vs, b0, weight=w, lam=lam), h["chi"], m) for lam in (0.001, 0.005, 0.02)}
+    res = {lam: nrmse(inversion.cgl2(f, m, vs, b0, weight=w, lam=lam), h["chi"], m) for lam in (0.001, 0.005, 0.02)}
     best["cgl2"] = {"lam": min(res, key=res.get)}
     log(f"tune CG-L2 lambda -> NRMSE {res}")
     res = {}

@@ -18,8 +18,8 @@ calcification and a haemorrhage, signals from ``qsmprep.sim.forward.simulate_gre
    mask path of ``qsmprep/interfaces/qsm.py`` as wired by ``qsmprep/workflows/qsm.py``; see
    ``_common.app_chain_field`` / ``_common.app_inversion``): ``masking.brain_mask(mag, vs,
    phase=phase)`` -> quality-guided unwrapping (``unwrap.unwrap_echoes(method="romeo")``) ->
-   ``echoes.fit_field`` -> ``background.vsharp`` with the app's default method -> the app's
-   inversion dispatch ``interfaces.qsm.run_inversion`` (fit weight, B0, mean echo time; NSIDL on
+   ``echoes.fit_field`` -> ``background.remove_background`` with the app's default method -> the app's
+   inversion dispatch ``qsmprep.methods.invert`` (fit weight, B0, mean echo time; NSIDL on
    the CPU) -> whole-brain mean referencing in the final mask.  On the first case (the timing
    case) each inversion's chain runs in its own fresh child process, so its wall time, CPU time and
    peak RSS (``VmHWM``) are those of one chain; on the other cases one child runs the chain
@@ -57,7 +57,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import Stage, app_method, fmt, qsmci_seg, score_chi, score_field  # noqa: E402
+from _common import APP_VARIANTS, Stage, app_method, fmt, qsmci_seg, score_chi, score_field  # noqa: E402
 
 
 def _tilt(deg: float, axis: str = "x") -> tuple[float, float, float]:
@@ -204,52 +204,35 @@ field lacks the part that is harmonic inside the mask, it hurts (`strong` 0.303 
 
 
 def _app_invert(name, f, m, vs, b, w, b0_t, te):
-    """One inversion through the app's dispatch (``interfaces.qsm.run_inversion``, CPU)."""
-    from qsmprep.interfaces.qsm import run_inversion
+    """One inversion through the app's dispatch (``qsmprep.methods.invert``, CPU)."""
+    from qsmprep.methods import invert
 
     method, kw = app_method(name)
-    return run_inversion(method, f, m, vs, b, weight=w, b0_t=b0_t, te_s=te, device="cpu", **kw)[0]
+    return invert(method, f, m, vs, b, weight=w, b0_t=b0_t, te_s=te, device="cpu", **kw)[0]
 
 
-def inversion_methods() -> dict[str, Callable | str]:
-    """name -> ``fn(local_ppm, mask, voxel_size, b0_dir, weight, b0_t, te_ref_s)`` or a reason string (n/a).
+def inversion_methods() -> dict[str, Callable]:
+    """name -> ``fn(local_ppm, mask, voxel_size, b0_dir, weight, b0_t, te_ref_s)``.
 
-    Every method goes through the app's dispatch (``qsmprep.interfaces.qsm.run_inversion``), so the
+    Every method of the registry (``qsmprep.methods.INVERSIONS``) plus the variants of
+    ``_common.APP_VARIANTS``, each through the app's dispatch (``qsmprep.methods.invert``), so the
     benchmark uses the app's parameters (e.g. NDI keeps its tuned phase scale, 4 rad/ppm);
-    ``nsidl-strong`` is NSIDL with the ``strong`` data-fit preset (``_common.APP_VARIANTS``).
+    ``nsidl-strong`` is NSIDL with the ``strong`` data-fit preset.
     """
     from functools import partial
 
-    from qsmprep.qsm.inversion import METHODS
+    from qsmprep.methods import INVERSIONS
 
-    out: dict[str, Callable | str] = {n: partial(_app_invert, n) for n in ("tkd", "cgl2", "ndi") if n in METHODS}
-    try:
-        from qsmprep.dl.inference import invert_nsidl  # noqa: F401
-
-        try:
-            from qsmprep.interfaces.qsm import nsidl_weights_info
-
-            info = nsidl_weights_info()
-            if info.get("path") and not Path(str(info["path"])).exists():
-                raise FileNotFoundError(f"weights file {info['path']} missing")
-        except ImportError:
-            pass
-        out["nsidl"] = partial(_app_invert, "nsidl")
-        out["nsidl-strong"] = partial(_app_invert, "nsidl-strong")
-    except Exception as exc:  # ImportError, missing weights, ...
-        out["nsidl"] = out["nsidl-strong"] = f"n/a ({type(exc).__name__}: {str(exc)[:80]})"
-    return out
+    names = [n for n in ("tkd", "cgl2", "ndi") if n in INVERSIONS] + [n for n in INVERSIONS if n not in ("tkd", "cgl2", "ndi")]
+    names += list(APP_VARIANTS)
+    return {n: partial(_app_invert, n) for n in names}
 
 
 def nsidl_weights() -> dict:
-    """name / sha256 of the NSIDL weights used (for the results header), or {}."""
-    try:
-        from qsmprep.interfaces.qsm import nsidl_weights_info
+    """name / sha256 / path of the NSIDL weights used (for the results header)."""
+    from qsmprep.dl.weights import weights_info
 
-        info = nsidl_weights_info()
-        return {k: str(info.get(k)) for k in ("name", "sha256", "path")}
-    except Exception:
-        return {}
+    return {k: str(v) for k, v in weights_info().items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,8 +327,7 @@ def run_chain(sim: dict, methods: list[str], per_inversion: bool, laplacian_timi
 
 
 def run_case(case: Case, voxel_size, methods: dict, timing: bool, a_methods=None, per_inversion: bool = False) -> dict:
-    from qsmprep.qsm.background import vsharp
-    from qsmprep.sim.forward import simulate_gre
+        from qsmprep.sim.forward import simulate_gre
     from qsmprep.sim.phantom import make_head
 
     print(f"[bench] {case.name}: simulating", flush=True)
@@ -367,11 +349,11 @@ def run_case(case: Case, voxel_size, methods: dict, timing: bool, a_methods=None
     locs = {}
     # the methods at their defaults, then V-SHARP variants (diagnosis of why V-SHARP stays below
     # iSMV; the defaults were chosen on the validation head, benchmarks/bfr_study.py)
-    runs = [(b, {"method": b}) for b in BFR_METHODS]
-    runs += [(v, {"method": "vsharp", **kw}) for v, kw in BFR_VARIANTS.items()]
-    for bname, kw in runs:
+    runs = [(b, BFR_METHODS[b], {}) for b in BFR_METHODS]
+    runs += [(v, BFR_METHODS["vsharp"], kw) for v, kw in BFR_VARIANTS.items()]
+    for bname, bfr, kw in runs:
         t0 = time.perf_counter()
-        loc, em = vsharp(sim["field_ppm"], brain, vs, **kw)
+        loc, em = bfr(sim["field_ppm"], brain, vs, **kw)
         dt = time.perf_counter() - t0
         locs[bname] = (loc, em)
         out["bfr_true"][bname] = {**score_field(loc, true_local, em), "time_s": dt,
@@ -649,7 +631,7 @@ def render(results: list[dict], methods: dict, cmd: str, quick: bool, note: str 
         L.append(f"## {title}")
         L.append("")
         if key == "a":
-            L.append("Every inversion through the app's dispatch (`interfaces.qsm.run_inversion`, NSIDL on the CPU); "
+            L.append("Every inversion through the app's dispatch (`qsmprep.methods.invert`, NSIDL on the CPU); "
                      "data weight = echo-RSS magnitude.  NDI runs with its tuned phase scale (4 rad/ppm, "
                      "`inversion.NDI_DEFAULT_RAD_PER_PPM`), as in the app.  `nsidl` = the app's default data-fit "
                      "preset (`robust`, for local fields from background removal); `nsidl-strong` = the `strong` preset "

@@ -6,7 +6,7 @@ the true brain mask) so the early-stopping defaults include the effect of noise.
 NRMSE for TKD thresholds, CG-L2 lambda x iterations and NDI iterations.  The benchmark heads
 (seeds 1-4) are never used for tuning.
 
-Note: ``background.vsharp`` now defaults to iSMV (``method="ismv"``); the tuning table in
+Note: ``background.remove_background`` defaults to iSMV (``method="ismv"``); the tuning table in
 ``run_benchmarks.TUNING_NOTES`` was made with V-SHARP (``refine=1``) local fields and has not been
 rerun with iSMV (delete ``/tmp/qsmprep_tune_seed0.npz`` before rerunning).
 """
@@ -26,7 +26,7 @@ CACHE = Path("/tmp/qsmprep_tune_seed0.npz")
 
 
 def validation_local_field():
-    from qsmprep.qsm.background import vsharp
+    from qsmprep.qsm.background import remove_background
     from qsmprep.qsm.constants import hz_per_ppm
     from qsmprep.qsm.echoes import fit_field
     from qsmprep.qsm.unwrap import unwrap_echoes
@@ -39,14 +39,14 @@ def validation_local_field():
     sim = simulate_gre(head, b0_t=3.0, b0_dir=(0, 0, 1), snr=80.0, seed=100)
     mask = head.brain_mask
     t = time.perf_counter()
-    loc_true, em_true = vsharp(sim["field_ppm"], mask, head.voxel_size)
+    loc_true, em_true = remove_background(sim["field_ppm"], mask, head.voxel_size)
     print(f"vsharp (true total field) {time.perf_counter() - t:.1f} s; field metrics vs true local:",
           score_field(loc_true, sim["local_field_ppm"], em_true))
     t = time.perf_counter()
     uw = unwrap_echoes(sim["phase"], sim["mag"], sim["te_s"], mask, method="romeo", voxel_size=head.voxel_size)
     print(f"unwrap romeo {time.perf_counter() - t:.1f} s")
     fit = fit_field(uw, sim["mag"], sim["te_s"], mask)
-    loc, em = vsharp(fit.field_hz / hz_per_ppm(3.0), mask, head.voxel_size)
+    loc, em = remove_background(fit.field_hz / hz_per_ppm(3.0), mask, head.voxel_size)
     print("chain local field metrics:", score_field(loc, sim["local_field_ppm"], em))
     out = dict(chi=head.chi * mask, labels=head.labels, mask=mask, local=loc, em=em, weight=fit.weight,
                local_true=sim["local_field_ppm"], mag=sim["mag"].mean(-1))
@@ -57,7 +57,7 @@ def validation_local_field():
 def main(argv=None):
     import argparse
 
-    from qsmprep.qsm.inversion import cg_l2, ndi, tkd
+    from qsmprep.qsm.inversion import cgl2, ndi, tkd
 
     ap = argparse.ArgumentParser(description="tune inversion defaults on the validation head")
     ap.add_argument("--only", choices=["tkd", "cgl2", "ndi"], nargs="*", default=["tkd", "cgl2", "ndi"])
@@ -83,7 +83,7 @@ def main(argv=None):
     checks = {10, 20, 30, 50, 80}
     for lam in (args.lams if "cgl2" in args.only else []):
         for wname, ww in (("mask", None), ("fit", w)):
-            cg_l2(loc, em, vs, b0, weight=ww, lam=lam, max_iter=max(checks), tol=1e-6,
+            cgl2(loc, em, vs, b0, weight=ww, lam=lam, max_iter=max(checks), tol=1e-6,
                   callback=lambda it, cur: show(f"cgl2 lam={lam} w={wname} it={it + 1}", cur()) if it + 1 in checks else None)
     checks = set(args.ndi_iters)
     weights = {"mask": None, "fit": w, "mag": d["mag"]}

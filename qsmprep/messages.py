@@ -105,8 +105,8 @@ GROUP_UNAVAILABLE = "The group level needs qsmprep.group, which is not installed
 # --- progress / milestones -------------------------------------------------
 STARTED = "qsmprep {version} started (run {run_uuid}): {n_runs} run(s) of {n_subjects} participant(s)."
 FINISHED = "qsmprep finished successfully; results are in {out}."
-SUBMITTED = ("qsmprep submitted the graph with {plugin}; when the jobs have finished, rerun the same "
-             "command without --use-plugin to collect the results and reports (finished nodes in {work} are reused).")
+SUBMITTED = ("qsmprep submitted the graph with {plugin}; the jobs write the results and the subject reports to "
+             "{out} as they finish.")
 FAILED = "qsmprep failed; see the crash files in {crash_dir} and rerun the same command to resume."
 
 # --- input checks of issue #15 (qsmprep/bids.py) ----------------------------

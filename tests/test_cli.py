@@ -184,9 +184,9 @@ def test_missing_bids_dir(tmp_path, capsys):
 
 
 def test_cuda_without_gpu_fails_at_start(readonly_bids, tmp_path, capsys, monkeypatch):
-    import qsmprep.cli.run as run_mod
+    import qsmprep.utils.gpu as gpu
 
-    monkeypatch.setattr(run_mod, "cuda_status", lambda: (False, "no CUDA device in this test"))
+    monkeypatch.setattr(gpu, "cuda_status", lambda: (False, "no CUDA device in this test"))
     code, text = _run_error(capsys, [readonly_bids, tmp_path / "out", "participant", "--device", "cuda"])
     assert code == msg.EXIT_CANNOT_EXECUTE
     assert "--device cuda" in text and "--device cpu" in text and _one_sentence(text)
@@ -362,8 +362,25 @@ def test_dry_run_prints_plan(tmp_path, capsys):
     assert "TE (ms): 6.00, 12.00, 18.00" in text
     assert "B0: 3 T" in text and "obliquity: 20.0 deg" in text
     assert "direction (array axes): (+0.000, +0.342, +0.940)" in text  # R_x(20 deg)^-1 z
-    assert "phase unwrapping (romeo)" in text and "TKD inversion" in text and "atlas/ROI step skipped" in text
+    # the steps come from the graph: every node in execution order, with its method and resources
+    steps = text.split("Steps (")[1]
+    order = [steps.index(n) for n in ("load_echoes --", "brain_mask --", "unwrap --", "fit_field --", "background --",
+                                      "inversion --", "reference --", "report --")]
+    assert order == sorted(order), steps
+    assert "ROMEO-style" in steps and "iSMV" in steps and "TKD (truncated k-space division)" in steps
+    assert "register" not in steps and "derivative files written" in steps
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_dry_run_plan_follows_the_graph(tmp_path, capsys):
+    """A method chosen on the command line appears in the plan through the graph's node (not a fixed list)."""
+    bids = make_bids(tmp_path / "bids", subjects=("01",))
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--dry-run", "--background-removal", "vsharp",
+                 "--unwrapping", "laplacian", "--inversion", "ndi", "--sloppy", "-w", str(tmp_path / "w")])
+    steps = capsys.readouterr().out.split("Steps (")[1]
+    assert code == 0
+    assert "V-SHARP" in steps and "Laplacian" in steps and "NDI (nonlinear dipole inversion" in steps
+    assert "register --" in steps and "flavor testing" in steps and "roi_stats --" in steps
 
 
 def test_group_without_outputs(tmp_path, capsys):
@@ -376,15 +393,23 @@ def test_group_dispatch(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run_group(bids_dir, out_dir, participant_label=None):
-        seen.update(bids=Path(bids_dir), out=Path(out_dir), labels=participant_label)
+    def fake_run_group(bids_dir, out_dir, participant_label=None, *, group_by=None, covariate=None):
+        seen.update(bids=Path(bids_dir), out=Path(out_dir), labels=participant_label, group_by=group_by,
+                    covariate=covariate)
         return [Path(out_dir) / "group" / "group_desc-dgm_stats.tsv"]
 
     monkeypatch.setattr(group, "run_group", fake_run_group)
     (tmp_path / "out").mkdir()
     assert main([str(tmp_path), str(tmp_path / "out"), "group", "--participant-label", "sub-01"]) == 0
-    assert seen == {"bids": tmp_path, "out": tmp_path / "out", "labels": ["01"]}
-    assert main([str(tmp_path), str(tmp_path / "out"), "group"]) == 0 and seen["labels"] is None
+    assert seen == {"bids": tmp_path, "out": tmp_path / "out", "labels": ["01"], "group_by": None, "covariate": None}
+    assert main([str(tmp_path), str(tmp_path / "out"), "group", "--group-by", "group", "--covariate", "age"]) == 0
+    assert seen["labels"] is None and (seen["group_by"], seen["covariate"]) == ("group", "age")
+
+    def refuse(*args, **kwargs):
+        raise group.GroupInputError("participants.tsv has no column 'grp'; pass one of: group, age.")
+
+    monkeypatch.setattr(group, "run_group", refuse)
+    assert main([str(tmp_path), str(tmp_path / "out"), "group", "--group-by", "grp"]) == msg.EXIT_INPUT_ERROR
 
 
 def test_plugin_file_node_args_reach_the_inversion_node(tmp_path):
@@ -436,3 +461,40 @@ def test_random_seed_reaches_registration(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             parse_args([*base, "--random-seed", bad])
         assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------- GPU requests
+
+
+@pytest.mark.parametrize("plugin", ["SLURMGraph", "SLURM", "SGE"])
+def test_cluster_gpu_request_follows_the_user_not_the_submit_host(plugin, tmp_path, monkeypatch):
+    """Built on a host without a GPU, ``--device cuda`` with a cluster plugin still asks the scheduler for a
+    GPU for the inversion node (``--gres=gpu:1``), and does not fail at start; ``auto`` asks for none."""
+    import qsmprep.utils.gpu as gpu
+    from qsmprep.cli.execute import build_workflow
+    from qsmprep.cli.prepare import check_gpu_request
+
+    monkeypatch.setattr(gpu, "cuda_status", lambda: (False, "GPU-less submit host"))
+    bids = make_bids(tmp_path / "bids", subjects=("01",))
+    plugin_file = tmp_path / "plugin.yml"
+    plugin_file.write_text(f"plugin: {plugin}\nplugin_args: {{sbatch_args: '--time=1:00:00'}}\n")
+    base = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"), "--use-plugin", str(plugin_file),
+            "--skip-atlas"]
+    from qsmprep.bids import collect_runs
+
+    runs = collect_runs(bids)
+    for device, wants_gpu in (("cuda", True), ("auto", False), ("cpu", False)):
+        cfg = parse_args([*base, "--device", device])
+        check_gpu_request(cfg)  # never raises for a cluster plugin
+        assert cfg.nipype.use_gpu is wants_gpu
+        inv = [n for n in build_workflow(cfg, runs)._get_all_nodes() if n.name == "inversion"]
+        assert inv and all(("--gres=gpu:1" in (n.plugin_args or {}).get("sbatch_args", "")) is wants_gpu for n in inv)
+        assert all(n.inputs.use_gpu is wants_gpu for n in inv)
+    # a classical inversion never reserves a GPU
+    cfg = parse_args([*base, "--device", "cuda", "--inversion", "tkd"])
+    check_gpu_request(cfg)
+    assert cfg.nipype.use_gpu is False
+    # on this machine (MultiProc) the same request needs a GPU here: exit 126 before anything is written
+    cfg = parse_args([str(bids), str(tmp_path / "out"), "participant", "--device", "cuda"])
+    with pytest.raises(gpu.DeviceUnavailableError, match="--device cuda"):
+        check_gpu_request(cfg)

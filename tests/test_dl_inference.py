@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from qsmprep.dl import inference, physics
 from qsmprep.dl.model import NSIDL
@@ -143,8 +143,6 @@ def test_weights_roundtrip_and_sha_check(tmp_path, monkeypatch):
 def test_shipped_weights_load_and_match_pinned_sha():
     from qsmprep.dl import weights
 
-    if not weights.default_weights_path().is_file():
-        pytest.skip("no shipped NSIDL weights in qsmprep/data/nsidl yet")
     info = weights.weights_info()
     assert info["name"] == weights.WEIGHTS_NAME
     assert weights.EXPECTED_SHA256 == info["sha256"]
@@ -209,10 +207,8 @@ def test_data_fit_presets_set_the_pre_solver_and_kspace_threshold():
 
 def test_shipped_weights_config_is_the_robust_preset():
     """The app's default (robust) is what the shipped weights were validated with."""
-    from qsmprep.dl.weights import default_weights_path, load_model
+    from qsmprep.dl.weights import load_model
 
-    if not default_weights_path().is_file():
-        pytest.skip("no shipped NSIDL weights")
     model, _ = load_model(None, device="cpu")
     rob = inference.DATA_FIT[inference.DEFAULT_DATA_FIT]
     assert (model.n_pre, model.pre_solver) == (rob["n_pre"], rob["pre_solver"])
@@ -220,8 +216,10 @@ def test_shipped_weights_config_is_the_robust_preset():
 
 
 def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
-    """interfaces.qsm.run_inversion hands ``nsidl_data_fit`` to invert_nsidl and records the preset."""
-    from qsmprep.interfaces import qsm as iq
+    """methods.invert (the app's and qsmprep invert's dispatch) hands ``nsidl_data_fit`` to invert_nsidl
+    and records the preset."""
+    from qsmprep import methods
+    from qsmprep.dl import weights
 
     seen = {}
 
@@ -230,10 +228,10 @@ def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
         return np.zeros_like(local)
 
     monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
-    monkeypatch.setattr(iq, "nsidl_weights_info", lambda: {"name": "w.pt", "sha256": "0" * 64})
+    monkeypatch.setattr(weights, "weights_info", lambda path=None: {"name": "w.pt", "sha256": "0" * 64, "path": "w.pt"})
     chi, f, mask, vs, b0 = _case()
     for preset in ("robust", "strong"):
-        _, meta = iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit=preset)
+        _, meta = methods.invert("nsidl", f, mask, vs, b0, b0_t=3.0, te_s=0.02, nsidl_data_fit=preset)
         cfg = inference.data_fit_settings(preset, f, mask)
         assert seen["data_fit"] == preset and seen["dc_threshold"] == cfg["dc_threshold"]
         assert meta["DataFit"]["Preset"] == preset and meta["DataFit"]["PreSolver"] == cfg["pre_solver"]
@@ -241,10 +239,10 @@ def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
         assert ("FieldRelativeNoise" in meta["DataFit"]) == (preset == "strong")
         assert meta["DataFit"]["FieldExtrapolation"] == (preset == "strong") == cfg["dc_extrapolate"]
         assert meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == cfg["dc_threshold"]
-    _, meta = iq.run_inversion("nsidl", f, mask, vs, b0)
+    _, meta = methods.invert("nsidl", f, mask, vs, b0, b0_t=3.0, te_s=0.02)
     assert meta["DataFit"]["Preset"] == "robust"
     with pytest.raises(ValueError, match="strong"):
-        iq.run_inversion("nsidl", f, mask, vs, b0, nsidl_data_fit="weak")
+        methods.invert("nsidl", f, mask, vs, b0, b0_t=3.0, te_s=0.02, nsidl_data_fit="weak")
 
 
 def test_kspace_threshold_follows_the_field_noise():

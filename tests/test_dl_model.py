@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from qsmprep.dl import physics
 from qsmprep.dl.model import NSIDL, UNet3d, build_model, n_parameters

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from qsmprep.dl import physics
 from qsmprep.qsm import dipole

@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from qsmprep.qsm.dipole import forward_field
-from qsmprep.qsm.inversion import METHODS, cg_l2, ndi, ndi_cost, ndi_gradient, tkd
+from qsmprep.qsm.inversion import METHODS, cgl2, ndi, ndi_cost, ndi_gradient, tkd
 
 
 def _phantom(shape=(64, 64, 64), voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), seed=0):
@@ -52,8 +52,8 @@ def test_wrong_b0_direction_is_worse():
     # guards against a kernel that ignores b0_dir: the oblique field inverted as if B0 || z
     b0 = np.array([0.5, 0.0, 0.866])
     chi, field, mask = _phantom((48, 48, 48), (1, 1, 1), b0)
-    right = _scores(cg_l2(field, mask, (1, 1, 1), b0), chi, mask)[0]
-    wrong = _scores(cg_l2(field, mask, (1, 1, 1), (0, 0, 1)), chi, mask)[0]
+    right = _scores(cgl2(field, mask, (1, 1, 1), b0), chi, mask)[0]
+    wrong = _scores(cgl2(field, mask, (1, 1, 1), (0, 0, 1)), chi, mask)[0]
     assert right > wrong + 0.1
 
 
@@ -63,7 +63,7 @@ def test_tkd_scales_linearly_and_zero_gives_zero():
     b = tkd(2 * field, mask)
     np.testing.assert_allclose(b, 2 * a, rtol=1e-4, atol=1e-6)
     assert np.all(tkd(np.zeros_like(field), mask) == 0)
-    assert np.all(cg_l2(np.zeros_like(field), mask) == 0)
+    assert np.all(cgl2(np.zeros_like(field), mask) == 0)
     with pytest.raises(ValueError, match="threshold"):
         tkd(field, mask, threshold=0.0)
 
@@ -125,8 +125,9 @@ def test_methods_dict():
 
 
 def test_app_dispatch_runs_ndi_with_its_tuned_phase_scale():
-    """interfaces.qsm.run_inversion gives NDI its tuned scale (4 rad/ppm), not rad_per_ppm(B0, TE)."""
-    from qsmprep.interfaces.qsm import run_inversion
+    """methods.invert (the app's and qsmprep invert's dispatch) gives NDI its tuned scale (4 rad/ppm), not
+    rad_per_ppm(B0, TE)."""
+    from qsmprep.methods import invert
     from qsmprep.qsm import inversion
     from qsmprep.qsm.dipole import forward_field
 
@@ -136,7 +137,7 @@ def test_app_dispatch_runs_ndi_with_its_tuned_phase_scale():
     mask = np.zeros(shape, bool)
     mask[3:17, 3:17, 3:17] = True
     f = forward_field(chi, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)) * mask
-    got, meta = run_inversion("ndi", f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), weight=None, b0_t=3.0, te_s=0.02)
+    got, meta = invert("ndi", f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), weight=None, b0_t=3.0, te_s=0.02)
     ref = inversion.ndi(f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
     physical = inversion.ndi(f, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), rad_per_ppm=16.05)
     np.testing.assert_allclose(got, ref, atol=1e-6)

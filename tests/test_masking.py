@@ -146,11 +146,9 @@ def test_brain_mask_rejects_empty():
 @functools.lru_cache(maxsize=1)
 def simulated_head_3mm():
     """One 3 mm simulated head (qsmprep.sim), shared by test_masking/test_unwrap/test_echoes."""
-    try:
-        from qsmprep.sim.forward import simulate_gre
-        from qsmprep.sim.phantom import make_head
-    except ImportError as exc:  # pragma: no cover - only while qsmprep.sim is being written
-        pytest.skip(f"qsmprep.sim cannot be imported yet: {exc}")
+    from qsmprep.sim.forward import simulate_gre
+    from qsmprep.sim.phantom import make_head
+
     return simulate_gre(make_head(voxel_size=(3.0, 3.0, 3.0), seed=1), seed=1, snr=60.0)
 
 

@@ -21,7 +21,7 @@ def _nifti(path, data=None, suffix=".nii.gz"):
     return str(path)
 
 
-@pytest.mark.parametrize("module", ["qsmprep.interfaces.io", "qsmprep.workflows.outputs", "qsmprep.workflows.qsm"])
+@pytest.mark.parametrize("module", ["qsmprep.interfaces.io", "qsmprep.naming", "qsmprep.methods", "qsmprep.workflows.qsm"])
 def test_doctests(module):
     import importlib
 
@@ -74,14 +74,14 @@ def test_sink_keeps_other_extensions(tmp_path):
 
 def _update_description(args):
     out, bids = args
-    from qsmprep.cli.run import write_dataset_description
+    from qsmprep.cli.prepare import write_dataset_description
 
     write_dataset_description(out, bids)
     return True
 
 
 def test_dataset_description_concurrent(tmp_path):
-    from qsmprep.cli.run import write_dataset_description
+    from qsmprep.cli.prepare import write_dataset_description
 
     out = tmp_path / "out"
     out.mkdir()
@@ -98,7 +98,7 @@ def test_dataset_description_concurrent(tmp_path):
 
 
 def test_bidsignore_and_configs(tmp_path):
-    from qsmprep.cli.run import BIDSIGNORE, write_bidsignore, write_configs
+    from qsmprep.cli.prepare import BIDSIGNORE, write_bidsignore, write_configs
     from qsmprep.config import Config
 
     out = tmp_path / "out"

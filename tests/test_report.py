@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from qsmprep.atlas.labels import DGM_LABELS
 from qsmprep.atlas.rois import roi_table, write_roi_table
+from qsmprep.methods import BACKGROUND_REMOVALS, CITATIONS, UNWRAPPINGS
 
 SHAPE = (40, 44, 36)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -43,7 +45,10 @@ def _derivatives(out, prefix, anat, seed=0):
         nb.save(nb.Nifti1Image(arr, AFFINE), d / f"{name}.nii.gz")
     (d / f"{prefix}_Chimap.json").write_text(json.dumps({
         "Units": "ppm", "EstimationAlgorithm": "NSIDL", "Device": "cpu", "TorchVersion": "2.13.0",
-        "WeightsSha256": "ab" * 32, "ReferenceRegion": "whole brain"}))
+        "WeightsSha256": "ab" * 32, "ReferenceRegion": "whole brain", "InversionMethod": "nsidl",
+        "EchoTime": [0.004, 0.008, 0.012], "MagneticFieldStrength": 3.0, "SoftwareVersion": "0.1.0",
+        "PhaseUnwrapping": UNWRAPPINGS["romeo"].description,
+        "BackgroundFieldRemoval": BACKGROUND_REMOVALS["ismv"].description}))
     df = roi_table(chi, dseg, (2, 2, 2), mask=brain, participant_id="sub-01", run="1",
                    reference_region="whole brain")
     write_roi_table(df, d / f"{prefix}_desc-dgm_stats.tsv")
@@ -98,6 +103,24 @@ def test_report_is_self_contained(report):
     assert len(figs) == 10 and "sub-01_run-1_desc-dgmcontours_Chimap.png" in figs
 
 
+def test_report_has_methods_section(report):
+    """The Methods section (issue #16): the subject's runs' methods text with numbered references,
+    after the runs and before the software table, DOIs as text (no external link)."""
+    _, html_path = report
+    text = html_path.read_text()
+    assert '<a href="#methods">methods</a>' in text
+    start = text.index("<h2 id='methods'>Methods</h2>")
+    section = text[start:text.index("<h2 id='provenance'>")]
+    assert start > text.index('<h2 id="sub-01_ses-b_run-1">')
+    assert 'class="qsmprep-methods"' in section
+    for needle in ("Two gradient-echo runs of one participant were processed", "TE = 4, 8, 12 ms",
+                   "NSIDL (unrolled proximal gradient network", "ROMEO-style", "iSMV", "ANTs", "AAL3",
+                   CITATIONS["nsidl"].doi, CITATIONS["romeo"].doi, CITATIONS["aal3"].doi, "doi:10.21037/qims-2025-1851",
+                   '<li id="ref-1">', "qsmprep 0.1.0"):
+        assert needle in section, needle
+    assert CITATIONS["tkd"].doi not in section and "href=\"https://doi.org" not in section
+
+
 def test_missing_subject_clear_error(tmp_path):
     from qsmprep.reports.subject import NoSubjectOutputsError, build_subject_report
 
@@ -127,6 +150,8 @@ def test_report_renders_in_chromium(report, tmp_path):
     """Headless Chromium loads the page and every <img> decodes (naturalWidth > 0)."""
     exe = _chromium()
     if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
         pytest.skip("chromium is not installed (apt-get install -y chromium); cannot render the report")
     _, html_path = report
     page = tmp_path / "page.html"

@@ -32,6 +32,9 @@ QSMPREP = Path(sys.executable).with_name("qsmprep")
 OPTS = ["--participant-label", "01", "--skip-atlas", "--inversion", "tkd", "--nprocs", "1"]
 #: computing nodes in run order; the run is killed once KILL_AFTER has finished
 KILL_AFTER = "fit_field"
+#: nodes that run every time by design: the data sinks and the report (they rewrite the outputs), and
+#: the Merge nodes that only collect the sinks' outputs for the report
+ALWAYS_RUN = ("ds_", "fig_", "report", "written", "merge_written")
 
 
 def _cmd(bids, out, work):
@@ -80,7 +83,7 @@ def test_killed_run_resumes_from_finished_nodes(bids, reference, tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     done_before = _results(work)
-    computing = {n: t for n, t in done_before.items() if not n.startswith(("ds_", "fig_"))}
+    computing = {n: t for n, t in done_before.items() if not n.startswith(ALWAYS_RUN)}
     assert {"load_echoes", "brain_mask", "unwrap", KILL_AFTER} <= set(computing), sorted(done_before)
     assert "inversion" not in done_before, "killed too late: the run was nearly complete"
     assert not list(out.rglob("*_Chimap.nii.gz")), "killed too late: the susceptibility map was already written"
@@ -91,7 +94,7 @@ def test_killed_run_resumes_from_finished_nodes(bids, reference, tmp_path):
     done_after = _results(work)
     rerun_nodes = sorted(n for n, t in computing.items() if done_after.get(n) != t)
     assert not rerun_nodes, f"finished nodes were run again instead of reused: {rerun_nodes}"
-    assert {"vsharp", "inversion", "reference"} <= set(done_after), "the rerun did not complete the graph"
+    assert {"background", "inversion", "reference", "report"} <= set(done_after), "the rerun did not complete the graph"
 
     got, want = _arrays(out), _arrays(reference)
     assert sorted(got) == sorted(want) and want
@@ -110,7 +113,7 @@ def test_second_identical_run_recomputes_nothing(bids, reference, tmp_path):
     proc = subprocess.run(_cmd(bids, tmp_path / "out", work), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = _results(work)
-    computing = [n for n in before if not n.startswith(("ds_", "fig_"))]
+    computing = [n for n in before if not n.startswith(ALWAYS_RUN)]
     assert computing and all(after[n] == before[n] for n in computing)
     got, want = _arrays(tmp_path / "out"), _arrays(reference)
     assert sorted(got) == sorted(want)

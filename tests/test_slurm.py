@@ -316,7 +316,13 @@ def test_slurmgraph_plugin_runs_every_node_as_a_job(slurm_env, local_reference, 
     # qsmprep returns once the graph is submitted; that is a success, not a failure
     assert proc.returncode == 0, (
         "qsmprep --use-plugin slurmgraph.yml exited non-zero although every job succeeded (it must "
-        f"not build reports or judge the run before the submitted jobs ran):\n{proc.stderr[-2000:]}")
+        f"not judge the run before the submitted jobs ran):\n{proc.stderr[-2000:]}")
+    # the subject reports are nodes of the graph: the jobs wrote them, no second command needed
+    report_jobs = [f["JobName"] for f in jobs.values() if f["JobName"].endswith("_report")]
+    assert len(report_jobs) == 2, names
+    for sub in ("sub-01", "sub-02"):
+        html = out / f"{sub}.html"
+        assert html.is_file() and "<img" in html.read_text(), f"no report for {sub} after the SLURMGraph jobs"
 
 
 def test_slurmgraph_rerun_resubmits_nothing_that_finished(slurm_env, tmp_path):
@@ -334,27 +340,28 @@ def test_slurmgraph_rerun_resubmits_nothing_that_finished(slurm_env, tmp_path):
     chi = next(out.glob("sub-02/**/anat/*_Chimap.nii.gz"))
     reference = chi.read_bytes()
     sidecar = json.loads(chi.with_name(chi.name.replace(".nii.gz", ".json")).read_text())
-    assert sidecar["DipoleInversion"] == "nsidl" and sidecar["Units"] == "ppm", sidecar
+    assert sidecar["InversionMethod"] == "nsidl" and sidecar["Units"] == "ppm", sidecar
 
     before = _max_job_id(slurm_env)
     proc = _run(cmd, slurm_env)
     second = _wait_idle(slurm_env, before, timeout=600)
     assert not _failed(second), _failed(second)
-    # only the derivative sinks (always_run: they rewrite the outputs) go back to the queue;
+    # only the nodes that run every time go back to the queue: the derivative sinks and the report
+    # (they rewrite the outputs) and the Merge nodes that collect the sinks' outputs for the report;
     # no computing node is resubmitted
+    always = ("_ds_", "_report", "_written", "_merge_written")
     again = sorted(f["JobName"] for f in second.values())
     assert len(second) < len(first), f"the rerun resubmitted {len(second)} of {len(first)} jobs"
-    assert all("_ds_" in name for name in again), f"computing nodes were resubmitted: {again}"
+    assert all(any(a in name for a in always) for name in again), f"computing nodes were resubmitted: {again}"
     assert chi.read_bytes() == reference
     # the second call, made after the jobs finished, is a complete and successful run
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "sub-02.html").is_file()
 
-    # README: once the jobs are done, the same command without --use-plugin recomputes nothing
-    # and builds the report
+    # the same command without --use-plugin recomputes nothing
     results = {p: p.stat().st_mtime_ns for p in work.rglob("result_*.pklz")
-               if not p.parent.name.startswith(("ds_", "fig_"))}
+               if not p.parent.name.startswith(("ds_", "fig_", "report", "written", "merge_written"))}
     local = _run([a for a in cmd if a not in ("--use-plugin", plugin)] + ["--nprocs", "2"], dict(os.environ))
     assert local.returncode == 0, local.stderr[-2000:]
     assert results and all(p.stat().st_mtime_ns == t for p, t in results.items()), "nodes were recomputed"
-    assert (out / "sub-02.html").is_file()
     assert chi.read_bytes() == reference

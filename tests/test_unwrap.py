@@ -1,4 +1,4 @@
-"""Known-answer tests for qsmprep.qsm.unwrap (Laplacian and quality-guided unwrapping)."""
+"""Known-answer tests for qsmprep.qsm.unwrap and its algorithm modules (Laplacian and quality-guided unwrapping)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 from scipy import ndimage
 
 from qsmprep.qsm import unwrap as U
+from qsmprep.qsm.unwrap_common import wrap
+from qsmprep.qsm.unwrap_romeo import reunwrap
 
 N = 48
 
@@ -44,7 +46,7 @@ def _frac_up_to_global_2pik(uw, true, mask):
 def test_wrapped_laplacian_equals_true_laplacian():
     true = _true_phase()
     mask = _ellipsoid()
-    lap_w = U.discrete_laplacian(U._wrap(true), (1, 1, 1), mask, wrapped=True)
+    lap_w = U.discrete_laplacian(wrap(true), (1, 1, 1), mask, wrapped=True)
     lap_t = U.discrete_laplacian(true, (1, 1, 1), mask)
     assert np.allclose(lap_w, lap_t, atol=1e-9)
     # analytic check: Laplacian of x^2 + 2 y^2 is 2 + 4 = 6 (anisotropic voxels, units mm)
@@ -62,7 +64,7 @@ def test_laplacian_unwrap_exact_laplacian(vs):
     """The result's Laplacian equals the true phase's at every interior mask voxel."""
     true = _true_phase()
     mask = _ellipsoid()
-    uw = U.unwrap_laplacian(U._wrap(true).astype(np.float32), vs, mask)
+    uw = U.unwrap_laplacian(wrap(true).astype(np.float32), vs, mask)
     assert uw.dtype == np.float32 and np.all(uw[~mask] == 0)
     interior = ndimage.binary_erosion(mask)
     l_uw = U.discrete_laplacian(uw, vs, mask)
@@ -75,7 +77,7 @@ def test_laplacian_unwrap_exact_laplacian(vs):
 def test_laplacian_unwrap_whole_volume_no_mask():
     x, y, z = _grid(32)
     true = 0.6 * x + 0.3 * y + 10 * np.exp(-(x**2 + y**2 + z**2) / 50.0)
-    uw = U.unwrap_laplacian(U._wrap(true), (1, 1, 1))
+    uw = U.unwrap_laplacian(wrap(true), (1, 1, 1))
     inner = np.zeros(true.shape, bool)
     inner[1:-1, 1:-1, 1:-1] = True
     assert np.max(np.abs(U.discrete_laplacian(uw) - U.discrete_laplacian(true))[inner]) < 1e-4
@@ -100,11 +102,11 @@ def test_poisson_dirichlet_solver_known_answer():
 def test_quality_unwrap_noise_free_exact():
     true = _true_phase()
     mask = _ellipsoid()
-    uw = U.unwrap_quality(U._wrap(true).astype(np.float32), None, mask)
+    uw = U.unwrap_quality(wrap(true).astype(np.float32), None, mask)
     frac, _ = _frac_up_to_global_2pik(uw, true, mask)
     assert frac == 1.0
     # congruent with the input and zero outside the mask
-    k = (uw - U._wrap(true))[mask] / (2 * np.pi)
+    k = (uw - wrap(true))[mask] / (2 * np.pi)
     assert np.allclose(k, np.round(k), atol=1e-4)
     assert np.all(uw[~mask] == 0)
 
@@ -121,7 +123,7 @@ def test_quality_unwrap_noisy_with_magnitude_and_islands():
     # a dark low-SNR blob (vein-like) inside
     dark = ((x + 6) ** 2 + (y - 5) ** 2 + z**2) < 16
     mag[dark] = 0.15
-    noisy = U._wrap(true + rng.normal(0, 0.25, true.shape) / (4 * mag))
+    noisy = wrap(true + rng.normal(0, 0.25, true.shape) / (4 * mag))
     uw = U.unwrap_quality(noisy.astype(np.float32), mag.astype(np.float32), mask2)
     frac, _ = _frac_up_to_global_2pik(uw, true, mask2 & ~dark)
     assert frac >= 0.995
@@ -131,7 +133,7 @@ def test_quality_unwrap_global_correction():
     """Median in [-pi, pi) after global correction."""
     true = _true_phase() + 40.0
     mask = _ellipsoid()
-    uw = U.unwrap_quality(U._wrap(true).astype(np.float32), None, mask)
+    uw = U.unwrap_quality(wrap(true).astype(np.float32), None, mask)
     assert -np.pi <= np.median(uw[mask]) < np.pi
 
 
@@ -144,7 +146,7 @@ def _multi_echo(te, offset=True, noise=0.05, seed=0):
     te = np.asarray(te)
     true = phi0[..., None] + 2 * np.pi * field_hz[..., None] * te
     mag = (np.where(mask, 1.0, 0.02)[..., None] * np.exp(-30.0 * te)).astype(np.float32)
-    wr = U._wrap(true + rng.normal(0, noise, true.shape) / np.maximum(mag, 0.02)).astype(np.float32)
+    wr = wrap(true + rng.normal(0, noise, true.shape) / np.maximum(mag, 0.02)).astype(np.float32)
     return wr, mag, true, mask, field_hz
 
 
@@ -173,7 +175,7 @@ def test_unwrap_echoes_global_k_from_te_ratio():
     wr, mag, true, mask, field = _multi_echo(te, offset=False, noise=0.0)
     big = 2 * np.pi * 200.0 * np.asarray(te)  # +200 Hz everywhere: 5.03 rad at 4 ms
     true2 = true + big
-    wr2 = U._wrap(true2).astype(np.float32)
+    wr2 = wrap(true2).astype(np.float32)
     uw = U.unwrap_echoes(wr2, mag, te, mask, "romeo", offset_correction=False)
     d = (uw[..., 0] - true2[..., 0])[mask]
     # per-echo consistent global offsets: uw_e - true_e = 2*pi*k*TE_e/TE_1 with an integer
@@ -214,7 +216,7 @@ def test_unwrap_echoes_single_echo_and_errors():
 def test_edge_qualities_range_and_mask():
     true = _true_phase()
     mask = _ellipsoid()
-    q = U.edge_qualities(U._wrap(true), np.ones(true.shape), mask, phase2=U._wrap(2 * true), te_ratio=0.5)
+    q = U.edge_qualities(wrap(true), np.ones(true.shape), mask, phase2=wrap(2 * true), te_ratio=0.5)
     for ax, qa in enumerate(q):
         assert qa.shape[ax] == N - 1
         assert qa.min() >= 0 and qa.max() <= 1
@@ -269,11 +271,11 @@ def test_reunwrap_fixes_wrong_temporal_guesses():
     and good voxels keep their values."""
     true = _true_phase()
     mask = _ellipsoid()
-    wr = U._wrap(true).astype(np.float32)
+    wr = wrap(true).astype(np.float32)
     x, y, z = _grid()
     blob = ((x - 5) ** 2 + (y + 3) ** 2 + (z - 2) ** 2) < 36
     guess = true.copy()
     guess[blob] += 2 * np.pi * np.where(x[blob] > 5, 1, -2)  # wrong turns inside the blob
     good = mask & ~blob
-    out = U._reunwrap(wr, guess, good, None, mask)
+    out = reunwrap(wr, guess, good, None, mask)
     assert np.allclose(out[mask], true[mask], atol=1e-4)

@@ -4,7 +4,6 @@ the thin interfaces on tiny volumes, and one small end-to-end run of the whole c
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,10 @@ from conftest import make_bids, make_read_only, make_writable, simulate, tree_di
 
 from qsmprep.bids import collect_runs
 from qsmprep.config import Config
-from qsmprep.workflows.base import atlas_factory, init_qsmprep_wf
+from qsmprep.workflows.base import init_qsmprep_wf
 from qsmprep.workflows.qsm import init_qsm_wf, node_mem_gb
 
 DATA = Path(__file__).parent / "data"
-HAVE_ATLAS = atlas_factory(False) is not None
 
 
 def _config(bids, tmp_path, **workflow):
@@ -60,7 +58,10 @@ def test_graph_builds(kind, inversion, unwrapping, skip_atlas, datasets, tmp_pat
     n_runs = len(runs)
     assert sum(n.endswith(".inversion") for n in names) == n_runs
     assert sum(n.endswith(".ds_chi") for n in names) == n_runs
-    assert any(".atlas_" in n for n in names) == (HAVE_ATLAS and not skip_atlas)
+    assert any(".atlas_" in n for n in names) == (not skip_atlas)
+    # one report per subject, after every data sink of the subject
+    subjects = {r.subject for r in runs}
+    assert sum(n.endswith(".report") for n in names) == len(subjects)
     if kind == "sessions":
         assert {n.split(".")[1] for n in names if n.endswith(".inversion")} == {
             "qsm_ses_a_run_1_wf", "qsm_ses_a_run_2_wf", "qsm_ses_b_run_1_wf", "qsm_ses_b_run_2_wf"}
@@ -91,10 +92,10 @@ def test_qsm_node_settings(datasets, tmp_path):
     # uses that mask; V-SHARP's eroded mask feeds the inversion and the referencing
     edges = {(u.name, v.name, src, dst) for u, v, d in wf._graph.edges(data=True) for src, dst in d["connect"]}
     assert ("load_echoes", "brain_mask", "out_phase", "in_phase") in edges
-    for node in ("unwrap", "fit_field", "vsharp"):
+    for node in ("unwrap", "fit_field", "background"):
         assert ("brain_mask", node, "out_mask", "in_mask") in edges
-    assert ("vsharp", "inversion", "out_mask", "in_mask") in edges
-    assert ("vsharp", "reference", "out_mask", "in_mask") in edges
+    assert ("background", "inversion", "out_mask", "in_mask") in edges
+    assert ("background", "reference", "out_mask", "in_mask") in edges
     # every node declares memory; the nsidl node the most
     mems = {name: n.mem_gb for name, n in nodes.items() if name not in ("inputnode", "outputnode")}
     assert all(m >= 0.2 for m in mems.values()) and max(mems, key=mems.get) == "inversion"
@@ -127,6 +128,24 @@ def test_mem_scales_with_data():
 def test_unknown_method_rejected():
     with pytest.raises(ValueError, match="Unknown inversion"):
         init_qsm_wf(echo_times_s=[0.01], b0_t=3.0, inversion="medi")
+    with pytest.raises(ValueError, match="Unknown background removal"):
+        init_qsm_wf(echo_times_s=[0.01], b0_t=3.0, background_removal="sharp")
+
+
+def test_every_workflow_setting_is_a_factory_keyword(datasets, tmp_path):
+    """Config.workflow_kwargs() feeds init_single_subject_wf, which takes no catch-all **kwargs: a
+    setting declared in WorkflowSettings that no factory takes fails loudly, never silently."""
+    import inspect
+    from dataclasses import fields
+
+    from qsmprep.config import WorkflowSettings
+    from qsmprep.workflows.base import init_single_subject_wf
+
+    params = inspect.signature(init_single_subject_wf).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    assert {f.name for f in fields(WorkflowSettings)} <= set(params)
+    cfg = _config(datasets["single"], tmp_path)
+    assert set(cfg.workflow_kwargs()) <= set(params)
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -205,18 +224,19 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
     from nipype.pipeline import engine as pe
 
     import qsmprep.dl.inference as inference
+    import qsmprep.dl.weights as weights
     import qsmprep.interfaces.qsm as iq
 
     seen = {}
 
     def fake_invert(local, mask, voxel_size, b0_dir, weight=None, b0_t=3.0, te_s=0.02, device="auto",
-                    data_fit=None, dc_threshold="preset"):
+                    weights_path=None, data_fit=None, dc_threshold="preset"):
         seen.update(b0_t=b0_t, te_s=te_s, device=device, weight=weight is not None, voxel_size=tuple(voxel_size),
                     data_fit=data_fit, dc_threshold=dc_threshold)
         return 2.0 * local
 
     monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
-    monkeypatch.setattr(iq, "nsidl_weights_info", lambda: {"name": "w.pt", "sha256": "ab" * 32, "path": "/x/w.pt"})
+    monkeypatch.setattr(weights, "weights_info", lambda path=None: {"name": "w.pt", "sha256": "ab" * 32, "path": "/x/w.pt"})
     aff = np.diag([1.0, 1.0, 2.0, 1.0])
     local = np.random.default_rng(0).normal(0, 0.01, (8, 8, 8)).astype(np.float32)
     mask = np.ones((8, 8, 8), np.uint8)
@@ -232,6 +252,7 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
     meta = json.loads(Path(res.outputs.out_meta).read_text())
     assert meta["DataFit"]["Preset"] == "robust" and meta["KSpaceDataConsistency"]["DipoleKernelThreshold"] == 0.2
     assert meta["WeightsSHA256"] == "ab" * 32 and meta["Device"] == "cpu" and meta["EstimationAlgorithm"].startswith("NSIDL")
+    assert meta["InversionMethod"] == "nsidl" and meta["MagneticFieldStrength"] == 7.0 and meta["ReferenceEchoTime"] == 0.015
     import nibabel as nb
 
     assert np.allclose(nb.load(res.outputs.out_chi).get_fdata(), 2.0 * local, atol=1e-7)
@@ -261,39 +282,31 @@ def test_brain_mask_interface_uses_phase(tmp_path):
     assert m0[inner].all() and not mp[inner].any()
 
 
-def test_vsharp_interface_converts_hz_to_ppm(tmp_path):
-    """A uniform 127.7 Hz field at 3 T is 1 ppm of background: V-SHARP removes it (local ~ 0)."""
+def test_background_interface_converts_hz_to_ppm(tmp_path):
+    """A uniform 127.7 Hz field at 3 T is 1 ppm of background: background removal takes it out (local ~ 0)."""
     from nipype.pipeline import engine as pe
 
-    from qsmprep.interfaces.qsm import VSharp
-    from qsmprep.qsm.background import vsharp
+    from qsmprep.interfaces.qsm import BackgroundRemoval
+    from qsmprep.qsm.background import remove_background
     from qsmprep.qsm.constants import hz_per_ppm
 
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     grid = np.indices((24, 24, 24)).astype(np.float32)
     field_hz = (hz_per_ppm(3.0) * (1.0 + 0.01 * grid[0])).astype(np.float32)  # harmonic: linear ramp
     mask = (((grid - 11.5) ** 2).sum(0) < 10**2).astype(np.uint8)
-    node = pe.Node(VSharp(b0_t=3.0, in_field=_write(field_hz, aff, tmp_path / "f.nii.gz"),
+    node = pe.Node(BackgroundRemoval(b0_t=3.0, in_field=_write(field_hz, aff, tmp_path / "f.nii.gz"),
                           in_mask=_write(mask, aff, tmp_path / "m.nii.gz")), name="vs", base_dir=str(tmp_path))
     res = node.run()
     import nibabel as nb
 
     local = nb.load(res.outputs.out_field).get_fdata()
     eroded = nb.load(res.outputs.out_mask).get_fdata() > 0
-    want, want_mask = vsharp(field_hz / hz_per_ppm(3.0), mask.astype(bool), voxel_size=(2.0, 2.0, 2.0))
+    want, want_mask = remove_background(field_hz / hz_per_ppm(3.0), mask.astype(bool), voxel_size=(2.0, 2.0, 2.0))
     assert np.array_equal(eroded, want_mask) and np.allclose(local, want, atol=1e-6)
     assert np.abs(local[eroded]).max() < 1e-3
 
 
 # --------------------------------------------------------------------------- end to end
-
-_NEEDED = ["qsmprep.qsm.masking", "qsmprep.qsm.unwrap", "qsmprep.qsm.echoes", "qsmprep.qsm.background",
-           "qsmprep.qsm.inversion", "qsmprep.qsm.reference", "qsmprep.reports.subject"]
-
-
-def _missing_modules():
-    return [m for m in _NEEDED if importlib.util.find_spec(m) is None]
-
 
 def check_generated_files(out_dir, expected_file) -> None:
     """Compare the output tree with a committed list (qsiprep's check_generated_files)."""
@@ -306,7 +319,6 @@ def check_generated_files(out_dir, expected_file) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_missing_modules()), reason=f"numerical modules not there yet: {_missing_modules()}")
 def test_end_to_end_participant(tmp_path, capsys):
     """Two subjects (one with two sessions), 3 echoes, 32^3 at 4 mm, TKD, no atlas; input read-only.
 
@@ -362,7 +374,6 @@ def test_end_to_end_participant(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_missing_modules()) or not HAVE_ATLAS, reason="numerical or atlas modules not there yet")
 def test_end_to_end_with_atlas(tmp_path, capsys):
     """One subject, 3 echoes, 32^3 at 4 mm, TKD, ``--sloppy`` registration: the atlas outputs are written
     with the run's entities (tests/data/expected_outputs_atlas.txt) and the ROI table names the reference."""
@@ -382,8 +393,6 @@ def test_t1w_reaches_the_atlas_workflow(datasets, tmp_path):
     """A same-session T1w is handed to the registration (magnitude -> T1w -> MNI)."""
     import dataclasses
 
-    if not HAVE_ATLAS:
-        pytest.skip("qsmprep.workflows.atlas is not importable")
     bids = datasets["multi"]
     runs = _runs(bids)
     t1w = tmp_path / "sub-01_T1w.nii.gz"
@@ -405,20 +414,20 @@ def test_t1w_reaches_the_atlas_workflow(datasets, tmp_path):
 @pytest.mark.parametrize("method", ["ismv", "vsharp"])
 def test_background_removal_option_reaches_node_and_sidecars(method, datasets, tmp_path):
     """--background-removal picks the method of the background node and is recorded in the sidecars."""
-    from qsmprep.workflows.base import BACKGROUND_DESCRIPTIONS, run_metadata
+    from qsmprep.methods import BACKGROUND_REMOVALS
+    from qsmprep.workflows.base import run_metadata
 
     bids = datasets["single"]
     runs = _runs(bids)
     cfg = _config(bids, tmp_path, inversion="tkd", unwrapping="romeo", skip_atlas=True, device="cpu")
     cfg.workflow.background_removal = method
     wf = init_qsmprep_wf(cfg, runs)
-    nodes = [wf.get_node(n) for n in wf.list_node_names() if n.endswith(".vsharp")]
+    nodes = [wf.get_node(n) for n in wf.list_node_names() if n.endswith(".background")]
     assert nodes and all(n.inputs.method == method for n in nodes)
     meta = run_metadata(runs[0], unwrapping="romeo", inversion="tkd", background_removal=method)
-    assert meta["BackgroundFieldRemoval"] == BACKGROUND_DESCRIPTIONS[method]
+    assert meta["BackgroundFieldRemoval"] == BACKGROUND_REMOVALS[method].description
 
 
-@pytest.mark.skipif(not HAVE_ATLAS, reason="antspyx / atlas data not installed")
 def test_master_seed_seeds_registration(datasets, tmp_path):
     """config.seeds.master (--random-seed) is the seed of every registration node."""
     bids = datasets["sessions"]

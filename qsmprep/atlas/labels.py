@@ -114,11 +114,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
 
 
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels=DGM_LABELS) -> dict[str, float]:
-    """Dice per DGM label name for two DGM index arrays of the same shape."""
-    return {lab.name: dice(pred == lab.index, truth == lab.index) for lab in labels}
-
-
 def dice_per_structure(pred: np.ndarray, truth: np.ndarray, labels=DGM_LABELS) -> dict[str, float]:
     """Dice per structure (left and right merged) for two DGM index arrays."""
     out = {}

@@ -1,39 +1,56 @@
 """``qsmprep invert``: one dipole inversion, local field (ppm) -> chi (ppm), as a stage command.
 
     qsmprep invert --local-field F.nii.gz --mask M.nii.gz [--magnitude MAG.nii.gz]
-                   [--b0 T --te S] --method {nsidl,tkd,cgl2,ndi} --out chi.nii.gz
+                   [--b0 T --te S] [--field-units ppm|hz] --method {nsidl,tkd,cgl2,ndi} --out chi.nii.gz
                    [--device auto|cpu|cuda] [--weights W.pt] [--nsidl-data-fit robust|strong]
 
-* The B0 direction comes from the field's affine (``b0_direction_from_affine``), the voxel
-  size from its header.
-* B0 (T) and TE (s) are needed by ``nsidl`` and ``ndi`` (phase scale of the nonlinear data
-  term).  When not given they are read from the JSON sidecar next to the field
-  (``MagneticFieldStrength``; ``EchoTimeReference`` or ``EchoTime``, the mean if a list).
-* A field whose sidecar says ``"Units": "Hz"`` is converted to ppm with B0.
-* ``--nsidl-data-fit``: ``robust`` (default) for local fields from background removal;
-  ``strong`` for clean local fields (simulations, challenge platforms: the whole field of the
-  sources inside the mask), where more data fitting pays and the field outside the mask is
-  extrapolated from them (``qsmprep.dl.inference.DATA_FIT``).
-* Output: chi (float32 NIfTI, ppm, zero outside the mask, not referenced) written atomically,
-  plus ``<out>.json`` with the method, device, weights sha256 and software version.
+It runs the same code as the app's inversion node (:func:`qsmprep.methods.invert`), so the same
+field, mask and weight give the same chi, bit for bit, and the same sidecar vocabulary.  Every
+input is checked before anything runs or is written (:func:`check_inputs`); the exit codes are
+those of ``qsmprep`` (:mod:`qsmprep.messages`): 0 done, 1 the inversion failed, 2 bad input or
+command line, 126 ``--device cuda`` without a usable GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-METHOD_CHOICES = ("nsidl", "tkd", "cgl2", "ndi")
+from qsmprep import messages as msg
+from qsmprep.methods import INVERSIONS, reference_echo_time
+
 LOG = logging.getLogger("qsmprep.invert")
+#: Field units ``--field-units`` accepts (and a sidecar's ``Units`` may say).
+FIELD_UNITS = ("ppm", "hz")
+#: A local field in ppm stays well inside this (99th percentile of |field - median| in the mask); larger
+#: values mean a field in Hz, or a total field that still holds the background field.
+MAX_LOCAL_FIELD_PPM = 2.0
+_AFFINE_ATOL_MM = 1e-3
+
+CHECKS = """\
+checks, all before anything runs or is written (exit status 2, one sentence naming the file):
+  * every input exists and is a NIfTI image; the field is 3-D; the mask (and magnitude) share its
+    shape and affine; the mask is not empty;
+  * --out is a .nii/.nii.gz path that is not one of the inputs (nor their JSON sidecars);
+  * units: --field-units, else the sidecar's "Units" (ppm or Hz), else ppm; a field whose values
+    inside the mask are implausible for a local field in ppm (99th percentile of |field - median|
+    above 2 ppm: a field in Hz, or a total field) is refused;
+  * B0 (T) and TE (s), from the options or the field's sidecar (MagneticFieldStrength; EchoTime,
+    the mean if a list), are needed by nsidl (its phase scale) and for a field in Hz; B0 must be
+    within 0.1-12 T and TE within (0, 1) s;
+  * --device cuda needs a GPU that PyTorch can use (exit status 126 otherwise).
+
+exit status: 0 done; 1 the inversion failed; 2 bad input or command line; 126 no usable GPU.
+"""
 
 
 class InvertError(Exception):
-    """A user-facing error: one sentence naming the file and the fix."""
+    """A user-facing input error: one sentence naming the file and the fix (exit status 2)."""
 
 
 def _strip_nii(path: Path) -> Path:
@@ -55,20 +72,29 @@ def read_sidecar(path: str | Path) -> dict:
     if not sc.is_file():
         return {}
     try:
-        return json.loads(sc.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvertError(f"{sc} is not valid JSON ({exc.msg}); fix or remove the sidecar.") from exc
+        data = json.loads(sc.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvertError(f"{sc} is not valid JSON ({getattr(exc, 'msg', exc)}); fix or remove the sidecar.") from None
+    if not isinstance(data, dict):
+        raise InvertError(f"{sc} does not hold a JSON object; fix or remove the sidecar.")
+    return data
 
 
 def acquisition_params(field_path, b0_t=None, te_s=None, need_b0=True, need_te=True) -> tuple[float | None, float | None]:
-    """B0 (T) and reference TE (s) from the arguments or the field's sidecar."""
+    """B0 (T) and reference TE (s) from the arguments or the field's sidecar (the mean TE of a list)."""
+    from qsmprep.qsm.constants import check_field_strength
+
     meta = read_sidecar(field_path)
-    if b0_t is None and "MagneticFieldStrength" in meta:
-        b0_t = float(meta["MagneticFieldStrength"])
-    if te_s is None:
-        te = meta.get("EchoTimeReference", meta.get("EchoTime"))
-        if te is not None:
-            te_s = float(sum(te) / len(te)) if isinstance(te, (list, tuple)) else float(te)
+    try:
+        if b0_t is None and "MagneticFieldStrength" in meta:
+            b0_t = float(meta["MagneticFieldStrength"])
+        if te_s is None:
+            te = meta.get("EchoTimeReference", meta.get("EchoTime"))
+            if te is not None:
+                te_s = reference_echo_time(te) if isinstance(te, (list, tuple)) else float(te)
+    except (TypeError, ValueError):
+        raise InvertError(f"{sidecar_of(field_path)} has a non-numeric MagneticFieldStrength or EchoTime; fix the "
+                          "sidecar or pass --b0 and --te.") from None
     missing = " and ".join(n for n, v, nd in (("--b0", b0_t, need_b0), ("--te", te_s, need_te)) if nd and v is None)
     if missing:
         raise InvertError(
@@ -76,8 +102,10 @@ def acquisition_params(field_path, b0_t=None, te_s=None, need_b0=True, need_te=T
             f"MagneticFieldStrength and EchoTime); pass {missing}.")
     if te_s is not None and not 0 < te_s < 1:
         raise InvertError(f"{field_path}: echo time {te_s} is not in seconds (0 < TE < 1); pass --te in seconds, e.g. 0.02.")
-    if b0_t is not None and not 0 < b0_t < 20:
-        raise InvertError(f"{field_path}: field strength {b0_t} is not in tesla; pass --b0 in T, e.g. 3.")
+    if b0_t is not None:
+        why = check_field_strength(b0_t)
+        if why:
+            raise InvertError(f"{field_path}: field strength {b0_t} {why}; pass --b0 in tesla, e.g. 3.")
     return b0_t, te_s
 
 
@@ -88,132 +116,189 @@ def _load(path, what):
     p = Path(path)
     if not p.is_file():
         raise InvertError(f"The {what} file {p} does not exist; check the path.")
-    img = nb.load(str(p))
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    try:
+        img = nb.load(str(p))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for a file that is not an image
+        why = str(exc).strip().rstrip(".") or type(exc).__name__
+        raise InvertError(f"The {what} file {p} cannot be read as a NIfTI image ({why}); pass a .nii or .nii.gz file.") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     return img, data
 
 
+def _same_grid(path, img, data, ref_path, ref_img, ref_data, what):
+    import numpy as np
+
+    if data.shape[:3] != ref_data.shape:
+        raise InvertError(f"The {what} {path} has shape {data.shape[:3]} but the field {ref_path} has {ref_data.shape}; "
+                          f"pass the {what} on the field's grid.")
+    if not np.allclose(img.affine, ref_img.affine, atol=_AFFINE_ATOL_MM):
+        shift = float(np.abs(np.asarray(img.affine)[:3, 3] - np.asarray(ref_img.affine)[:3, 3]).max())
+        raise InvertError(f"The {what} {path} has another affine than the field {ref_path} (origins up to {shift:.1f} mm "
+                          f"apart); reslice the {what} onto the field's grid.")
+
+
+def _check_out(args) -> Path:
+    out = Path(args.out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise InvertError(f"--out {out} must name a NIfTI file (.nii.gz or .nii).")
+    inputs = [p for p in (args.local_field, args.mask, args.magnitude, args.weights) if p]
+    taken = {Path(p).resolve() for p in inputs} | {sidecar_of(p).resolve() for p in inputs}
+    for target in (out, sidecar_of(out)):
+        if target.resolve() in taken:
+            raise InvertError(f"--out {out} would overwrite the input {target}; choose another output name.")
+    return out
+
+
+@dataclass
+class Inputs:
+    """What :func:`check_inputs` found: arrays, grid and parameters, ready for the inversion."""
+
+    field: object
+    mask: object
+    weight: object
+    img: object
+    voxel_size: tuple
+    b0_dir: tuple
+    b0_t: float | None
+    te_s: float | None
+    units: str
+    out: Path
+
+
+def check_inputs(args) -> Inputs:
+    """Every check of ``qsmprep invert`` (see :data:`CHECKS`); raises :class:`InvertError`."""
+    import numpy as np
+
+    from qsmprep.qsm.constants import hz_per_ppm
+    from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
+
+    out = _check_out(args)
+    inv = INVERSIONS[args.method]
+    if args.weights and args.method != "nsidl":
+        raise InvertError(f"--weights {args.weights} applies to --method nsidl only; drop it or use nsidl.")
+    fimg, field = _load(args.local_field, "local field")
+    if field.ndim != 3:
+        raise InvertError(f"{args.local_field} has shape {field.shape}; pass a 3-D local field map.")
+    mimg, mask = _load(args.mask, "mask")
+    _same_grid(args.mask, mimg, mask, args.local_field, fimg, field, "mask")
+    mask = mask.reshape(field.shape) > 0
+    if not mask.any():
+        raise InvertError(f"{args.mask} is empty; pass a brain mask with non-zero voxels.")
+    weight = None
+    if args.magnitude:
+        gimg, mag = _load(args.magnitude, "magnitude")
+        _same_grid(args.magnitude, gimg, mag, args.local_field, fimg, field, "magnitude")
+        weight = np.sqrt(np.sum(mag.astype(np.float64) ** 2, axis=3)).astype(np.float32) if mag.ndim == 4 else mag
+    if not np.all(np.isfinite(field[mask])):
+        raise InvertError(f"{args.local_field} has NaN/Inf values inside the mask {args.mask}; fix the field or the mask.")
+
+    meta = read_sidecar(args.local_field)
+    units = (args.field_units or str(meta.get("Units", "ppm"))).lower()
+    if units not in FIELD_UNITS:
+        raise InvertError(f"{sidecar_of(args.local_field)} says Units={meta.get('Units')!r}; the local field must be in "
+                          "ppm or Hz (or pass --field-units).")
+    b0_t, te_s = acquisition_params(args.local_field, args.b0, args.te, need_b0=inv.needs_phase_scale or units == "hz",
+                                    need_te=inv.needs_phase_scale)
+    field = np.where(mask, field, np.float32(0.0)).astype(np.float32)
+    if units == "hz":
+        field = (field / hz_per_ppm(b0_t)).astype(np.float32)
+    vals = field[mask]
+    spread = float(np.percentile(np.abs(vals - np.median(vals)), 99))
+    if spread > MAX_LOCAL_FIELD_PPM:
+        raise InvertError(
+            f"{args.local_field}: the field inside the mask reaches {spread:.3g} (99th percentile of |field - median|), "
+            f"implausible for a local field in ppm (below {MAX_LOCAL_FIELD_PPM:g}); if it is in Hz pass --field-units hz, "
+            "if it is a total field remove the background field first.")
+    return Inputs(field, mask, weight, fimg, voxel_sizes(fimg.affine), tuple(float(v) for v in b0_direction_from_affine(fimg.affine)),
+                  b0_t, te_s, units, out)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qsmprep invert", description="Dipole inversion: local field (ppm) -> chi (ppm).")
+    ap = argparse.ArgumentParser(prog="qsmprep invert", description="Dipole inversion: local field (ppm) -> chi (ppm).",
+                                 epilog=CHECKS, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--local-field", required=True, help="local field map in ppm (NIfTI)")
-    ap.add_argument("--mask", required=True, help="brain mask of the local field (NIfTI)")
+    ap.add_argument("--mask", required=True, help="brain mask of the local field (NIfTI, same grid)")
     ap.add_argument("--magnitude", help="magnitude image used as data weight (nsidl, ndi, cgl2); 4-D: echo-RSS")
     ap.add_argument("--b0", type=float, help="field strength in T (default: sidecar MagneticFieldStrength)")
     ap.add_argument("--te", type=float, help="reference echo time in s (default: sidecar EchoTime, mean if several)")
-    ap.add_argument("--method", choices=METHOD_CHOICES, default="nsidl")
-    ap.add_argument("--out", required=True, help="output chi map (NIfTI, ppm)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="NSIDL device")
+    ap.add_argument("--field-units", choices=FIELD_UNITS, type=str.lower,
+                    help="units of the field (default: the sidecar's Units, else ppm)")
+    ap.add_argument("--method", choices=tuple(INVERSIONS), default="nsidl",
+                    help="; ".join(f"{i.name}: {i.description}" for i in INVERSIONS.values()))
+    ap.add_argument("--out", required=True, help="output chi map (NIfTI, ppm); its sidecar is written beside it")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of torch methods (nsidl)")
     ap.add_argument("--weights", help="NSIDL weights file (default: the shipped weights)")
-    ap.add_argument("--nsidl-data-fit", choices=("robust", "strong"), default="robust",
+    ap.add_argument("--nsidl-data-fit", choices=INVERSIONS["nsidl"].options["nsidl_data_fit"], default="robust",
                     help="NSIDL data-fit preset: robust (default) for local fields from background removal, whose "
                          "errors near the brain edge strong fitting would amplify; strong for clean local fields "
-                         "(simulations, challenge platforms): more data fitting and the field extrapolated beyond the mask, "
-                         "sharper and more accurate there")
+                         "(simulations, challenge platforms): more data fitting and the field extrapolated beyond the mask")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
 def run(args) -> dict:
-    """Do the inversion for parsed ``args``; returns the sidecar dict."""
+    """Check the inputs, run the inversion, write chi and its sidecar; returns the sidecar dict.
+
+    Raises :class:`InvertError` (bad input) or :class:`qsmprep.utils.gpu.DeviceUnavailableError`
+    before anything is written.
+    """
     import nibabel as nb
     import numpy as np
 
-    from qsmprep import __version__
-    from qsmprep.qsm.constants import hz_per_ppm, rad_per_ppm
-    from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
+    from qsmprep.methods import invert
     from qsmprep.utils.atomic import save_nifti, write_json
+    from qsmprep.utils.gpu import resolve_device
 
-    fimg, field = _load(args.local_field, "local field")
-    _, mask = _load(args.mask, "mask")
-    if field.ndim != 3:
-        raise InvertError(f"{args.local_field} has shape {field.shape}; pass a 3-D local field map.")
-    if mask.shape != field.shape:
-        raise InvertError(f"{args.mask} has shape {mask.shape} but the field has {field.shape}; pass the mask of this field.")
-    mask = mask > 0
-    if not mask.any():
-        raise InvertError(f"{args.mask} is empty; pass a brain mask with non-zero voxels.")
-    weight = None
-    if args.magnitude:
-        _, mag = _load(args.magnitude, "magnitude")
-        if mag.ndim == 4:
-            mag = np.sqrt(np.sum(mag.astype(np.float64) ** 2, axis=3)).astype(np.float32)
-        if mag.shape != field.shape:
-            raise InvertError(f"{args.magnitude} has shape {mag.shape} but the field has {field.shape}; pass a magnitude on the field's grid.")
-        weight = mag
-    meta = read_sidecar(args.local_field)
-    units = str(meta.get("Units", "ppm")).lower()
-    need_phase = args.method in ("nsidl", "ndi")
-    b0_t, te_s = acquisition_params(args.local_field, args.b0, args.te, need_b0=need_phase or units == "hz", need_te=need_phase)
-    if units == "hz":
-        field = field / hz_per_ppm(b0_t)
-    elif units not in ("ppm", ""):
-        raise InvertError(f"{sidecar_of(args.local_field)} says Units={meta.get('Units')!r}; the local field must be in ppm (or Hz).")
-    field = np.nan_to_num(field) * mask
-    vs = voxel_sizes(fimg.affine)
-    b0_dir = b0_direction_from_affine(fimg.affine)
-    t0 = time.time()
-    side = {"Units": "ppm", "Method": args.method, "SoftwareVersion": __version__, "SoftwareName": "qsmprep",
-            "B0Direction": [float(v) for v in b0_dir], "VoxelSize": list(vs), "Referenced": False,
-            "Sources": [str(args.local_field), str(args.mask)] + ([str(args.magnitude)] if args.magnitude else [])}
-    if b0_t is not None:
-        side["MagneticFieldStrength"] = b0_t
-    if te_s is not None:
-        side["EchoTimeReference"] = te_s
+    inp = check_inputs(args)
+    device = resolve_device(args.device) if INVERSIONS[args.method].uses_torch else "cpu"
+    options = {}
     if args.method == "nsidl":
-        from qsmprep.dl.inference import data_fit_record, data_fit_settings, invert_nsidl, resolve_device
-        from qsmprep.dl.weights import weights_info
+        options = {"nsidl_data_fit": args.nsidl_data_fit, "weights_path": args.weights}
+        if args.nsidl_data_fit == "strong":
+            from qsmprep.qsm.inversion import field_noise
 
-        try:
-            dev = resolve_device(args.device)
-        except RuntimeError as exc:
-            raise InvertError(str(exc)) from exc
-        info = weights_info(args.weights)
-        try:
-            fit = data_fit_settings(args.nsidl_data_fit, field, mask)
-        except ValueError as exc:  # the strong preset's noise estimate needs a mask with an interior
-            raise InvertError(f"{args.mask} has too few interior voxels for the strong preset's noise estimate; pass "
-                              "the brain mask of this field or use --nsidl-data-fit robust.") from exc
-        chi = invert_nsidl(field, mask, vs, b0_dir, weight, b0_t=b0_t, te_s=te_s, device=str(dev), weights_path=args.weights,
-                           data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
-        side.update({"Device": str(dev), "WeightsName": info["name"], "WeightsSha256": info["sha256"],
-                     "RadPerPpm": rad_per_ppm(b0_t, te_s),
-                     "DataFit": {**data_fit_record(fit), "KSpaceThreshold": round(fit["dc_threshold"], 4)}})
-    else:
-        from qsmprep.qsm.inversion import METHODS
-
-        fn = METHODS[args.method]
-        params = inspect.signature(fn).parameters
-        kw = {}
-        if "weight" in params:
-            kw["weight"] = weight
-        if "rad_per_ppm" in params and b0_t is not None and te_s is not None:
-            kw["rad_per_ppm"] = rad_per_ppm(b0_t, te_s)
-            side["RadPerPpm"] = kw["rad_per_ppm"]
-        chi = fn(field, mask, vs, b0_dir, **kw)
-        side["Device"] = "cpu"
-    side["ElapsedSeconds"] = round(time.time() - t0, 2)
-    chi = np.asarray(chi, dtype=np.float32) * mask
-    out = Path(args.out)
-    img = nb.Nifti1Image(chi, fimg.affine, fimg.header)
+            try:
+                field_noise(inp.field, inp.mask)
+            except ValueError:
+                raise InvertError(f"{args.mask} has too few interior voxels for the strong preset's noise estimate; pass "
+                                  "the brain mask of this field or use --nsidl-data-fit robust.") from None
+    t0 = time.time()
+    chi, record = invert(args.method, inp.field, inp.mask, inp.voxel_size, inp.b0_dir, weight=inp.weight, b0_t=inp.b0_t,
+                         te_s=inp.te_s, device=device, **options)
+    side = {"Units": "ppm", "Referenced": False, "VoxelSize": list(inp.voxel_size), **record,
+            "InputFieldUnits": "Hz" if inp.units == "hz" else "ppm",
+            "Sources": [str(args.local_field), str(args.mask)] + ([str(args.magnitude)] if args.magnitude else []),
+            "ElapsedSeconds": round(time.time() - t0, 2)}
+    img = nb.Nifti1Image(np.asarray(chi, dtype=np.float32), inp.img.affine, inp.img.header)
     img.set_data_dtype(np.float32)
     img.header.set_slope_inter(1.0, 0.0)
-    save_nifti(img, out)
-    write_json(sidecar_of(out), side)
+    save_nifti(img, inp.out)
+    write_json(sidecar_of(inp.out), side)
     return side
 
 
 def main(argv=None) -> int:
-    """Entry point of ``qsmprep invert``; returns the exit status (0 ok, 1 user error)."""
+    """Entry point of ``qsmprep invert``; returns the exit status (see :data:`CHECKS`)."""
+    from qsmprep.utils.gpu import DeviceUnavailableError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         side = run(args)
-    except (InvertError, FileNotFoundError) as exc:
+    except InvertError as exc:
         print(f"qsmprep invert: error: {exc}", file=sys.stderr)
-        return 1
-    LOG.info("wrote %s (%s, %s s)", args.out, side["Method"], side["ElapsedSeconds"])
+        return msg.EXIT_INPUT_ERROR
+    except DeviceUnavailableError as exc:
+        print(f"qsmprep invert: error: {exc}", file=sys.stderr)
+        return msg.EXIT_CANNOT_EXECUTE
+    except Exception as exc:  # the inversion itself failed
+        LOG.debug("inversion failed", exc_info=True)
+        print(f"qsmprep invert: error: the {args.method} inversion failed ({type(exc).__name__}: {exc}); rerun with -v "
+              "for details.", file=sys.stderr)
+        return msg.EXIT_WORKFLOW_FAILED
+    LOG.info("wrote %s (%s, %s s)", args.out, side["InversionMethod"], side["ElapsedSeconds"])
     return 0
 
 

@@ -22,33 +22,18 @@ __all__ = ["invert_nsidl", "weights_info", "resolve_device", "normalise_weight",
 LOG = logging.getLogger("qsmprep.dl.inference")
 
 #: Final k-space data consistency (``physics.kspace_consistency_t``): |D| ramp start and width.
-#: Chosen on two validation sets (never the benchmark heads): the noisy true-local-field heads
-#: (benchmarks/gpu/make_val_heads.py, SNR 100) favour 0.1 (XSIM +0.08 over the bare network),
-#: the app's whole chain on validation head 0 (benchmarks/mask_study.py data) favours >= 0.3,
-#: where background-removal errors are in the field (XSIM 0.500 / 0.521 / 0.529 at 0.1 / 0.2 / 0.3).
+#: Chosen on validation data only (MODEL_CARD.md, "Inference settings and how they were chosen").
 DC_THRESHOLD = 0.2
 DC_WIDTH = 0.1
 
-#: Data-fit presets of :func:`invert_nsidl`: the pre-solver run before the unrolled network and
-#: the k-space consistency threshold.  ``robust`` (the default, :data:`DEFAULT_DATA_FIT`) is for
-#: local fields from background removal -- the app's chain -- whose errors near the brain edge
-#: (harmonic residuals) strong data fitting turns into large susceptibility errors: on validation
-#: head 0, iSMV applied to the *noiseless* total field (local-field xSIM 0.947) gives chi XSIM
-#: 0.589 / NRMSE 39.6 % with ``robust`` but 0.341 / 66.1 % with 50 CG iterations, while white
-#: noise of the chain's level (0.0014 ppm) costs both alike (0.602 / 0.578).  ``strong`` is for
-#: clean local fields (simulations, challenge platforms, fields from total-field methods):
-#: more CG data fitting and more measured k-space, the more the less noisy the field
-#: (:func:`kspace_threshold_for_noise`).  Values chosen on validation data only
-#: (``benchmarks/RESULTS.md``, "NSIDL's two data-fit presets").
-#: ``dc_extrapolate`` (``strong`` only): before the k-space step, fit the network's chi offset to
-#: the field and extend the field beyond the mask with the field of the network's chi
-#: (:func:`qsmprep.dl.physics.extrapolate_field_t`) instead of zero.  It assumes the field is the
-#: whole field of the sources inside the mask (a true or total-field-derived local field): on
-#: validation head 0's noise-free true local field chi XSIM 0.842 -> 0.881, NRMSE 19.9 -> 12.8 %;
-#: on the four noisy validation heads (k-space from 0.1) 0.774 -> 0.810, 25.8 -> 20.1 %.  After
-#: background removal the part of that field which is harmonic inside the mask is gone, and the
-#: fit then misleads: the same head through the app's chain, ``robust`` 0.521 -> 0.515 and
-#: ``strong`` 0.303 -> 0.254 (chi XSIM over the true brain mask), so ``robust`` keeps it off.
+#: Data-fit presets of :func:`invert_nsidl`: the pre-solver run before the unrolled network, the
+#: k-space consistency threshold (a number, or ``"noise"``: :func:`kspace_threshold_for_noise` of the
+#: field's measured relative noise) and ``dc_extrapolate`` (fit the network's chi offset to the field
+#: and extend the field beyond the mask with the field of the network's chi,
+#: :func:`qsmprep.dl.physics.extrapolate_field_t`, before the k-space step).  ``robust`` (the default,
+#: :data:`DEFAULT_DATA_FIT`) is for local fields from background removal -- the app's chain;
+#: ``strong`` for clean local fields (simulations, challenge platforms, total-field methods).  Chosen
+#: on validation data only (MODEL_CARD.md, "Inference settings and how they were chosen").
 DATA_FIT = {
     "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD, "dc_extrapolate": False},
     "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise", "dc_extrapolate": True},
@@ -56,12 +41,7 @@ DATA_FIT = {
 DEFAULT_DATA_FIT = "robust"
 
 #: ``strong``'s k-space threshold against the field's relative noise (``qsm.inversion.field_noise``):
-#: 0.05 up to a relative noise of 0.075, 0.1 from 0.145 on, linear between.  Validation head 0, true
-#: local field + white noise (relative noise 0.038 / 0.075 / 0.144), chi XSIM with thresholds
-#: 0.1 / 0.05 / 0.03: 0.823 / 0.843 / 0.846; 0.803 / 0.813 / 0.809; 0.740 / 0.725 / 0.704.  The four
-#: noisier validation heads (relative noise 0.18-0.32) want 0.1 (0.05: -0.015; 0.12-0.2: up to -0.02).
-#: Chosen before the field extrapolation; with it the ends still hold (head 0 noise-free: 0.05 -> XSIM
-#: 0.881, 0.1 -> 0.861; the noisy heads: 0.1 -> 0.810, 0.15 -> 0.804, 0.2 -> 0.790).
+#: 0.05 up to a relative noise of 0.075, 0.1 from 0.145 on, linear between (MODEL_CARD.md).
 DC_NOISE_KNOTS = ((0.075, 0.05), (0.145, 0.1))
 
 
@@ -80,16 +60,12 @@ CPU_GPU_ATOL_PPM = 2e-3
 
 
 def resolve_device(device: str = "auto"):
-    """'auto' -> cuda when visible, else cpu; 'cuda' without a GPU raises a clear error."""
+    """The torch device for ``device`` (``auto``, ``cpu``, ``cuda``): :func:`qsmprep.utils.gpu.resolve_device`."""
     import torch
 
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible to torch; use --device cpu or auto.")
-    if str(device) not in ("cpu",) and not str(device).startswith("cuda"):
-        raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.")
-    return torch.device(device)
+    from qsmprep.utils.gpu import resolve_device as _resolve
+
+    return torch.device(_resolve(device))
 
 
 def mask_bbox(mask: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:

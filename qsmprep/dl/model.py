@@ -1,6 +1,7 @@
 """NSIDL: unrolled proximal gradient with the nonlinear (NDI) data term and a learned prox.
 
-Iteration (``shared/ALGORITHMS.md`` 1.5/1.6), chi in ppm:
+Iteration (LPCNN's unrolled proximal gradient, Lai et al. 2020, with NDI's nonlinear data term, Polak et al.
+2020; MODEL_CARD.md), chi in ppm:
 
     chi_0   = M * TKD(f)                                         (init="tkd"; or 0)
               then n_pre fixed steps: Nesterov-accelerated NDI steps (step 4/(s^2 max W^2),

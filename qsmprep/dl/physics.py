@@ -1,6 +1,6 @@
 """Torch versions of the dipole physics used by NSIDL (always float32).
 
-Same convention as :mod:`qsmprep.qsm.dipole` (``shared/ALGORITHMS.md`` 2.5):
+Same convention as :mod:`qsmprep.qsm.dipole`:
 ``D(k) = 1/3 - (k.b)^2/|k|^2`` on ``k_i = fftfreq(N_i, d=voxel_size_i)`` (cycles/mm),
 ``D(0) = 0``, b the unit B0 vector in array axes.  Convolutions are linear (not
 circular): volumes are zero-padded to a padded grid (``qsmprep.qsm.dipole.padded_shape``)

@@ -1,7 +1,7 @@
 """On-the-fly synthetic training data for NSIDL (torch; CPU or GPU).
 
-Two phantom families (``shared/ALGORITHMS.md`` 1.6; the measured pitfall there says random
-shapes alone do not generalise to whole heads, so brain-like volumes dominate):
+Two phantom families (random shapes alone do not generalise to whole heads, so brain-like volumes
+dominate; MODEL_CARD.md):
 
 * **brain-like** heads drawn in normalised brain coordinates ``p = x_mm / a`` (a = the
   brain's semi-axes in mm): a deformed ellipsoidal brain, a folded cortical ribbon with

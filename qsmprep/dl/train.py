@@ -1,4 +1,4 @@
-"""Train NSIDL on on-the-fly synthetic data.
+"""Train NSIDL on on-the-fly synthetic data (the command line is :mod:`qsmprep.dl.train_cli`).
 
     python -m qsmprep.dl.train --config qsmprep/data/nsidl/train_gpu.yaml --out runs/nsidl [--resume]
     qsmprep-train --config X.yaml --out DIR [--device cpu|cuda|auto] [--max-minutes M] [--max-steps N]
@@ -7,22 +7,22 @@ The YAML config has the sections ``seed``, ``device``, ``model`` (:func:`qsmprep
 keys), ``data`` (``batch_size`` + :class:`qsmprep.dl.synthetic.SynthConfig` fields), ``optim``
 (``lr``, ``lr_min``, ``weight_decay``, ``clip``, ``warmup``), ``budget`` (``max_steps``,
 ``max_minutes``: whichever comes first; the cosine schedule follows the larger progress fraction),
-``loss`` (``grad_weight``, ``deep_weight``, ``xsim_weight``), ``val`` (``dir`` of ``*.npz`` heads,
-``every`` steps), ``presets`` (optional: a list of inference settings ``{pre_solver, n_pre,
-dc_threshold, p}``, one drawn per step with probability ``p``; the loss then scores the final
-iterate *after* the k-space data-consistency step that inference applies
-(:func:`qsmprep.dl.physics.kspace_consistency_t`), and validation scores every preset, selecting on
-their mean ``val_score``), ``ema_decay`` (exponential moving average of the weights, 0 = off; validation and
-export use the average) and ``ckpt_every``.  With validation heads, the exported weights are the
-validated state with the best ``val_xsim - val_nrmse / 100`` (``best_step`` in the summary).  Batches are a pure function of (seed, step), so ``--resume`` continues the
-same data stream from the last checkpoint (``DIR/ckpt.pt``).  Outputs in DIR: ``ckpt.pt``,
-``train_log.jsonl`` (one JSON line per logged step / validation), ``nsidl.pt`` (exported weights
-for :mod:`qsmprep.dl.weights`) and ``summary.json``.
+``loss`` (``grad_weight``, ``deep_weight``, ``xsim_weight``; :func:`qsmprep.dl.metrics.loss_terms`),
+``val`` (``dir`` of ``*.npz`` heads, ``every`` steps; :mod:`qsmprep.dl.validation`), ``presets``
+(optional: a list of inference settings ``{pre_solver, n_pre, dc_threshold, p}``, one drawn per step
+with probability ``p``; the loss then scores the final iterate *after* the k-space data-consistency
+step that inference applies (:func:`qsmprep.dl.physics.kspace_consistency_t`), and validation scores
+every preset, selecting on their mean ``val_score``), ``ema_decay`` (exponential moving average of
+the weights, 0 = off; validation and export use the average) and ``ckpt_every``.  With validation
+heads, the exported weights are the validated state with the best ``val_xsim - val_nrmse / 100``
+(``best_step`` in the summary).  Batches are a pure function of (seed, step), so ``--resume``
+continues the same data stream from the last checkpoint (``DIR/ckpt.pt``).  Outputs in DIR:
+``ckpt.pt``, ``train_log.jsonl`` (one JSON line per logged step / validation), ``nsidl.pt``
+(exported weights for :mod:`qsmprep.dl.weights`) and ``summary.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -31,6 +31,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from qsmprep.dl.metrics import loss_terms
+from qsmprep.dl.validation import check_presets, load_val_heads, run_preset, validate
 
 LOG = logging.getLogger("qsmprep.dl.train")
 
@@ -50,10 +53,6 @@ DEFAULTS = {
     "ema_decay": 0.0,
     "presets": None,
 }
-
-# qsm-ci's XSIM constants (L = 1 ppm, K1 = 0.01, K2 = 0.001) and window (5x5x5, truncated at the edges)
-XSIM_C1, XSIM_C2, XSIM_WIN = 1e-4, 1e-6, 5
-
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
@@ -83,205 +82,6 @@ def pick_device(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU; use device='cpu' or 'auto'.")
     return torch.device(name)
-
-
-def demeaned(x, mask):
-    """x minus its mean inside mask (per sample), zero outside.  Shapes (B,1,X,Y,Z)."""
-    n = mask.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1)
-    return (x - (x * mask).sum(dim=(1, 2, 3, 4), keepdim=True) / n) * mask
-
-
-def xsim_map(a, b):
-    """Per-voxel XSIM of ``a`` against ``b`` (qsm-ci ``xsim``: 5x5x5 windows truncated at the
-    volume edge, c1 = 1e-4 ppm^2, c2 = 1e-6 ppm^2).  Maps in ppm, shapes (B,1,X,Y,Z).
-    Returns (value, den): average ``value`` where the mask is set and ``den > 0``."""
-    import torch.nn.functional as F
-
-    def win(x):
-        return F.avg_pool3d(x, XSIM_WIN, stride=1, padding=XSIM_WIN // 2, count_include_pad=False)
-
-    mu_a, mu_b = win(a), win(b)
-    var_a = win(a * a) - mu_a * mu_a
-    var_b = win(b * b) - mu_b * mu_b
-    cov = win(a * b) - mu_a * mu_b
-    num = (2.0 * mu_a * mu_b + XSIM_C1) * (2.0 * cov + XSIM_C2)
-    den = (mu_a * mu_a + mu_b * mu_b + XSIM_C1) * (var_a + var_b + XSIM_C2)
-    return num / den.clamp_min(1e-20), den
-
-
-def xsim_t(pred, truth, mask):
-    """Mean XSIM per sample (B,) of ``pred`` against ``truth`` (ppm), both demeaned in ``mask`` and
-    zeroed outside it first (as ``qsm_ci.qsm_eval.score_arrays`` scores chi after referencing)."""
-    v, den = xsim_map(demeaned(pred, mask), demeaned(truth, mask))
-    sel = (mask > 0) & (den > 0)
-    return (v * sel).sum(dim=(1, 2, 3, 4)) / sel.sum(dim=(1, 2, 3, 4)).clamp_min(1)
-
-
-def loss_terms(preds, chi, mask, grad_weight=0.5, deep_weight=0.1, xsim_weight=0.0):
-    """L1 of the demeaned error in the mask (in units of 0.1 ppm) + gradient L1 + deep supervision
-    + ``xsim_weight`` x (1 - XSIM) of the last iterate (the challenge metric made a loss: it rewards
-    fine structure that an L1 loss alone lets the network smooth away)."""
-    import torch
-
-    from qsmprep.dl.model import SIGMA_PPM
-
-    n = mask.sum().clamp_min(1)
-    t = demeaned(chi, mask)
-
-    def l1(p):
-        return (demeaned(p, mask) - t).abs().sum() / n / SIGMA_PPM
-
-    def gl1(p):
-        e = demeaned(p, mask) - t
-        tot = 0.0
-        for ax in (2, 3, 4):
-            d = torch.diff(e, dim=ax).abs()
-            m = torch.minimum(mask.narrow(ax, 0, mask.shape[ax] - 1), mask.narrow(ax, 1, mask.shape[ax] - 1))
-            tot = tot + (d * m).sum()
-        return tot / n / SIGMA_PPM
-
-    main = l1(preds[-1])
-    g = gl1(preds[-1])
-    deep = sum(l1(p) for p in preds[:-1]) / max(1, len(preds) - 1) if len(preds) > 1 else torch.zeros(())
-    total = main + grad_weight * g + deep_weight * deep
-    parts = {"l1": float(main.detach()), "grad": float(g.detach()), "deep": float(deep.detach()) if torch.is_tensor(deep) else float(deep)}
-    if xsim_weight:
-        xs = xsim_t(preds[-1], chi, mask.float()).mean()
-        total = total + xsim_weight * (1.0 - xs)
-        parts["xsim"] = float(xs.detach())
-    return total, parts
-
-
-def nrmse_demeaned(pred, truth, mask) -> float:
-    """100 ||p' - t'|| / ||t'|| with both demeaned in the mask (%, ALGORITHMS.md 3.6 NRMSE)."""
-    p = demeaned(pred, mask)
-    t = demeaned(truth, mask)
-    return float(100 * (p - t).norm() / t.norm().clamp_min(1e-12))
-
-
-def load_val_heads(folder, device, max_heads=4):
-    """Validation heads ``*.npz`` (chi, field, mask, weight, voxel_size, b0_dir, s) as batch-1 dicts."""
-    import numpy as np
-    import torch
-
-    from qsmprep.dl import physics
-
-    if not folder:
-        return []
-    files = sorted(Path(folder).glob("*.npz"))[: max_heads]
-    heads = []
-    for f in files:
-        z = np.load(f)
-        vs = tuple(float(v) for v in z["voxel_size"])
-        b0 = tuple(float(v) for v in z["b0_dir"])
-        sh = z["chi"].shape
-        padded = physics.fast_padded_shape(sh, 1.5)
-        t = {k: torch.as_tensor(z[k].astype("float32"), device=device)[None, None] for k in ("chi", "field", "mask", "weight")}
-        t["kernel"] = physics.dipole_kernel_t(padded, vs, b0, device=device)[None, None]
-        t["padded"] = padded
-        t["s"] = torch.tensor([float(z["s"])], device=device)
-        t["name"] = f.stem
-        heads.append(t)
-    return heads
-
-
-def check_presets(presets) -> list[dict]:
-    """Validate the config's ``presets`` list (None -> []); returns dicts with float ``p`` summing to 1."""
-    from qsmprep.dl.model import _check_pre_solver
-
-    if not presets:
-        return []
-    out = []
-    for i, pr in enumerate(presets):
-        unknown = set(pr) - {"name", "pre_solver", "n_pre", "dc_threshold", "dc_extrapolate", "p"}
-        if unknown:
-            raise ValueError(f"Unknown keys {sorted(unknown)} in presets[{i}] of the training config; "
-                             "valid keys are name, pre_solver, n_pre, dc_threshold, dc_extrapolate, p.")
-        out.append({"name": str(pr.get("name", f"preset{i}")), "pre_solver": _check_pre_solver(pr.get("pre_solver", "nesterov")),
-                    "n_pre": int(pr.get("n_pre", 0)), "dc_threshold": pr.get("dc_threshold"),
-                    "dc_extrapolate": bool(pr.get("dc_extrapolate", False)), "p": float(pr.get("p", 1.0))})
-    tot = sum(pr["p"] for pr in out)
-    if tot <= 0:
-        raise ValueError("The presets' probabilities p in the training config must add up to more than 0.")
-    for pr in out:
-        pr["p"] /= tot
-    return out
-
-
-def run_preset(model, field, mask, weight, s, kernel, padded, preset=None, return_all=False, cnn_dtype=None):
-    """The model's forward pass as inference runs it with ``preset`` (pre-solver override, then the
-    k-space data-consistency step when ``dc_threshold`` is set, after the field extrapolation of
-    ``qsmprep.dl.physics.extrapolate_field_t`` when ``dc_extrapolate``; masked).  ``preset`` None = the
-    model's own forward, no k-space step.  With ``return_all`` the list of iterates, the last one
-    after the k-space step."""
-    from qsmprep.dl import physics
-    from qsmprep.dl.inference import DC_WIDTH
-
-    if preset is None:
-        return model(field, mask, weight, s, kernel, padded, return_all=return_all, cnn_dtype=cnn_dtype)
-    outs = model(field, mask, weight, s, kernel, padded, return_all=True, cnn_dtype=cnn_dtype,
-                 n_pre=preset["n_pre"], pre_solver=preset["pre_solver"])
-    if preset.get("dc_threshold") is not None:
-        chi = outs[-1]
-        if preset.get("dc_extrapolate"):
-            chi, field, _, _ = physics.extrapolate_field_t(chi, field, mask, kernel, padded, weight)
-        outs[-1] = physics.kspace_consistency_t(chi, field, kernel, padded, float(preset["dc_threshold"]), DC_WIDTH) * mask
-    return outs if return_all else outs[-1]
-
-
-def validate(model, heads, baseline: bool = False, presets=None) -> dict:
-    """Mean demeaned NRMSE (%) and XSIM over the heads (``val_score`` = XSIM - NRMSE/100, the
-    selection criterion); with ``baseline`` also TKD's NRMSE.  With ``presets`` (see
-    :func:`check_presets`) each preset is scored (keys ``<name>_val_nrmse`` etc.) and the top-level
-    values are the means over the presets."""
-    out = {}
-    if not heads:
-        return out
-    if presets:
-        per = []
-        for pr in presets:
-            v = _validate_one(model, heads, pr)
-            per.append(v)
-            out.update({f"{pr['name']}_{k}": x for k, x in v.items()})
-        for k in ("val_nrmse", "val_xsim", "val_score"):
-            out[k] = sum(v[k] for v in per) / len(per)
-    else:
-        out = _validate_one(model, heads, None)
-    if baseline:
-        out["val_nrmse_tkd"] = _tkd_nrmse(heads)
-    return out
-
-
-def _tkd_nrmse(heads) -> float:
-    import torch
-
-    from qsmprep.dl import physics
-
-    with torch.no_grad():
-        tk = [nrmse_demeaned(physics.tkd_t(h["field"], h["kernel"], h["padded"], 0.2) * h["mask"], h["chi"], h["mask"])
-              for h in heads]
-    return sum(tk) / len(tk)
-
-
-def _validate_one(model, heads, preset) -> dict:
-    import torch
-
-    out = {}
-    was = model.training
-    model.eval()
-    vals, xs = [], []
-    with torch.no_grad():
-        for h in heads:
-            pred = run_preset(model, h["field"], h["mask"], h["weight"], h["s"], h["kernel"], h["padded"], preset)
-            vals.append(nrmse_demeaned(pred, h["chi"], h["mask"]))
-            xs.append(float(xsim_t(pred, h["chi"], h["mask"])[0]))
-            out[f"nrmse_{h['name']}"] = vals[-1]
-            out[f"xsim_{h['name']}"] = xs[-1]
-    model.train(was)
-    out["val_nrmse"] = sum(vals) / len(vals)
-    out["val_xsim"] = sum(xs) / len(xs)
-    out["val_score"] = out["val_xsim"] - out["val_nrmse"] / 100.0
-    return out
 
 
 def export_weights(model, path, meta: dict) -> str:
@@ -497,52 +297,7 @@ def _save_ckpt(model, opt, step, elapsed, cfg, path, ema=None):
     os.replace(tmp, path)
 
 
-def _set_key(cfg: dict, item: str) -> None:
-    import yaml
+if __name__ == "__main__":  # python -m qsmprep.dl.train
+    from qsmprep.dl.train_cli import main
 
-    if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE (e.g. data.batch_size=1), got {item!r}.")
-    key, val = item.split("=", 1)
-    node = cfg
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = yaml.safe_load(val)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="qsmprep-train", description="Train the NSIDL dipole-inversion network on synthetic data.")
-    ap.add_argument("--config", help="YAML training config (defaults if omitted)")
-    ap.add_argument("--out", required=True, help="output folder (checkpoint, logs, exported weights)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
-    ap.add_argument("--device", help="override the config: auto, cpu or cuda")
-    ap.add_argument("--max-minutes", type=float, help="override budget.max_minutes (wall clock)")
-    ap.add_argument("--max-steps", type=int, help="override budget.max_steps")
-    ap.add_argument("--val-dir", help="override val.dir (folder of *.npz heads)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config entry, e.g. --set data.max_voxels=60000 (value parsed as YAML)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    cfg = load_config(args.config)
-    if args.device:
-        cfg["device"] = args.device
-    if args.max_minutes is not None:
-        cfg["budget"]["max_minutes"] = args.max_minutes
-    if args.max_steps is not None:
-        cfg["budget"]["max_steps"] = args.max_steps
-    if args.val_dir:
-        cfg["val"]["dir"] = args.val_dir
-    for item in args.set:
-        _set_key(cfg, item)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    summary = train(cfg, args.out, resume=args.resume)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@
   computes the echo-combined magnitude.
 * :class:`DerivativesSink` is the ONLY writer under ``out_dir``: it copies one
   file to its BIDS name through :mod:`qsmprep.utils.atomic` and writes the JSON
-  sidecar.  Names are built by :func:`bids_stem` from the input's entities.
+  sidecar.  Names come from the naming table :mod:`qsmprep.naming`.
 """
 
 from __future__ import annotations
@@ -25,28 +25,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-#: Entity order in derivative names (after sub/ses/acq/rec/run, before the suffix).
-_DERIV_ENTITIES = ("from", "to", "mode", "space", "desc")
 _EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".png", ".svg", ".html", ".h5", ".mat", ".txt", ".gz")
-
-
-def bids_stem(prefix: str, suffix: str, **entities) -> str:
-    """BIDS derivative file stem (no extension).
-
-    >>> bids_stem("sub-01_run-2", "Chimap")
-    'sub-01_run-2_Chimap'
-    >>> bids_stem("sub-01_ses-a", "mask", desc="brain")
-    'sub-01_ses-a_desc-brain_mask'
-    >>> bids_stem("sub-01", "Chimap", space="MNI152NLin2009aSym")
-    'sub-01_space-MNI152NLin2009aSym_Chimap'
-    >>> bids_stem("sub-01", "xfm", **{"from": "T2starw", "to": "MNI152NLin2009aSym", "mode": "image"})
-    'sub-01_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm'
-    """
-    unknown = set(entities) - set(_DERIV_ENTITIES)
-    if unknown:
-        raise ValueError(f"Unknown derivative entities {sorted(unknown)}; use {_DERIV_ENTITIES}.")
-    parts = [prefix] + [f"{k}-{entities[k]}" for k in _DERIV_ENTITIES if entities.get(k)]
-    return "_".join(parts + [suffix])
 
 
 def split_extension(path) -> tuple[str, str]:

@@ -9,7 +9,6 @@ Units: phase rad, TE s, B0 T, total field Hz, local field ppm, chi ppm.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -22,6 +21,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from qsmprep.methods import BACKGROUND_REMOVALS, INVERSIONS, UNWRAPPINGS
 
 
 # --------------------------------------------------------------------------- helpers
@@ -56,14 +57,6 @@ def geometry(img):
     from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
 
     return voxel_sizes(img.affine), b0_direction_from_affine(img.affine)
-
-
-def call_with_supported(func, *args, **kwargs):
-    """Call ``func`` passing only the keyword arguments its signature accepts."""
-    params = inspect.signature(func).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return func(*args, **kwargs)
 
 
 def _mask(path):
@@ -122,7 +115,7 @@ class _UnwrapInputSpec(BaseInterfaceInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc="magnitude, 4-D echoes last")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
-    method = traits.Enum("romeo", "laplacian", usedefault=True, desc="unwrapping method")
+    method = traits.Enum(*UNWRAPPINGS, usedefault=True, desc="unwrapping method")
 
 
 class _UnwrapOutputSpec(TraitedSpec):
@@ -181,9 +174,7 @@ class FitField(SimpleInterface):
         phase, img = load_volume(self.inputs.in_phase)
         mag, _ = load_volume(self.inputs.in_magnitude)
         mask = _mask(self.inputs.in_mask)
-        fit = call_with_supported(
-            fit_field, phase, mag, list(self.inputs.echo_times), mask, demean_echoes=self.inputs.demean_echoes
-        )
+        fit = fit_field(phase, mag, list(self.inputs.echo_times), mask, demean_echoes=self.inputs.demean_echoes)
         for name, arr in (("field", fit.field_hz), ("offset", fit.offset_rad), ("noise", fit.noise_hz), ("weight", fit.weight)):
             arr = np.where(np.isfinite(arr), arr, 0.0)
             self._results[f"out_{name}"] = save_volume(arr, img, f"{name}.nii.gz", runtime.cwd)
@@ -193,42 +184,34 @@ class FitField(SimpleInterface):
 # --------------------------------------------------------------------------- background
 
 
-class _VSharpInputSpec(BaseInterfaceInputSpec):
+class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, mandatory=True, desc="total field (Hz)")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
     b0_t = traits.Float(mandatory=True, desc="main field strength (T)")
-    method = traits.Enum("ismv", "vsharp", usedefault=True,
-                         desc="background-field removal: iSMV (default) or V-SHARP")
+    method = traits.Enum(*BACKGROUND_REMOVALS, usedefault=True, desc="background-field removal method")
 
 
-class _VSharpOutputSpec(TraitedSpec):
+class _BackgroundRemovalOutputSpec(TraitedSpec):
     out_field = File(exists=True, desc="local field (ppm)")
     out_mask = File(exists=True, desc="eroded mask where the local field is valid")
 
 
-class VSharp(SimpleInterface):
-    """Hz -> ppm (:func:`qsmprep.qsm.constants.hz_per_ppm`), then background-field removal.
+class BackgroundRemoval(SimpleInterface):
+    """Hz -> ppm (:func:`qsmprep.qsm.constants.hz_per_ppm`), then background-field removal
+    (:func:`qsmprep.qsm.background.remove_background`)."""
 
-    :func:`qsmprep.qsm.background.vsharp` with ``method`` ``ismv`` (default) or ``vsharp``.
-    """
-
-    input_spec = _VSharpInputSpec
-    output_spec = _VSharpOutputSpec
+    input_spec = _BackgroundRemovalInputSpec
+    output_spec = _BackgroundRemovalOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.qsm.background import vsharp
+        from qsmprep.qsm.background import remove_background
         from qsmprep.qsm.constants import hz_per_ppm
 
         field_hz, img = load_volume(self.inputs.in_field)
         mask = _mask(self.inputs.in_mask)
         voxel_size, _ = geometry(img)
-        local_ppm, eroded = vsharp(field_hz / hz_per_ppm(self.inputs.b0_t), mask, voxel_size=voxel_size,
-                                   method=self.inputs.method)
-        if not np.any(eroded):
-            raise RuntimeError(
-                f"Background-field removal ({self.inputs.method}) eroded the whole mask of {self.inputs.in_field}; "
-                "the brain is too small for the kernel radii."
-            )
+        local_ppm, eroded = remove_background(field_hz / hz_per_ppm(self.inputs.b0_t), mask, voxel_size=voxel_size,
+                                              method=self.inputs.method)
         self._results["out_field"] = save_volume(local_ppm, img, "local_field_ppm.nii.gz", runtime.cwd)
         self._results["out_mask"] = save_volume(eroded, img, "mask_eroded.nii.gz", runtime.cwd, dtype=np.uint8)
         return runtime
@@ -241,10 +224,10 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     in_mask = File(exists=True, mandatory=True, desc="mask where the local field is valid")
     in_weight = File(exists=True, desc="data weight in [0, 1] (optional)")
-    method = traits.Enum("nsidl", "tkd", "cgl2", "ndi", usedefault=True, desc="inversion method")
+    method = traits.Enum(*INVERSIONS, usedefault=True, desc="inversion method (qsmprep.methods.INVERSIONS)")
     b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T)")
     te_s = traits.Float(0.02, usedefault=True, desc="reference echo time (s) for the nonlinear data term")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True, desc="torch device for nsidl")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True, desc="torch device (torch methods)")
     nsidl_data_fit = traits.Enum("robust", "strong", usedefault=True,
                                  desc="NSIDL data-fit preset (qsmprep.dl.inference.DATA_FIT); robust for the app's chain")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="scheduled on a GPU (Nipype's GPU slots)")
@@ -253,80 +236,11 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
 
 class _InversionOutputSpec(TraitedSpec):
     out_chi = File(exists=True, desc="susceptibility (ppm), not referenced")
-    out_meta = File(exists=True, desc="JSON: algorithm, device, weights sha256")
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return "cpu"
-
-
-def nsidl_weights_info() -> dict:
-    """``dict(name, sha256, path)`` of the NSIDL weights; ``FileNotFoundError`` when they are missing."""
-    try:  # CONTRIBUTING.md: qsmprep.dl.inference.weights_info
-        from qsmprep.dl.inference import weights_info
-    except ImportError:
-        from qsmprep.dl.weights import weights_info
-    return weights_info()
-
-
-def run_inversion(method, local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
-                  nsidl_data_fit="robust"):
-    """Dispatch to the chosen inversion; returns ``(chi_ppm, metadata dict)``.
-
-    ``nsidl`` -> :func:`qsmprep.dl.inference.invert_nsidl` with the data-fit preset
-    ``nsidl_data_fit`` (``robust`` for fields from background removal, ``strong`` for clean
-    fields); ``tkd``/``cgl2``/``ndi`` -> :data:`qsmprep.qsm.inversion.METHODS`.  ``ndi`` keeps
-    its tuned phase scale (4 rad/ppm).
-    """
-    from qsmprep import __version__
-
-    meta = {"EstimationSoftwareName": "qsmprep", "EstimationSoftwareVersion": __version__}
-    if method == "nsidl":
-        from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
-
-        fit = data_fit_settings(nsidl_data_fit, local_ppm, mask)
-        info = nsidl_weights_info()
-        chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
-                           data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
-        meta.update(
-            EstimationAlgorithm="NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
-            WeightsName=info.get("name"),
-            WeightsSHA256=info.get("sha256"),
-            DataFit=data_fit_record(fit),
-            KSpaceDataConsistency={"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
-            Device=device,
-        )
-        try:
-            import torch
-
-            meta["TorchVersion"] = torch.__version__
-        except ImportError:  # pragma: no cover
-            pass
-    else:
-        from qsmprep.qsm.inversion import METHODS, NDI_DEFAULT_RAD_PER_PPM
-
-        names = {"tkd": "TKD (truncated k-space division)", "cgl2": "CG-L2 (weighted Tikhonov, conjugate gradient)",
-                 "ndi": "NDI (nonlinear dipole inversion, gradient descent)"}
-        # NDI keeps its tuned phase scale (inversion.NDI_DEFAULT_RAD_PER_PPM, 4 rad/ppm): with the
-        # physical scale rad_per_ppm(b0_t, te_s) strong sources saturate the sin term (NRMSE on the
-        # 3T-ME-z benchmark head with the true local field: 56 % against 29 %).
-        chi = call_with_supported(METHODS[method], local_ppm, mask, voxel_size, b0_dir, weight=weight)
-        meta.update(EstimationAlgorithm=names[method], Device="cpu")
-        if method == "ndi":
-            meta["PhaseScaleRadPerPpm"] = NDI_DEFAULT_RAD_PER_PPM
-    return np.asarray(chi, dtype=np.float32), meta
+    out_meta = File(exists=True, desc="JSON: the inversion's sidecar record (qsmprep.methods.invert)")
 
 
 class DipoleInversion(SimpleInterface):
-    """Dipole inversion local field (ppm) -> chi (ppm): NSIDL or a classical method.
+    """Dipole inversion local field (ppm) -> chi (ppm) with :func:`qsmprep.methods.invert`.
 
     ``use_gpu`` (nohash) is the trait Nipype's ``Node.is_gpu_node`` looks for, so
     MultiProc's ``n_gpu_procs`` applies; the device does not enter the cache hash and
@@ -337,22 +251,22 @@ class DipoleInversion(SimpleInterface):
     output_spec = _InversionOutputSpec
 
     def _run_interface(self, runtime):
+        from qsmprep.methods import get_inversion, invert
+
         local, img = load_volume(self.inputs.in_field)
         mask = _mask(self.inputs.in_mask)
         weight = load_volume(self.inputs.in_weight)[0] if isdefined(self.inputs.in_weight) else None
         voxel_size, b0_dir = geometry(img)
-        device = resolve_device(self.inputs.device) if self.inputs.method == "nsidl" else "cpu"
-        if self.inputs.method == "nsidl":
+        options = {}
+        if get_inversion(self.inputs.method).uses_torch:
             import torch
 
             torch.set_num_threads(max(1, int(self.inputs.num_threads)))
-        chi, meta = run_inversion(
-            self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight,
-            b0_t=self.inputs.b0_t, te_s=self.inputs.te_s, device=device, nsidl_data_fit=self.inputs.nsidl_data_fit,
-        )
-        meta.update(MagneticFieldStrength=self.inputs.b0_t, ReferenceEchoTime=self.inputs.te_s,
-                    B0Direction=[float(v) for v in b0_dir])
-        self._results["out_chi"] = save_volume(np.where(mask, chi, 0.0), img, "chi_raw.nii.gz", runtime.cwd)
+        if self.inputs.method == "nsidl":
+            options["nsidl_data_fit"] = self.inputs.nsidl_data_fit
+        chi, meta = invert(self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight, b0_t=self.inputs.b0_t,
+                           te_s=self.inputs.te_s, device=self.inputs.device, **options)
+        self._results["out_chi"] = save_volume(chi, img, "chi_raw.nii.gz", runtime.cwd)
         path = os.path.join(runtime.cwd, "inversion.json")
         with open(path, "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True)
@@ -383,8 +297,6 @@ class ReferenceChi(SimpleInterface):
 
         chi, img = load_volume(self.inputs.in_chi)
         mask = _mask(self.inputs.in_mask)
-        out = reference_mean(chi, mask)
-        if isinstance(out, tuple):  # (chi, offset) variants
-            out = out[0]
+        out, _ = reference_mean(chi, mask)
         self._results["out_chi"] = save_volume(np.where(mask, out, 0.0), img, "chi.nii.gz", runtime.cwd)
         return runtime

@@ -1,7 +1,7 @@
 """Background-field removal: iSMV (default) and V-SHARP.
 
-:func:`vsharp` is the app-facing entry point; its ``method`` selects :func:`ismv` (the default,
-:data:`DEFAULT_METHOD`) or the V-SHARP below.  Measured on the validation head (seed 0, 1 mm,
+:func:`remove_background` is the app-facing entry point; its ``method`` selects :func:`ismv` (the
+default, :data:`DEFAULT_METHOD`) or :func:`vsharp`, the V-SHARP below.  Measured on the validation head (seed 0, 1 mm,
 noiseless total field, true brain mask; ``benchmarks/bfr_study.py``), qsm-ci xSIM of the local
 field: V-SHARP (refine=1) 0.899, coverage 0.96, 6.6 s; iSMV (r = 2 mm, CG tol 1e-4) 0.936,
 coverage 0.92, 7.8 s (scored in the smaller iSMV mask, V-SHARP stays below iSMV: see
@@ -9,7 +9,7 @@ coverage 0.92, 7.8 s (scored in the smaller iSMV mask, V-SHARP stays below iSMV:
 
 V-SHARP (variable-radius sophisticated harmonic artifact reduction):
 
-Maths (``shared/ALGORITHMS.md`` 2.4).  With ``s_r`` the normalised sphere of radius ``r``
+Maths (Li et al., NeuroImage 2011; Wen et al., MRM 2014).  With ``s_r`` the normalised sphere of radius ``r``
 (mm) and ``S_r(k)`` its spectrum, a harmonic background field ``b`` satisfies
 ``s_r * b = b`` wherever the sphere fits inside the brain, so the high-pass
 ``(delta - s_r) * f`` sees only the local field there.  For radii ``r_1 > r_2 > ... > r_N``:
@@ -58,15 +58,32 @@ import scipy.fft as sfft
 
 from qsmprep.qsm.dipole import fft_workers
 from qsmprep.qsm.geometry import bounding_box
+from qsmprep.qsm.solvers import conjugate_gradient
 
 #: Erosion threshold on ``SMV_r * mask``: a voxel is reliable when its sphere lies (all but
 #: round-off) inside the mask.
 EROSION_LEVEL = 0.999
 
-#: Methods of :func:`vsharp` (the app-facing entry point).
-METHODS = ("ismv", "vsharp")
-#: Default background-removal method of :func:`vsharp` (see the measurements in the module docstring).
+#: Default method of :func:`remove_background` (see the measurements in the module docstring).
 DEFAULT_METHOD = "ismv"
+
+
+def remove_background(
+    field_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    method: str = DEFAULT_METHOD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Background-field removal with the app's defaults: :func:`ismv` or :func:`vsharp`.
+
+    ``method`` is one of :data:`METHODS` (default :data:`DEFAULT_METHOD`).  The field may be in
+    ppm or Hz (the operation is linear; the output is in the input's unit).  Returns
+    ``(local field, eroded mask)``: float32, zero outside the eroded mask (bool) where it is valid.
+    """
+    name = str(method).lower()
+    if name not in METHODS:
+        raise ValueError(f"background-removal method must be one of {METHODS}, got {method!r}.")
+    return METHODS[name](field_ppm, mask, voxel_size)
 
 
 def default_radii_mm(voxel_size: Sequence[float] = (1.0, 1.0, 1.0), max_radius_mm: float = 12.0) -> list[float]:
@@ -121,9 +138,8 @@ def vsharp(
     radii_mm: Sequence[float] | None = None,
     threshold: float = 0.05,
     refine: int = 1,
-    method: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Background-field removal: V-SHARP, or iSMV (the default, :data:`DEFAULT_METHOD`).
+    """V-SHARP background-field removal (the steps in the module docstring).
 
     Parameters
     ----------
@@ -135,9 +151,6 @@ def vsharp(
         :func:`default_radii_mm` -- 12 mm down to the largest voxel edge in steps of it.
     threshold : TSVD threshold on ``|1 - S_{r_max}(k)|`` for the final deconvolution (0.05).
     refine : residual-correction iterations for the rim (step 4 above; 0 = classic V-SHARP).
-    method : ``"ismv"`` (default, see :data:`DEFAULT_METHOD`) -> :func:`ismv` with radius
-        ``min(radii_mm)`` if ``radii_mm`` is given, else ``2 * max(voxel_size)``
-        (``threshold`` and ``refine`` unused); ``"vsharp"`` -> the V-SHARP described above.
 
     Returns
     -------
@@ -145,12 +158,6 @@ def vsharp(
         outside ``eroded_mask``) and the final reliable mask (bool; the brain mask eroded by
         the smallest radius).
     """
-    method = DEFAULT_METHOD if method is None else str(method).lower()
-    if method not in METHODS:
-        raise ValueError(f"background-removal method must be one of {METHODS}, got {method!r}.")
-    if method == "ismv":
-        radius = None if radii_mm is None else min(float(r) for r in radii_mm)
-        return ismv(field_ppm, mask, voxel_size, radius_mm=radius)
     field = np.asarray(field_ppm, dtype=np.float32)
     m = np.asarray(mask) > 0
     _check_inputs(field, m, "vsharp")
@@ -295,22 +302,7 @@ def ismv(
 
     rhs = np.where(eroded, smv(bc), 0.0).astype(np.float32)
     b = np.where(eroded, fc, 0.0).astype(np.float32)  # iSMV's start: the total field
-    res = rhs - A(b)
-    p = res.copy()
-    rr = float(np.vdot(res, res))
-    nrhs = float(np.sqrt(np.vdot(rhs, rhs))) or 1.0
-    it = 0
-    for it in range(1, int(max_iter) + 1):
-        if np.sqrt(rr) <= tol * nrhs:
-            break
-        ap = A(p)
-        alpha = rr / float(np.vdot(p, ap))
-        b += np.float32(alpha) * p
-        res -= np.float32(alpha) * ap
-        rr_new = float(np.vdot(res, res))
-        p = res + np.float32(rr_new / rr) * p
-        rr = rr_new
-    ismv.last_iterations = it
+    b, ismv.last_iterations = conjugate_gradient(A, rhs, b, tol=tol, max_iter=max_iter)
     loc = np.where(eroded, fc - b, 0.0).astype(np.float32)
     out = np.zeros(field.shape, dtype=np.float32)
     out[box] = loc
@@ -326,3 +318,7 @@ def _check_inputs(field: np.ndarray, m: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} got an empty brain mask; check the masking step.")
     if not np.all(np.isfinite(field[m])):
         raise ValueError(f"{name} got non-finite field values inside the mask; check the field fit.")
+
+
+#: Background-removal methods of :func:`remove_background` by name.
+METHODS = {"ismv": ismv, "vsharp": vsharp}

@@ -1,6 +1,6 @@
 """The unit dipole kernel and the forward model chi -> field, with zero padding.
 
-Convention (see ``shared/ALGORITHMS.md`` 2.5):
+Convention:
 
 * ``D(k) = 1/3 - (k . b)^2 / |k|^2`` with ``k_i = fftfreq(N_i, d=voxel_size_i)``
   (cycles/mm, DC at index 0) and ``b`` the unit B0 vector in array axes.

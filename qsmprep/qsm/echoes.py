@@ -2,7 +2,6 @@
 
 Units: phase in rad, echo times in s, field in Hz (``fit_field``) or ppm
 (``hz_to_ppm``), B0 in T.  4-D arrays have the echoes on the LAST axis.
-See ``shared/ALGORITHMS.md`` section 2.3.
 """
 
 from __future__ import annotations

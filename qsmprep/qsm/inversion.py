@@ -7,8 +7,8 @@ return chi in ppm (float32, zero outside ``mask``, *not* referenced -- see
 ``pad_factor`` (default 1.5, FFT-friendly sizes) and crops back, so the circular FFT
 convolution acts like a linear one.
 
-* :func:`tkd` -- truncated k-space division, one FFT pair (``shared/ALGORITHMS.md`` 2.6).
-* :func:`cg_l2` -- conjugate-gradient solve of the weighted, gradient-regularised
+* :func:`tkd` -- truncated k-space division, one FFT pair (Shmueli et al., MRM 2009).
+* :func:`cgl2` -- conjugate-gradient solve of the weighted, gradient-regularised
   least-squares problem ``min 1/2 ||W (D chi - f)||^2 + lam/2 ||grad chi||^2``, stopped early.
 * :func:`ndi` -- nonlinear dipole inversion (Polak et al., NMR Biomed 2020): gradient descent
   on ``1/2 ||W (exp(i s D chi) - exp(i phi))||^2`` with early stopping (2.6, 1.2).
@@ -28,6 +28,7 @@ import scipy.fft as sfft
 
 from qsmprep.qsm.dipole import dipole_kernel, fft_workers, kspace_grid, padded_shape
 from qsmprep.qsm.geometry import bounding_box
+from qsmprep.qsm.solvers import conjugate_gradient
 
 Vec3 = Sequence[float]
 
@@ -56,12 +57,7 @@ class _Grid:
 
     def __init__(self, mask: np.ndarray, voxel_size: Vec3, b0_dir: Vec3, pad_factor: float, margin: int = 2):
         self.full_shape = mask.shape
-        box = []
-        for ax in range(3):
-            other = tuple(a for a in range(3) if a != ax)
-            nz = np.flatnonzero(mask.any(axis=other))
-            box.append(slice(max(0, int(nz[0]) - margin), min(mask.shape[ax], int(nz[-1]) + 1 + margin)))
-        self.box = tuple(box)
+        self.box = bounding_box(mask, margin)
         self.mask = mask[self.box]
         self.crop_shape = self.mask.shape
         self.shape = padded_shape(self.crop_shape, pad_factor) if pad_factor > 1 else tuple(
@@ -172,7 +168,7 @@ def tkd(
 # --------------------------------------------------------------------------------------------
 
 
-def cg_l2(
+def cgl2(
     local_ppm: np.ndarray,
     mask: np.ndarray,
     voxel_size: Vec3 = (1.0, 1.0, 1.0),
@@ -208,43 +204,22 @@ def cg_l2(
     Returns chi in ppm (float32, masked).
     """
     if lam < 0:
-        raise ValueError(f"cg_l2 lam must be >= 0, got {lam}.")
-    f, m = _check_inputs(local_ppm, mask, "cg_l2")
-    w2 = _normalised_weight(weight, m, "cg_l2") ** 2
+        raise ValueError(f"cgl2 lam must be >= 0, got {lam}.")
+    f, m = _check_inputs(local_ppm, mask, "cgl2")
+    w2 = _normalised_weight(weight, m, "cgl2") ** 2
     g = _Grid(m, voxel_size, b0_dir, pad_factor)
     d = g.d
     reg = (lam * g.gradient_kernel()).astype(np.float32)
     w2p = g.pad(w2)
     mp = g.pad(m.astype(np.float32))
 
-    def dot(a, b):
-        return float(np.dot(a.ravel(), b.ravel()))
-
     def apply_a(x):
         xk = g.rfft(x)
         return mp * g.irfft(d * g.rfft(w2p * g.irfft(d * xk)) + reg * xk)
 
     b = mp * g.irfft(d * g.rfft(w2p * g.pad(f)))
-    x = np.zeros_like(b)
-    r = b.copy()
-    p = r.copy()
-    rr = dot(r, r)
-    bnorm = np.sqrt(rr)
-    if bnorm == 0:
-        return np.zeros(m.shape, dtype=np.float32)
-    for it in range(int(max_iter)):
-        ap = apply_a(p)
-        alpha = np.float32(rr / dot(p, ap))
-        x += alpha * p
-        r -= alpha * ap
-        rr_new = dot(r, r)
-        if callback is not None:
-            callback(it, lambda: g.to_full(x))
-        if np.sqrt(rr_new) < tol * bnorm:
-            break
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
+    monitor = None if callback is None else (lambda it, x: callback(it, lambda: g.to_full(x)))
+    x, _ = conjugate_gradient(apply_a, b, tol=tol, max_iter=max_iter, callback=monitor)
     return g.to_full(x)
 
 
@@ -352,7 +327,7 @@ def ndi(
 
 
 #: Inversion methods by name (used by the CLI, workflows and benchmarks).
-METHODS: dict[str, Callable[..., np.ndarray]] = {"tkd": tkd, "cgl2": cg_l2, "ndi": ndi}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"tkd": tkd, "cgl2": cgl2, "ndi": ndi}
 
 
 def field_noise(local_ppm: np.ndarray, mask: np.ndarray) -> dict:

@@ -7,9 +7,9 @@ spherical (millimetre, Euclidean-distance based) closing, hole filling and a
 final erosion that peels the extra-cerebral CSF.  Last, voxels whose phase cannot be
 trusted leave the mask again: signal voids (skull, sinus air, haemorrhage cores that the
 closing and hole filling took in) and, when the phase is given, voxels of low local phase
-coherence (noise or aliasing) -- :func:`remove_unreliable`.  See ``shared/ALGORITHMS.md``
-2.1 and the V-SHARP pitfall in 2.4 (why cross-shaped ``iterations=`` morphology is
-avoided).
+coherence (noise or aliasing) -- :func:`remove_unreliable`.  Morphology uses
+balls in mm, never cross-shaped ``iterations=`` structuring elements (they reach only ``r/sqrt(3)``
+along the diagonals).
 """
 
 from __future__ import annotations
@@ -64,13 +64,6 @@ def close_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (
     width = [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size]
     p = _pad(m, width)
     return _unpad(erode_mm(dilate_mm(p, radius_mm, voxel_size), radius_mm, voxel_size), width)
-
-
-def open_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1)) -> np.ndarray:
-    """Morphological opening with a ball of ``radius_mm``."""
-    if radius_mm <= 0:
-        return np.asarray(mask, bool).copy()
-    return dilate_mm(erode_mm(mask, radius_mm, voxel_size), radius_mm, voxel_size)
 
 
 def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:

@@ -1,4 +1,4 @@
-"""Susceptibility referencing (``shared/ALGORITHMS.md`` 2.7).
+"""Susceptibility referencing.
 
 Single-orientation QSM recovers chi only up to a constant (``D(0) = 0``).  These functions
 subtract a constant so that a chosen region has zero mean, and return the offset removed so

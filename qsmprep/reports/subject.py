@@ -5,7 +5,8 @@ mask, total and local field maps, the chi map and its JSON sidecar, the DGM labe
 table, draws the figures (also saved as PNG files in ``sub-<label>/figures/``), and writes
 ``out_dir/sub-<label>.html`` with every image embedded as a base64 data URI (opens offline, no
 external resources).  Provenance comes from each ``_Chimap.json`` sidecar and the newest config
-file in ``sub-<label>/log/``.
+file in ``sub-<label>/log/``; the Methods section is the methods text of the subject's runs
+(:mod:`qsmprep.reports.methods`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmprep import naming
+
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1200px;color:#222}
 h1{border-bottom:2px solid #446;padding-bottom:4px} h2{margin-top:36px;color:#335;border-bottom:1px solid #ccd}
@@ -26,6 +29,7 @@ h3{color:#446} img{max-width:100%;border:1px solid #ddd;margin:6px 0}
 table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#eef} .prov td{text-align:left} pre{background:#f6f6f8;padding:8px;font-size:11px;overflow-x:auto}
 .note{color:#666;font-size:12px} nav a{margin-right:12px}
+.qsmprep-methods{max-width:900px;line-height:1.45} .qsmprep-methods code{word-break:break-all}
 """
 
 
@@ -39,23 +43,16 @@ def _sub(subject: str) -> str:
 
 
 def find_runs(out_dir, subject) -> dict[str, Path]:
-    """Run prefixes of ``subject`` in ``out_dir`` -> their ``anat`` folder.
+    """Run prefixes of ``subject`` in ``out_dir`` -> their ``sub-<l>[/ses-<s>]`` folder (absolute).
 
-    A run is any prefix with a ``_Chimap.nii.gz`` (not in template space), a
-    ``_desc-brain_mask.nii.gz`` or a ``_desc-dgm_stats.tsv``.
+    A run is any prefix with a chi map (not in template space), a brain mask or an ROI table
+    (:func:`qsmprep.naming.find_runs`).
     """
-    root = Path(out_dir) / _sub(subject)
-    runs: dict[str, Path] = {}
-    for anat in sorted([root / "anat", *sorted(root.glob("ses-*/anat"))]):
-        if not anat.is_dir():
-            continue
-        for pattern, suffix in (("*_Chimap.nii*", "_Chimap"), ("*_desc-brain_mask.nii*", "_desc-brain_mask"),
-                                ("*_desc-dgm_stats.tsv", "_desc-dgm_stats")):
-            for f in anat.glob(pattern):
-                if "_space-" in f.name:
-                    continue
-                runs.setdefault(f.name.split(suffix)[0], anat)
-    return dict(sorted(runs.items()))
+    return {prefix: Path(out_dir) / base for prefix, base in naming.find_runs(out_dir, subject).items()}
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
 
 
 def _first(folder: Path, patterns) -> Path | None:
@@ -91,12 +88,11 @@ def _source_dir(out_dir: Path) -> Path | None:
     return None
 
 
-def _find_magnitude(prefix: str, anat: Path, out_dir: Path, bids_dir: Path | None):
-    pats = [f"{prefix}_desc-*_T2starw.nii*", f"{prefix}*magnitude*.nii*", f"{prefix}*part-mag*.nii*",
-            f"{prefix}_T2starw.nii*"]
-    hit = _first(anat, pats)
-    if hit is None and bids_dir is not None:
-        raw_anat = Path(bids_dir) / anat.relative_to(out_dir)
+def _find_magnitude(prefix: str, base: Path, out_dir: Path, bids_dir: Path | None):
+    """The run's magnitude in the raw dataset (first echo), for the mask figure; None if not found."""
+    hit = None
+    if bids_dir is not None:
+        raw_anat = Path(bids_dir) / base.relative_to(out_dir) / "anat"
         if raw_anat.is_dir():
             hit = _first(raw_anat, [f"{prefix}_echo-1_part-mag_*.nii*", f"{prefix}*part-mag*.nii*"])
     data, _ = _load(hit)
@@ -140,8 +136,24 @@ def _newest_config(sub_dir: Path) -> Path | None:
     return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
 
 
-_PROV_KEYS = ("Device", "device", "Weights", "weights", "sha256", "Sha256", "SHA256", "Version", "Algorithm",
-              "Method", "Reference", "Torch", "torch", "Software")
+#: Sidecar fields shown as the run's key provenance (the vocabulary of ``qsmprep.methods.invert`` and the sinks).
+_PROV_KEYS = ("InversionMethod", "EstimationAlgorithm", "EstimationSoftwareVersion", "Device", "WeightsName",
+              "WeightsSHA256", "TorchVersion", "DataFit", "PhaseUnwrapping", "BackgroundFieldRemoval",
+              "ReferenceRegion", "SoftwareVersion")
+
+
+def _methods_section(out_dir: Path, sub: str) -> str:
+    """The methods text of this subject's runs (:mod:`qsmprep.reports.methods`) as an HTML fragment,
+    DOIs as plain text (the report links to nothing outside itself)."""
+    from qsmprep.reports.methods import methods_from_outputs, methods_html
+
+    try:
+        text = methods_html(methods_from_outputs(out_dir, sub), doi_links=False)
+    except Exception as exc:  # the report is still useful without its methods text; say why it is missing
+        why = html.escape(f"{type(exc).__name__}: {exc}")
+        return f'<p class="note">The methods text could not be generated: {why}</p>'
+    return ('<p class="note">Generated from the sidecars of the runs above; the same text for the whole dataset '
+            "is in logs/CITATION.md (.html, .bib).</p>" + text)
 
 
 def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) -> Path:
@@ -173,19 +185,26 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
             f"run the participant level for {sub} first or check the output folder."
         )
     bids_dir = Path(bids_dir) if bids_dir else _source_dir(out_dir)
-    fig_dir = out_dir / sub / "figures"
     body, nav = [], []
-    for prefix, anat in runs.items():
+    for prefix, base in runs.items():
         nav.append(f'<a href="#{prefix}">{html.escape(prefix)}</a>')
         sec = [f'<h2 id="{prefix}">{html.escape(prefix)}</h2>']
-        mask, mask_img = _load(_first(anat, [f"{prefix}_desc-brain_mask.nii*"]))
+        rel = str(base.relative_to(out_dir))
+
+        def path(key):
+            return _existing(out_dir / naming.run_path(key, prefix, rel))
+
+        def fig(key):
+            return out_dir / naming.figure_path(key, prefix, sub)
+
+        mask, mask_img = _load(path("mask"))
         mask_b = mask > 0 if mask is not None else None
-        chi_path = _first(anat, [f"{prefix}_Chimap.nii*"])
+        chi_path = path("chi")
         chi, _ = _load(chi_path)
-        total, _ = _load(_first(anat, [f"{prefix}_desc-total_fieldmap.nii*"]))
-        local, _ = _load(_first(anat, [f"{prefix}_desc-local_fieldmap.nii*"]))
-        dseg, _ = _load(_first(anat, [f"{prefix}_desc-dgm_dseg.nii*"]))
-        mag, mag_path = _find_magnitude(prefix, anat, out_dir, bids_dir)
+        total, _ = _load(path("total_field"))
+        local, _ = _load(path("local_field"))
+        dseg, _ = _load(path("dseg"))
+        mag, mag_path = _find_magnitude(prefix, base, out_dir, bids_dir)
 
         # 1. mask over magnitude
         sec.append("<h3>Brain mask</h3>")
@@ -194,7 +213,7 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
             if under is None:
                 under, what = chi, "chi"
             if under is not None and under.shape[:3] == mask_b.shape:
-                p = F.mosaic_png(fig_dir / f"{prefix}_desc-maskmag_mask.png", under, mask=mask_b,
+                p = F.mosaic_png(fig("mask"), under, mask=mask_b,
                                  overlay_mask=mask_b, title=f"brain mask (red) over the {what}",
                                  symmetric=mag is None, cmap="gray", n_slices=n_slices)
                 sec.append(_img(p, f"Brain mask outline over the {what}"))
@@ -203,31 +222,31 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
         # 2. fields
         if total is not None or local is not None:
             sec.append("<h3>Total and local field</h3>")
-            p = F.fields_png(fig_dir / f"{prefix}_desc-fields_fieldmap.png", total, local, mask=mask_b,
+            p = F.fields_png(fig("fields"), total, local, mask=mask_b,
                              title="total field (Hz) and local field after background removal (ppm)")
             sec.append(_img(p, "Total field (Hz, top) and local field (ppm, bottom)"))
         # 3. chi mosaic
         if chi is not None:
             sec.append("<h3>Susceptibility (chi)</h3>")
-            p = F.mosaic_png(fig_dir / f"{prefix}_desc-mosaic_Chimap.png", chi, mask=mask_b,
+            p = F.mosaic_png(fig("chi"), chi, mask=mask_b,
                              title="chi (ppm)", symmetric=True, units="ppm", n_slices=n_slices)
             sec.append(_img(p, "Chi map, axial mosaic (ppm)"))
         # 4. atlas contours
         if chi is not None and dseg is not None and dseg.shape == chi.shape:
             sec.append("<h3>Deep-gray-matter labels</h3>")
             dm = np.rint(dseg).astype(np.int16)
-            p = F.mosaic_png(fig_dir / f"{prefix}_desc-dgmcontours_Chimap.png", chi, mask=dm > 0,
+            p = F.mosaic_png(fig("dgm_contours"), chi, mask=dm > 0,
                              title="DGM labels (AAL3, warped) over chi", symmetric=True, units="ppm",
                              contours=dm, n_slices=n_slices)
             sec.append(_img(p, "DGM label contours over chi: caudate blue, putamen orange, pallidum "
                                "green, thalamus red, substantia nigra purple, red nucleus brown"))
         # 5. ROI table + bar chart
-        stats_path = _first(anat, [f"{prefix}_desc-dgm_stats.tsv"])
+        stats_path = path("roi_tsv")
         if stats_path is not None:
             df = pd.read_csv(stats_path, sep="\t", na_values=["n/a"], keep_default_na=False,
                              dtype={"run": str, "session_id": str, "acquisition": str})
             sec.append("<h3>ROI statistics</h3>")
-            p = F.roi_bar_png(fig_dir / f"{prefix}_desc-dgmbar_Chimap.png", df, title="mean chi per region")
+            p = F.roi_bar_png(fig("roi_bars"), df, title="mean chi per region")
             sec.append(_img(p, "Mean chi per region (bars) with the interquartile range"))
             show = [c for c in ("structure", "hemisphere", "voxel_count", "volume_mm3", "mean_ppm",
                                 "median_ppm", "std_ppm", "p25_ppm", "p75_ppm") if c in df.columns]
@@ -237,13 +256,13 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
                 sec.append(f'<p class="note">Reference region: {html.escape(str(df["reference_region"].iloc[0]))}</p>')
         # 6. provenance from the sidecar
         sec.append("<h3>Provenance</h3>")
-        side = chi_path.with_name(chi_path.name.split(".nii")[0] + ".json") if chi_path else None
+        side = naming.sidecar_path(chi_path) if chi_path else None
         if side is not None and side.exists():
             try:
                 meta = json.loads(side.read_text())
             except ValueError:
                 meta = {"error": f"unreadable sidecar {side.name}"}
-            key = {k: v for k, v in meta.items() if any(t in k for t in _PROV_KEYS)}
+            key = {k: meta[k] for k in _PROV_KEYS if k in meta}
             if key:
                 sec.append("<p>Key fields:</p>" + _kv_table(key))
             sec.append(f"<details><summary>Full sidecar {html.escape(side.name)}</summary>{_kv_table(meta)}</details>")
@@ -251,6 +270,7 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
             sec.append('<p class="note">No Chimap JSON sidecar found.</p>')
         body.append("\n".join(sec))
 
+    methods = ["<h2 id='methods'>Methods</h2>", _methods_section(out_dir, sub)]
     cfg = _newest_config(out_dir / sub)
     prov = ["<h2 id='provenance'>Software and configuration</h2>", _kv_table(_versions())]
     if cfg is not None:
@@ -264,9 +284,10 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
 <body>
 <h1>qsmprep report: {sub}</h1>
 <p class="note">{len(runs)} run(s); generated {now}. Images are embedded; this file opens offline.</p>
-<nav>{' '.join(nav)} <a href="#provenance">provenance</a></nav>
+<nav>{' '.join(nav)} <a href="#methods">methods</a> <a href="#provenance">provenance</a></nav>
 {''.join(body)}
+{''.join(methods)}
 {''.join(prov)}
 </body></html>
 """
-    return write_text(out_dir / f"{sub}.html", page)
+    return write_text(out_dir / naming.report_path(sub), page)

@@ -225,13 +225,6 @@ def background_field_fine(head, b0_dir: Sequence[float], fine_mm: float = 1.0, p
     return out
 
 
-def wrap_phase(phase: np.ndarray) -> np.ndarray:
-    """Wrap to (-pi, pi] (float32)."""
-    p = np.angle(np.exp(1j * np.asarray(phase, np.float64)))
-    p[p <= -np.pi] += 2 * np.pi
-    return p.astype(np.float32)
-
-
 def simulate_gre(
     head,
     b0_t: float = 3.0,

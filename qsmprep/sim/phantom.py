@@ -17,8 +17,8 @@ Air cavities (frontal, ethmoid, sphenoid, maxillary sinuses, nasal cavity, masto
 are ellipsoids at their approximate MNI positions, kept >= 2 mm away from the brain.
 The superior sagittal sinus (venous blood) runs along the midline above the brain.
 
-Susceptibility (ppm, **relative to CSF / soft tissue = 0**; ``shared/ALGORITHMS.md`` section 4,
-column B; drawn uniformly from :data:`CHI_RANGES_PPM` per seed, left and right differing by up
+Susceptibility (ppm, **relative to CSF / soft tissue = 0**; literature ranges,
+:data:`CHI_RANGES_PPM`; drawn uniformly from :data:`CHI_RANGES_PPM` per seed, left and right differing by up
 to +-0.005 ppm): GM/WM/CSF mixed by the template probabilities, the 12 DGM structures uniform,
 veins +0.30..+0.45, calcification -0.8..-0.3, haemorrhage +0.5..+1.2, bone -2.2..-1.8 and
 air +9.4.  A smooth random texture (std ``texture_ppm``) is added inside the brain.
@@ -28,7 +28,7 @@ zero over the 4 voxels next to the brain mask (on grids coarser than ~1.5 mm thi
 of the skull in ``chi``; ``qsmprep.sim.forward.simulate_gre`` then takes the background field
 from the same head rebuilt at 1 mm): voxel-sharp 9.4 ppm edges
 alias (oblique B0) into a non-harmonic field inside the brain that no background removal can
-undo (``shared/ENVIRONMENT.md``, qsm-forward traps).  Inside the brain chi is not blurred.
+undo (qsm-forward's known traps are listed in CONTRIBUTING.md).  Inside the brain chi is not blurred.
 
 Per-seed "subjects"
 -------------------

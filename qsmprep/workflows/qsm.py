@@ -6,21 +6,19 @@ Wiring only; every node is a thin interface from :mod:`qsmprep.interfaces`.
 
 from __future__ import annotations
 
-from qsmprep.config import INVERSIONS, UNWRAPPINGS
+from qsmprep.methods import BACKGROUND_REMOVALS, INVERSIONS, UNWRAPPINGS, get_inversion, reference_echo_time
 
-#: float32 volumes each node holds at its peak, per echo (``_per_echo``) or fixed.
-#: Used for ``mem_gb = volume_gb * factor`` (derived from the data, not the host).
+#: float32 volumes each node holds at its peak, per echo and fixed: ``mem_gb = volume_gb * factor``
+#: (derived from the data, not the host).  The inversion's comes from its registry entry
+#: (:attr:`qsmprep.methods.Inversion.mem_volumes`).
 _MEM_FACTORS = {
     "load_echoes": (4, 2),  # (per echo, fixed)
     "brain_mask": (1, 8),
     "unwrap": (8, 8),
     "fit_field": (8, 12),
-    "vsharp": (0, 40),  # padded complex FFTs, one per radius
-    "inversion": (0, 60),
+    "background": (0, 40),  # padded complex FFTs, one per radius
     "reference": (0, 4),
 }
-#: Extra memory for the NSIDL network's activations (torch), in units of one volume.
-_NSIDL_EXTRA = 200
 _MEM_FLOOR_GB = 0.2
 
 
@@ -32,21 +30,12 @@ def node_mem_gb(step: str, volume_gb: float, n_echoes: int, inversion: str = "tk
     >>> node_mem_gb("load_echoes", 0.01, 4)  # small data: the floor
     0.2
     """
-    per_echo, fixed = _MEM_FACTORS[step]
-    factor = per_echo * n_echoes + fixed
-    if step == "inversion" and inversion == "nsidl":
-        factor += _NSIDL_EXTRA
+    if step == "inversion":
+        factor = get_inversion(inversion).mem_volumes
+    else:
+        per_echo, fixed = _MEM_FACTORS[step]
+        factor = per_echo * n_echoes + fixed
     return round(max(_MEM_FLOOR_GB, volume_gb * factor), 3)
-
-
-def reference_echo_time(echo_times_s) -> float:
-    """Reference TE (s) for the nonlinear data term: the mean echo time.
-
-    >>> reference_echo_time([0.01, 0.02, 0.03])
-    0.02
-    """
-    tes = [float(t) for t in echo_times_s]
-    return round(sum(tes) / len(tes), 9)
 
 
 def init_qsm_wf(
@@ -71,16 +60,16 @@ def init_qsm_wf(
     b0_t : float
         Main field strength (T).
     inversion : str
-        ``nsidl`` (default), ``tkd``, ``cgl2`` or ``ndi``.
+        A name of :data:`qsmprep.methods.INVERSIONS` (``nsidl`` by default).
     unwrapping : str
-        ``romeo`` or ``laplacian`` (then each echo is demeaned before the fit).
+        A name of :data:`qsmprep.methods.UNWRAPPINGS` (``laplacian``: each echo is demeaned before the fit).
     background_removal : str
-        ``ismv`` (default) or ``vsharp``; the node keeps the name ``vsharp``.
+        A name of :data:`qsmprep.methods.BACKGROUND_REMOVALS` (``ismv`` by default).
     device : str
-        ``auto``, ``cpu`` or ``cuda`` for NSIDL.
+        ``auto``, ``cpu`` or ``cuda`` for an inversion that uses torch.
     use_gpu : bool
-        Schedule the inversion node on a GPU slot (MultiProc ``n_gpu_procs``,
-        SLURM ``--gres=gpu:1``).
+        Reserve a GPU for the inversion node (MultiProc ``n_gpu_procs``, SLURM ``--gres=gpu:1``,
+        SGE ``-l gpu=1``); only for an inversion that uses torch.
     omp_nthreads : int
         Threads per node (``n_procs``).
     volume_gb : float
@@ -94,7 +83,7 @@ def init_qsm_wf(
     Outputs
     -------
     magnitude : echo-RSS magnitude (3-D).  magnitude4d : echoes stacked (4-D).
-    brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final (V-SHARP-eroded) mask.
+    brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final mask (eroded by background removal).
     total_field : Hz.  local_field : ppm.  weight : fit weight [0, 1].
     chi : ppm, mean over ``mask`` = 0.  inversion_meta : JSON (algorithm, device, weights).
     """
@@ -102,12 +91,20 @@ def init_qsm_wf(
     from nipype.pipeline import engine as pe
 
     from qsmprep.interfaces.io import LoadEchoes
-    from qsmprep.interfaces.qsm import BrainMask, DipoleInversion, FitField, ReferenceChi, UnwrapEchoes, VSharp
+    from qsmprep.interfaces.qsm import (
+        BackgroundRemoval,
+        BrainMask,
+        DipoleInversion,
+        FitField,
+        ReferenceChi,
+        UnwrapEchoes,
+    )
 
-    if inversion not in INVERSIONS:
-        raise ValueError(f"Unknown inversion {inversion!r}; choose one of {INVERSIONS}.")
-    if unwrapping not in UNWRAPPINGS:
-        raise ValueError(f"Unknown unwrapping {unwrapping!r}; choose one of {UNWRAPPINGS}.")
+    for what, value, choices in (("inversion", inversion, INVERSIONS), ("unwrapping", unwrapping, UNWRAPPINGS),
+                                 ("background removal", background_removal, BACKGROUND_REMOVALS)):
+        if value not in choices:
+            raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+    gpu = bool(use_gpu and INVERSIONS[inversion].uses_torch)
     tes = [float(t) for t in echo_times_s]
     n_echoes = len(tes)
 
@@ -127,13 +124,14 @@ def init_qsm_wf(
                      mem_gb=mem("unwrap"), n_procs=omp_nthreads)
     fit_field = pe.Node(FitField(echo_times=tes, demean_echoes=unwrapping == "laplacian"), name="fit_field",
                         mem_gb=mem("fit_field"))
-    vsharp = pe.Node(VSharp(b0_t=b0_t, method=background_removal), name="vsharp", mem_gb=mem("vsharp"), n_procs=omp_nthreads)
+    background = pe.Node(BackgroundRemoval(b0_t=b0_t, method=background_removal), name="background",
+                         mem_gb=mem("background"), n_procs=omp_nthreads)
     inversion_node = pe.Node(
         DipoleInversion(method=inversion, b0_t=b0_t, te_s=reference_echo_time(tes), device=device,
-                        use_gpu=bool(use_gpu and inversion == "nsidl"), num_threads=omp_nthreads),
+                        use_gpu=gpu, num_threads=omp_nthreads),
         name="inversion", mem_gb=mem("inversion"), n_procs=omp_nthreads,
     )
-    if use_gpu and inversion == "nsidl":
+    if gpu:
         # leading spaces: SLURMGraph/SGEGraph append a node's args to the plugin's with no separator
         inversion_node.plugin_args = {"sbatch_args": " --gres=gpu:1", "qsub_args": " -l gpu=1"}
     reference = pe.Node(ReferenceChi(), name="reference", mem_gb=mem("reference"))
@@ -146,15 +144,15 @@ def init_qsm_wf(
         (unwrap, fit_field, [("out_phase", "in_phase")]),
         (load_echoes, fit_field, [("out_magnitude", "in_magnitude")]),
         (brain_mask, fit_field, [("out_mask", "in_mask")]),
-        (fit_field, vsharp, [("out_field", "in_field")]),
-        (brain_mask, vsharp, [("out_mask", "in_mask")]),
-        (vsharp, inversion_node, [("out_field", "in_field"), ("out_mask", "in_mask")]),
+        (fit_field, background, [("out_field", "in_field")]),
+        (brain_mask, background, [("out_mask", "in_mask")]),
+        (background, inversion_node, [("out_field", "in_field"), ("out_mask", "in_mask")]),
         (fit_field, inversion_node, [("out_weight", "in_weight")]),
         (inversion_node, reference, [("out_chi", "in_chi")]),
-        (vsharp, reference, [("out_mask", "in_mask")]),
+        (background, reference, [("out_mask", "in_mask")]),
         (load_echoes, outputnode, [("out_combined", "magnitude"), ("out_magnitude", "magnitude4d")]),
         (brain_mask, outputnode, [("out_mask", "brain_mask")]),
-        (vsharp, outputnode, [("out_mask", "mask"), ("out_field", "local_field")]),
+        (background, outputnode, [("out_mask", "mask"), ("out_field", "local_field")]),
         (fit_field, outputnode, [("out_field", "total_field"), ("out_weight", "weight")]),
         (reference, outputnode, [("out_chi", "chi")]),
         (inversion_node, outputnode, [("out_meta", "inversion_meta")]),

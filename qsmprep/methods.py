@@ -1,0 +1,263 @@
+"""The methods qsmprep offers, each declared once: name, description, references, resources, call.
+
+Everything that names or runs a method reads it from here: the command-line choices
+(:mod:`qsmprep.config`), the Nipype interfaces, ``qsmprep invert``, the dry run, the sidecars,
+the report's methods text and the benchmarks.  Pure: no Nipype, no configuration, no file I/O;
+numpy/torch in and out (torch only for the methods that use it, imported when they run).
+
+* :data:`INVERSIONS` -- dipole inversions; :func:`invert` runs one and returns chi with its
+  sidecar record (one vocabulary for the app and ``qsmprep invert``).
+* :data:`BACKGROUND_REMOVALS`, :data:`UNWRAPPINGS` -- the other steps with a choice.
+* :data:`CITATIONS` -- references by key, used by the methods text.
+
+Adding an inversion method: write its function (local field in ppm -> chi in ppm) and add ONE
+:class:`Inversion` entry to :data:`INVERSIONS` (CONTRIBUTING.md shows a worked example).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A reference: ``text`` in the usual author-year-journal form and its DOI."""
+
+    text: str
+    doi: str
+
+
+#: References by key (the methods text and ``CITATION.md`` cite these).
+CITATIONS: dict[str, Citation] = {
+    "nsidl": Citation("Guo H, Zhang Z, et al. Nonlinear susceptibility inversion deep learning (NSIDL) for "
+                      "quantitative susceptibility mapping. Quant Imaging Med Surg. 2026.", "10.21037/qims-2025-1851"),
+    "lpcnn": Citation("Lai KW, Aggarwal M, van Zijl P, Li X, Sulam J. Learned proximal networks for quantitative "
+                      "susceptibility mapping. MICCAI 2020, LNCS 12262:125-135.", "10.1007/978-3-030-59713-9_13"),
+    "ndi": Citation("Polak D, Chatnuntawech I, Yoon J, et al. Nonlinear dipole inversion (NDI) enables robust "
+                    "quantitative susceptibility mapping (QSM). NMR Biomed. 2020;33:e4271.", "10.1002/nbm.4271"),
+    "tkd": Citation("Shmueli K, de Zwart JA, van Gelderen P, Li TQ, Dodd SJ, Duyn JH. Magnetic susceptibility mapping "
+                    "of brain tissue in vivo using MRI phase data. Magn Reson Med. 2009;62:1510-1522.",
+                    "10.1002/mrm.22135"),
+    "cgl2": Citation("Bilgic B, Chatnuntawech I, Fan AP, et al. Fast image reconstruction with L2-regularization. "
+                     "J Magn Reson Imaging. 2014;40:181-191.", "10.1002/jmri.24365"),
+    "ismv": Citation("Wen Y, Zhou D, Liu T, Spincemaille P, Wang Y. An iterative spherical mean value method for "
+                     "background field removal in MRI. Magn Reson Med. 2014;72:1065-1071.", "10.1002/mrm.24816"),
+    "vsharp": Citation("Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain reflects spatial "
+                       "variation in tissue composition. NeuroImage. 2011;55:1645-1656.",
+                       "10.1016/j.neuroimage.2010.11.088"),
+    "romeo": Citation("Dymerska B, Eckstein K, Bachrata B, et al. Phase unwrapping with a rapid opensource minimum "
+                      "spanning tree algorithm (ROMEO). Magn Reson Med. 2021;85:2294-2308.", "10.1002/mrm.28563"),
+    "laplacian": Citation("Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric applications. "
+                          "Opt Lett. 2003;28:1194-1196.", "10.1364/OL.28.001194"),
+    "otsu": Citation("Otsu N. A threshold selection method from gray-level histograms. IEEE Trans Syst Man Cybern. "
+                     "1979;9:62-66.", "10.1109/TSMC.1979.4310076"),
+    "ants": Citation("Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible evaluation of ANTs "
+                     "similarity metric performance in brain image registration. NeuroImage. 2011;54:2033-2044.",
+                     "10.1016/j.neuroimage.2010.09.025"),
+    "mni152": Citation("Fonov V, Evans AC, Botteron K, Almli CR, McKinstry RC, Collins DL. Unbiased average "
+                       "age-appropriate atlases for pediatric studies. NeuroImage. 2011;54:313-327.",
+                       "10.1016/j.neuroimage.2010.07.033"),
+    "aal3": Citation("Rolls ET, Huang CC, Lin CP, Feng J, Joliot M. Automated anatomical labelling atlas 3. "
+                     "NeuroImage. 2020;206:116189.", "10.1016/j.neuroimage.2019.116189"),
+    "nipype": Citation("Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and extensible "
+                       "neuroimaging data processing framework in Python. Front Neuroinform. 2011;5:13.",
+                       "10.3389/fninf.2011.00013"),
+    "pybids": Citation("Yarkoni T, Markiewicz CJ, de la Vega A, et al. PyBIDS: Python tools for BIDS datasets. "
+                       "J Open Source Softw. 2019;4(40):1294.", "10.21105/joss.01294"),
+    "echofit": Citation("Robinson SD, Bredies K, Khabipova D, Dymerska B, Marques JP, Schweser F. An illustrated "
+                        "comparison of processing methods for MR phase imaging and QSM: combining array coil signals "
+                        "and phase unwrapping. NMR Biomed. 2017;30:e3601.", "10.1002/nbm.3601"),
+    "numpy": Citation("Harris CR, Millman KJ, van der Walt SJ, et al. Array programming with NumPy. Nature. "
+                      "2020;585:357-362.", "10.1038/s41586-020-2649-2"),
+    "scipy": Citation("Virtanen P, Gommers R, Oliphant TE, et al. SciPy 1.0: fundamental algorithms for scientific "
+                      "computing in Python. Nat Methods. 2020;17:261-272.", "10.1038/s41592-019-0686-2"),
+    "pytorch": Citation("Paszke A, Gross S, Massa F, et al. PyTorch: an imperative style, high-performance deep "
+                        "learning library. Adv Neural Inf Process Syst. 2019;32:8024-8035.",
+                        "10.48550/arXiv.1912.01703"),
+}
+
+
+# --------------------------------------------------------------------------- steps with a choice
+
+
+@dataclass(frozen=True)
+class Step:
+    """One method of a processing step: its command-line name, words and references."""
+
+    name: str
+    description: str
+    citations: tuple[str, ...] = ()
+
+
+#: Background-field removal (``qsmprep.qsm.background.remove_background(method=name)``).
+BACKGROUND_REMOVALS: dict[str, Step] = {
+    "ismv": Step("ismv", "iSMV (iterative spherical mean value, radius 2 x the largest voxel edge, CG-solved)",
+                 ("ismv",)),
+    "vsharp": Step("vsharp", "V-SHARP (radii 12 mm down to the voxel size, TSVD threshold 0.05, one rim refinement)",
+                   ("vsharp",)),
+}
+#: Phase unwrapping (``qsmprep.qsm.unwrap.unwrap_echoes(method=name)``).
+UNWRAPPINGS: dict[str, Step] = {
+    "romeo": Step("romeo", "ROMEO-style quality-guided region growing (magnitude and phase coherence), "
+                           "temporal unwrapping of later echoes", ("romeo",)),
+    "laplacian": Step("laplacian", "Laplacian (FFT) unwrapping, each echo demeaned before the echo fit",
+                      ("laplacian",)),
+}
+
+
+# --------------------------------------------------------------------------- inversions
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """A dipole inversion: local field (ppm) -> chi (ppm).
+
+    ``run(local_ppm, mask, voxel_size, b0_dir, *, weight, b0_t, te_s, device, **options)`` returns
+    ``(chi, record)``: chi in ppm (any float array; masked by :func:`invert`) and the method's own
+    sidecar fields.  ``uses_torch``: the method runs on a torch device (a GPU when one is used).
+    ``mem_volumes``: float32 volumes of the run's grid the step holds at its peak (the node's
+    ``mem_gb``).  ``needs_phase_scale``: the method needs B0 (T) and a reference TE (s).
+    """
+
+    name: str
+    title: str
+    description: str
+    run: Callable[..., tuple[np.ndarray, dict]]
+    citations: tuple[str, ...] = ()
+    uses_torch: bool = False
+    mem_volumes: int = 60
+    needs_phase_scale: bool = False
+    options: dict = field(default_factory=dict)
+
+
+def _run_classical(name: str):
+    def run(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=None, te_s=None, device="cpu"):
+        from qsmprep.qsm import inversion
+
+        chi = inversion.METHODS[name](local_ppm, mask, voxel_size, b0_dir, **({} if name == "tkd" else {"weight": weight}))
+        record = {}
+        if name == "ndi":
+            # NDI keeps its tuned phase scale (inversion.NDI_DEFAULT_RAD_PER_PPM), not the physical one
+            record["PhaseScaleRadPerPpm"] = inversion.NDI_DEFAULT_RAD_PER_PPM
+        return chi, record
+
+    return run
+
+
+def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
+               nsidl_data_fit: str = "robust", weights_path: str | None = None):
+    from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
+    from qsmprep.dl.weights import weights_info
+    from qsmprep.qsm.constants import rad_per_ppm
+
+    info = weights_info(weights_path)
+    fit = data_fit_settings(nsidl_data_fit, local_ppm, mask)
+    chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
+                       weights_path=weights_path, data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
+    import torch
+
+    record = {
+        "WeightsName": info["name"],
+        "WeightsSHA256": info["sha256"],
+        "DataFit": data_fit_record(fit),
+        "KSpaceDataConsistency": {"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
+        "PhaseScaleRadPerPpm": rad_per_ppm(b0_t, te_s),
+        "TorchVersion": torch.__version__,
+    }
+    return chi, record
+
+
+#: Dipole inversions by command-line name (the default first).
+INVERSIONS: dict[str, Inversion] = {
+    "nsidl": Inversion(
+        "nsidl", "NSIDL",
+        "NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
+        _run_nsidl, citations=("nsidl", "lpcnn", "ndi"), uses_torch=True, mem_volumes=260, needs_phase_scale=True,
+        options={"nsidl_data_fit": ("robust", "strong")},
+    ),
+    "tkd": Inversion("tkd", "TKD", "TKD (truncated k-space division)", _run_classical("tkd"), citations=("tkd",)),
+    "cgl2": Inversion("cgl2", "CG-L2", "CG-L2 (weighted Tikhonov, conjugate gradient)", _run_classical("cgl2"),
+                      citations=("cgl2",)),
+    "ndi": Inversion("ndi", "NDI", "NDI (nonlinear dipole inversion, gradient descent)", _run_classical("ndi"),
+                     citations=("ndi",)),
+}
+DEFAULT_INVERSION = "nsidl"
+
+
+def reference_echo_time(echo_times_s: Sequence[float]) -> float:
+    """Reference TE (s) of the nonlinear data term for these echoes: their mean (rounded to 1 ns).
+
+    >>> reference_echo_time([0.01, 0.02, 0.03])
+    0.02
+    """
+    tes = [float(t) for t in echo_times_s]
+    return round(sum(tes) / len(tes), 9)
+
+
+def get_inversion(name: str) -> Inversion:
+    """The :class:`Inversion` called ``name``; ValueError naming the choices otherwise."""
+    try:
+        return INVERSIONS[str(name)]
+    except KeyError:
+        raise ValueError(f"Unknown inversion {name!r}; choose one of {', '.join(INVERSIONS)}.") from None
+
+
+def invert(
+    method: str,
+    local_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    *,
+    weight: np.ndarray | None = None,
+    b0_t: float | None = None,
+    te_s: float | None = None,
+    device: str = "cpu",
+    **options,
+) -> tuple[np.ndarray, dict]:
+    """Run the inversion ``method``; returns ``(chi, record)``.
+
+    Parameters
+    ----------
+    local_ppm : 3-D local field in ppm.  mask : 3-D mask where it is valid (bool or 0/1).
+    voxel_size : mm.  b0_dir : unit B0 vector in array axes.
+    weight : data weight (magnitude or fit weight; any scale) or None.
+    b0_t, te_s : field strength (T) and reference echo time (s); required by the methods with
+        ``needs_phase_scale``.
+    device : ``auto``, ``cpu`` or ``cuda`` for torch methods (resolved by
+        :func:`qsmprep.utils.gpu.resolve_device`); classical methods always run on the CPU.
+    options : method options (e.g. ``nsidl_data_fit``, ``weights_path`` for NSIDL).
+
+    Returns chi in ppm (float32, zero outside the mask, not referenced) and the sidecar record:
+    ``InversionMethod``, ``EstimationAlgorithm``, ``EstimationSoftwareName`` / ``Version``,
+    ``Device``, ``B0Direction``, ``MagneticFieldStrength`` and ``ReferenceEchoTime`` when known, and
+    the method's own fields (e.g. ``WeightsSHA256``, ``DataFit``, ``PhaseScaleRadPerPpm``).
+    """
+    from qsmprep import __version__
+    from qsmprep.utils.gpu import resolve_device
+
+    inv = get_inversion(method)
+    if inv.needs_phase_scale and (b0_t is None or te_s is None):
+        raise ValueError(f"The {inv.title} inversion needs the field strength (b0_t, T) and a reference echo time (te_s, s).")
+    dev = resolve_device(device) if inv.uses_torch else "cpu"
+    m = np.asarray(mask) > 0
+    kwargs = dict(weight=weight, b0_t=b0_t, te_s=te_s, device=dev)
+    chi, own = inv.run(np.asarray(local_ppm, dtype=np.float32), m, tuple(float(v) for v in voxel_size),
+                       tuple(float(v) for v in b0_dir), **kwargs, **options)
+    record = {
+        "InversionMethod": inv.name,
+        "EstimationAlgorithm": inv.description,
+        "EstimationSoftwareName": "qsmprep",
+        "EstimationSoftwareVersion": __version__,
+        "Device": dev,
+        "B0Direction": [float(v) for v in b0_dir],
+    }
+    if b0_t is not None:
+        record["MagneticFieldStrength"] = float(b0_t)
+    if te_s is not None:
+        record["ReferenceEchoTime"] = float(te_s)
+    record.update(own)
+    return np.where(m, np.asarray(chi, dtype=np.float32), np.float32(0.0)).astype(np.float32), record
