@@ -73,7 +73,7 @@ def test_build_model_and_param_count():
 
 
 def test_one_step_of_training_reduces_loss():
-    from qsmprep.dl.train import loss_terms
+    from qsmprep.dl.metrics import loss_terms
 
     torch.manual_seed(0)
     chi, f, m, w, k, padded, s = _sphere_case((16, 16, 16))

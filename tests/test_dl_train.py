@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from qsmprep.dl import train
+from qsmprep.dl import metrics, train, train_cli, validation
 
 
 @pytest.fixture
@@ -22,10 +22,10 @@ def tiny_cfg(tmp_path):
 
 def test_train_resume_and_export(tiny_cfg, tmp_path):
     out = tmp_path / "run"
-    assert train.main(["--config", str(tiny_cfg), "--out", str(out)]) == 0
+    assert train_cli.main(["--config", str(tiny_cfg), "--out", str(out)]) == 0
     s1 = json.loads((out / "summary.json").read_text())
     assert s1["steps"] == 2 and len(s1["sha256"]) == 64
-    assert train.main(["--config", str(tiny_cfg), "--out", str(out), "--resume", "--max-steps", "3"]) == 0
+    assert train_cli.main(["--config", str(tiny_cfg), "--out", str(out), "--resume", "--max-steps", "3"]) == 0
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["steps"] == 3
     recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -54,9 +54,9 @@ def test_nrmse_and_loss_known_values():
     mask = torch.ones(1, 1, 4, 4, 4)
     t = torch.zeros(1, 1, 4, 4, 4)
     t[..., :2] = 1.0
-    assert train.nrmse_demeaned(t + 3.0, t, mask) == pytest.approx(0.0, abs=1e-5)  # offset-invariant
-    assert train.nrmse_demeaned(2 * t, t, mask) == pytest.approx(100.0, rel=1e-5)
-    loss, parts = train.loss_terms([t + 0.5], t, mask, grad_weight=0.0, deep_weight=0.0)
+    assert metrics.nrmse_demeaned(t + 3.0, t, mask) == pytest.approx(0.0, abs=1e-5)  # offset-invariant
+    assert metrics.nrmse_demeaned(2 * t, t, mask) == pytest.approx(100.0, rel=1e-5)
+    loss, parts = metrics.loss_terms([t + 0.5], t, mask, grad_weight=0.0, deep_weight=0.0)
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -78,17 +78,17 @@ def test_xsim_matches_qsm_ci():
 
     ref = qe.xsim(dm(recon), dm(truth), mask)
     t = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None, None]  # noqa: E731
-    got = float(train.xsim_t(t(recon), t(truth), t(mask))[0])
+    got = float(metrics.xsim_t(t(recon), t(truth), t(mask))[0])
     assert got == pytest.approx(ref, abs=1e-4)
     assert 0.3 < ref < 0.99  # a case that discriminates
-    assert float(train.xsim_t(t(truth), t(truth), t(mask))[0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(metrics.xsim_t(t(truth), t(truth), t(mask))[0]) == pytest.approx(1.0, abs=1e-5)
     # as a loss term: zero for a perfect prediction, positive for the blurred one, and differentiable
     p = t(recon).requires_grad_(True)
-    loss, parts = train.loss_terms([p], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
+    loss, parts = metrics.loss_terms([p], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
     assert parts["xsim"] == pytest.approx(ref, abs=1e-4)
     loss.backward()
     assert torch.isfinite(p.grad).all() and float(p.grad.abs().sum()) > 0
-    perfect, _ = train.loss_terms([t(truth)], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
+    perfect, _ = metrics.loss_terms([t(truth)], t(truth), t(mask), grad_weight=0.0, deep_weight=0.0, xsim_weight=1.0)
     assert float(perfect) == pytest.approx(0.0, abs=1e-5)
 
 
@@ -116,7 +116,7 @@ def test_ema_and_best_state_export(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    assert train.main(["--config", str(p), "--out", str(out)]) == 0
+    assert train_cli.main(["--config", str(p), "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     vals = {r["step"]: r for r in recs if r["event"] == "val"}
@@ -136,13 +136,13 @@ def test_presets_train_and_validate_as_inference_runs(tmp_path):
     from qsmprep.dl.model import NSIDL
     from qsmprep.qsm.dipole import forward_field
 
-    presets = train.check_presets([{"name": "strong", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "p": 3},
+    presets = validation.check_presets([{"name": "strong", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "p": 3},
                                    {"name": "robust", "n_pre": 2, "dc_threshold": 0.2, "p": 1}])
     assert [p["p"] for p in presets] == [0.75, 0.25] and presets[1]["pre_solver"] == "nesterov"
     with pytest.raises(ValueError, match=r"presets\[0\]"):
-        train.check_presets([{"pre_solvr": "cg"}])
+        validation.check_presets([{"pre_solvr": "cg"}])
     with pytest.raises(ValueError, match="pre_solver"):
-        train.check_presets([{"pre_solver": "lsqr"}])
+        validation.check_presets([{"pre_solver": "lsqr"}])
     draws = [train._draw_preset(presets, 7, k)["name"] for k in range(400)]
     assert draws == [train._draw_preset(presets, 7, k)["name"] for k in range(400)]  # pure function of (seed, step)
     assert 0.65 < draws.count("strong") / 400 < 0.85
@@ -160,16 +160,16 @@ def test_presets_train_and_validate_as_inference_runs(tmp_path):
     model = NSIDL(n_iter=2, widths=(4, 8, 8))
     args = (t(field), t(mask), t(mask), torch.tensor([16.0]), kern, padded)
     with torch.no_grad():
-        assert torch.equal(train.run_preset(model, *args, None), model(*args))
-        got = train.run_preset(model, *args, presets[0], return_all=True)
+        assert torch.equal(validation.run_preset(model, *args, None), model(*args))
+        got = validation.run_preset(model, *args, presets[0], return_all=True)
         raw = model(*args, return_all=True, n_pre=3, pre_solver="cg")
         want = physics.kspace_consistency_t(raw[-1], t(field), kern, padded, 0.1, DC_WIDTH) * t(mask)
     assert len(got) == 2 and torch.equal(got[0], raw[0]) and torch.allclose(got[-1], want, atol=1e-6)
     assert not torch.allclose(got[-1], raw[-1], atol=1e-4)  # the k-space step changed the estimate
-    ext = train.check_presets([{"name": "strong-ext", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "dc_extrapolate": True}])[0]
+    ext = validation.check_presets([{"name": "strong-ext", "pre_solver": "cg", "n_pre": 3, "dc_threshold": 0.1, "dc_extrapolate": True}])[0]
     assert presets[0]["dc_extrapolate"] is False and ext["dc_extrapolate"] is True
     with torch.no_grad():
-        got_ext = train.run_preset(model, *args, ext)
+        got_ext = validation.run_preset(model, *args, ext)
         chi_c, fe, _, _ = physics.extrapolate_field_t(raw[-1] * t(mask), t(field), t(mask), kern, padded, t(mask))
         want_ext = physics.kspace_consistency_t(chi_c, fe, kern, padded, 0.1, DC_WIDTH) * t(mask)
     assert torch.allclose(got_ext, want_ext, atol=1e-6) and not torch.allclose(got_ext, got[-1], atol=1e-4)
@@ -185,7 +185,7 @@ def test_presets_train_and_validate_as_inference_runs(tmp_path):
                        {"name": "robust", "n_pre": 2, "dc_threshold": 0.2}]}
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    assert train.main(["--config", str(p), "--out", str(tmp_path / "run")]) == 0
+    assert train_cli.main(["--config", str(p), "--out", str(tmp_path / "run")]) == 0
     recs = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     v0 = next(r for r in recs if r["event"] == "val")
     assert v0["val_score"] == pytest.approx((v0["strong_val_score"] + v0["robust_val_score"]) / 2)

@@ -105,7 +105,6 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     from tqdm import tqdm
 
     from qsmprep.dl.model import build_model, n_parameters
-    from qsmprep.dl.synthetic import SynthConfig, make_batch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,18 +112,89 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     torch.manual_seed(int(cfg["seed"]))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = False
-    data_cfg = dict(cfg["data"])
+    bs, scfg = _synth_config(cfg["data"])
+    model = build_model(cfg["model"]).to(dev)
+    oc = cfg["optim"]
+    opt = torch.optim.AdamW(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
+    ckpt_path = out / "ckpt.pt"
+    step, elapsed0, ema = _start_state(model, opt, cfg, ckpt_path, dev, resume)
+    heads = load_val_heads(cfg["val"].get("dir"), dev, int(cfg["val"].get("max_heads", 4)))
+    presets = check_presets(cfg.get("presets"))
+    max_steps = int(cfg["budget"]["max_steps"])
+    max_s = float(cfg["budget"]["max_minutes"]) * 60.0
+    log = _JsonLog(out / "train_log.jsonl")
+    log({"event": "start", "step": step, "device": str(dev), "params": n_parameters(model), "config": cfg,
+         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None})
+    best = _Best()
+    if heads and step == 0:
+        v = validate(model, heads, baseline=True, presets=presets)
+        log({"event": "val", "step": 0, **v})
+        best.consider(v, 0, model)
+        LOG.info("step 0 (start) val NRMSE %.1f %% XSIM %.3f (TKD %.1f %%)", v["val_nrmse"], v["val_xsim"], v["val_nrmse_tkd"])
+    amp = torch.bfloat16 if cfg.get("amp_bf16") else None
+    t0 = time.time()
+    pbar = tqdm(total=max_steps, initial=step, desc="NSIDL", mininterval=5, disable=None)
+    stats = []
+    model.train()
+    while step < max_steps:
+        el = elapsed0 + time.time() - t0
+        if el >= max_s:
+            break
+        lr = _cosine_lr(oc, step, max_steps, el, max_s)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        done = _train_step(model, opt, ema, cfg, scfg, bs, dev, presets, amp, step)
+        if done is None:
+            log({"event": "nonfinite", "step": step})
+            step += 1
+            continue
+        loss, parts, gn = done
+        step += 1
+        pbar.update(1)
+        stats.append((loss, gn))
+        if step % int(cfg["log_every"]) == 0:
+            ml = sum(s[0] for s in stats) / len(stats)
+            mg = sum(s[1] for s in stats) / len(stats)
+            stats = []
+            log({"event": "train", "step": step, "loss": ml, "grad_norm": mg, "lr": lr, "elapsed_s": elapsed0 + time.time() - t0,
+                 "a_k": [round(float(a), 4) for a in model.step_sizes().detach()], **parts})
+            pbar.set_postfix(loss=f"{ml:.3f}")
+        if heads and step % int(cfg["val"]["every"]) == 0:
+            v = _validate_averaged(model, ema, heads, presets, best, step)
+            log({"event": "val", "step": step, "elapsed_s": elapsed0 + time.time() - t0, "ema": ema is not None, **v})
+            LOG.info("step %d val NRMSE %.2f %% XSIM %.3f", step, v["val_nrmse"], v["val_xsim"])
+        if step % int(cfg["ckpt_every"]) == 0:
+            _save_ckpt(model, opt, step, elapsed0 + time.time() - t0, cfg, ckpt_path, ema)
+    pbar.close()
+    elapsed = elapsed0 + time.time() - t0
+    _save_ckpt(model, opt, step, elapsed, cfg, ckpt_path, ema)
+    if ema is not None:
+        ema.swap(model)  # export / final validation use the average
+    final = _final_validation(model, heads, presets, best, step, log, elapsed, ema is not None)
+    summary = _export_run(model, out, cfg, dev, step, elapsed, bs, final, best.step if heads else step)
+    log({"event": "end", **summary})
+    log.close()
+    return summary
+
+
+def _synth_config(data: dict):
+    """(batch size, :class:`qsmprep.dl.synthetic.SynthConfig`) of the config's ``data`` section."""
+    from qsmprep.dl.synthetic import SynthConfig
+
+    data_cfg = dict(data)
     bs = int(data_cfg.pop("batch_size", 2))
     valid = {f.name for f in dataclasses.fields(SynthConfig)}
     unknown = set(data_cfg) - valid
     if unknown:
         raise ValueError(f"Unknown data keys {sorted(unknown)} in the training config; valid keys are {sorted(valid)}.")
-    scfg = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_cfg.items()})
-    model = build_model(cfg["model"]).to(dev)
-    oc = cfg["optim"]
-    opt = torch.optim.AdamW(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
+    return bs, SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_cfg.items()})
+
+
+def _start_state(model, opt, cfg: dict, ckpt_path: Path, dev, resume: bool):
+    """Warm start (``init_weights``) or resume from ``ckpt_path``; returns (step, elapsed s, EMA or None)."""
+    import torch
+
     step, elapsed0 = 0, 0.0
-    ckpt_path = out / "ckpt.pt"
     if cfg.get("init_weights") and not resume:
         blob = torch.load(cfg["init_weights"], map_location=dev, weights_only=True)
         sd = blob.get("state_dict", blob.get("model", blob))
@@ -141,109 +211,110 @@ def train(cfg: dict, out_dir, resume: bool = False) -> dict:
     ema = _Ema(model, float(cfg.get("ema_decay") or 0.0)) if cfg.get("ema_decay") else None
     if resume and ema is not None and "ema" in ck:
         ema.shadow = {k: v.to(dev) for k, v in ck["ema"].items()}
-    heads = load_val_heads(cfg["val"].get("dir"), dev, int(cfg["val"].get("max_heads", 4)))
-    presets = check_presets(cfg.get("presets"))
-    max_steps = int(cfg["budget"]["max_steps"])
-    max_s = float(cfg["budget"]["max_minutes"]) * 60.0
-    logf = open(out / "train_log.jsonl", "a")
+    return step, elapsed0, ema
 
-    def log(rec):
-        logf.write(json.dumps(rec) + "\n")
-        logf.flush()
 
-    log({"event": "start", "step": step, "device": str(dev), "params": n_parameters(model), "config": cfg,
-         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None})
-    best = {"score": -math.inf, "step": None, "state": None, "val": {}}
+def _cosine_lr(oc: dict, step: int, max_steps: int, elapsed: float, max_s: float) -> float:
+    """Cosine schedule from ``lr`` to ``lr_min`` over the larger of the step and time fractions, after
+    a linear warm-up over ``warmup`` steps."""
+    frac = min(1.0, max(step / max_steps, elapsed / max_s))
+    lr = float(oc["lr_min"]) + 0.5 * (float(oc["lr"]) - float(oc["lr_min"])) * (1 + math.cos(math.pi * frac))
+    return lr * min(1.0, (step + 1) / max(1, int(oc["warmup"])))
 
-    def consider(v, at):
-        """Keep the validated weights with the best val_score (EMA weights when EMA is on)."""
-        if v and v["val_score"] > best["score"]:
-            best.update(score=v["val_score"], step=at, val=v,
-                        state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
 
-    if heads and step == 0:
-        v = validate(model, heads, baseline=True, presets=presets)
-        log({"event": "val", "step": 0, **v})
-        consider(v, 0)
-        LOG.info("step 0 (start) val NRMSE %.1f %% XSIM %.3f (TKD %.1f %%)", v["val_nrmse"], v["val_xsim"], v["val_nrmse_tkd"])
-    amp = torch.bfloat16 if cfg.get("amp_bf16") else None
-    t0 = time.time()
-    pbar = tqdm(total=max_steps, initial=step, desc="NSIDL", mininterval=5, disable=None)
-    stats = []
-    model.train()
-    while step < max_steps:
-        el = elapsed0 + time.time() - t0
-        if el >= max_s:
-            break
-        frac = min(1.0, max(step / max_steps, el / max_s))
-        lr = float(oc["lr_min"]) + 0.5 * (float(oc["lr"]) - float(oc["lr_min"])) * (1 + math.cos(math.pi * frac))
-        lr *= min(1.0, (step + 1) / max(1, int(oc["warmup"])))
-        for gr in opt.param_groups:
-            gr["lr"] = lr
-        b = make_batch(int(cfg["seed"]) * 7_919 + step, bs, dev, scfg)
-        preset = _draw_preset(presets, int(cfg["seed"]), step)
-        preds = run_preset(model, b["field"], b["mask"], b["weight"], b["s"], b["kernel"], b["padded"], preset,
-                           return_all=True, cnn_dtype=amp)
-        lc = cfg["loss"]
-        loss, parts = loss_terms(preds, b["chi"], b["mask"], float(lc["grad_weight"]), float(lc["deep_weight"]),
-                                 float(lc.get("xsim_weight", 0.0)))
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            log({"event": "nonfinite", "step": step})
-            step += 1
-            continue
-        loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(oc["clip"])))
-        opt.step()
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        pbar.update(1)
-        stats.append((float(loss.detach()), gn))
-        if step % int(cfg["log_every"]) == 0:
-            ml = sum(s[0] for s in stats) / len(stats)
-            mg = sum(s[1] for s in stats) / len(stats)
-            stats = []
-            log({"event": "train", "step": step, "loss": ml, "grad_norm": mg, "lr": lr, "elapsed_s": elapsed0 + time.time() - t0,
-                 "a_k": [round(float(a), 4) for a in model.step_sizes().detach()], **parts})
-            pbar.set_postfix(loss=f"{ml:.3f}")
-        if heads and step % int(cfg["val"]["every"]) == 0:
-            if ema is not None:
-                ema.swap(model)
-            v = validate(model, heads, presets=presets)
-            consider(v, step)
-            if ema is not None:
-                ema.swap(model)
-            log({"event": "val", "step": step, "elapsed_s": elapsed0 + time.time() - t0, "ema": ema is not None, **v})
-            LOG.info("step %d val NRMSE %.2f %% XSIM %.3f", step, v["val_nrmse"], v["val_xsim"])
-        if step % int(cfg["ckpt_every"]) == 0:
-            _save_ckpt(model, opt, step, elapsed0 + time.time() - t0, cfg, ckpt_path, ema)
-    pbar.close()
-    elapsed = elapsed0 + time.time() - t0
-    _save_ckpt(model, opt, step, elapsed, cfg, ckpt_path, ema)
+def _train_step(model, opt, ema, cfg: dict, scfg, bs: int, dev, presets, amp, step: int):
+    """One optimiser step on the batch of ``step``; returns (loss, loss parts, gradient norm), or None
+    (and no update) when the loss is not finite."""
+    import torch
+
+    from qsmprep.dl.synthetic import make_batch
+
+    b = make_batch(int(cfg["seed"]) * 7_919 + step, bs, dev, scfg)
+    preset = _draw_preset(presets, int(cfg["seed"]), step)
+    preds = run_preset(model, b["field"], b["mask"], b["weight"], b["s"], b["kernel"], b["padded"], preset,
+                       return_all=True, cnn_dtype=amp)
+    lc = cfg["loss"]
+    loss, parts = loss_terms(preds, b["chi"], b["mask"], float(lc["grad_weight"]), float(lc["deep_weight"]),
+                             float(lc.get("xsim_weight", 0.0)))
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["optim"]["clip"])))
+    opt.step()
     if ema is not None:
-        ema.swap(model)  # export / final validation use the average
+        ema.update(model)
+    return float(loss.detach()), parts, gn
+
+
+def _validate_averaged(model, ema, heads, presets, best, step: int) -> dict:
+    """:func:`validate` with the EMA weights (when EMA is on), offered to ``best``."""
+    if ema is not None:
+        ema.swap(model)
+    v = validate(model, heads, presets=presets)
+    best.consider(v, step, model)
+    if ema is not None:
+        ema.swap(model)
+    return v
+
+
+def _final_validation(model, heads, presets, best, step: int, log, elapsed: float, ema_on: bool) -> dict:
+    """Validate the final weights; when an earlier validated state scored better, load it into
+    ``model`` and return its scores (empty dict without validation heads)."""
     final = validate(model, heads, baseline=True, presets=presets) if heads else {}
     if final:
-        log({"event": "val", "step": step, "elapsed_s": elapsed, "ema": ema is not None, **final})
-        consider(final, step)
-        if best["step"] != step:
-            model.load_state_dict(best["state"])
-            final = dict(best["val"])
-            LOG.info("exporting the best validated state (step %s, val_score %.4f)", best["step"], best["score"])
+        log({"event": "val", "step": step, "elapsed_s": elapsed, "ema": ema_on, **final})
+        best.consider(final, step, model)
+        if best.step != step:
+            model.load_state_dict(best.state)
+            final = dict(best.val)
+            LOG.info("exporting the best validated state (step %s, val_score %.4f)", best.step, best.score)
+    return final
+
+
+def _export_run(model, out: Path, cfg: dict, dev, step: int, elapsed: float, bs: int, final: dict, best_step) -> dict:
+    """Export ``model`` to ``out/nsidl.pt`` with its metadata and write ``out/summary.json``; returns the summary."""
+    import torch
+
+    from qsmprep.dl.model import n_parameters
+
     meta = {"steps": step, "train_seconds": round(elapsed, 1), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
             "torch": str(torch.__version__), "seed": int(cfg["seed"]), "batch_size": bs,
             "val_nrmse": final.get("val_nrmse"), "val_xsim": final.get("val_xsim"),
-            "val_nrmse_tkd": final.get("val_nrmse_tkd"), "best_step": best["step"] if heads else step,
+            "val_nrmse_tkd": final.get("val_nrmse_tkd"), "best_step": best_step,
             "ema_decay": float(cfg.get("ema_decay") or 0.0),
             "a_k": [float(a) for a in model.step_sizes().detach()]}
     sha = export_weights(model, out / "nsidl.pt", meta)
     summary = {**meta, "weights": str(out / "nsidl.pt"), "sha256": sha, "params": n_parameters(model), "final_val": final}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log({"event": "end", **summary})
-    logf.close()
     return summary
+
+
+class _JsonLog:
+    """Append-only JSON-lines log, flushed after every record."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "a")
+
+    def __call__(self, rec: dict) -> None:
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Best:
+    """The validated weights with the best ``val_score`` (EMA weights when EMA is on)."""
+
+    def __init__(self):
+        self.score, self.step, self.state, self.val = -math.inf, None, None, {}
+
+    def consider(self, v: dict, at: int, model) -> None:
+        if v and v["val_score"] > self.score:
+            state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+            self.score, self.step, self.val, self.state = v["val_score"], at, v, state
 
 
 def _draw_preset(presets, seed: int, step: int):
@@ -297,7 +368,13 @@ def _save_ckpt(model, opt, step, elapsed, cfg, path, ema=None):
     os.replace(tmp, path)
 
 
-if __name__ == "__main__":  # python -m qsmprep.dl.train
-    from qsmprep.dl.train_cli import main
+def main(argv=None) -> int:
+    """:func:`qsmprep.dl.train_cli.main` (kept here for ``python -m qsmprep.dl.train`` and for
+    ``qsmprep-train`` scripts installed before the command line moved)."""
+    from qsmprep.dl.train_cli import main as _main
 
+    return _main(argv)
+
+
+if __name__ == "__main__":
     sys.exit(main())
