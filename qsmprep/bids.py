@@ -710,7 +710,35 @@ def _build_run(layout, key, files) -> QsmRun:
     )
 
 
-def collect_runs(bids_dir, participant_label=None, session_label=None, layout=None) -> list[QsmRun]:
+#: Queries of a ``--bids-filter-file`` (fMRIPrep's format: query name -> pybids entity filters).
+FILTER_QUERIES = {"megre": "MEGRE", "t2starw": "T2starw", "t1w": "T1w"}
+
+
+def _matches(entities: dict, filters: dict | None) -> bool:
+    """Whether a file's pybids ``entities`` pass ``filters`` (entity -> value, list of values, or None = absent)."""
+    for key, want in (filters or {}).items():
+        have = entities.get(key)
+        if want is None:
+            if have is not None:
+                return False
+            continue
+        wants = want if isinstance(want, (list, tuple)) else [want]
+        if have is None or str(have) not in {str(w) for w in wants}:
+            return False
+    return True
+
+
+def check_filters(bids_filters: dict | None) -> dict:
+    """The ``--bids-filter-file`` queries, checked: unknown query names raise :class:`InputError`."""
+    filters = dict(bids_filters or {})
+    unknown = sorted(set(filters) - set(FILTER_QUERIES))
+    if unknown:
+        raise InputError(f"The BIDS filter file names the unknown quer{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(unknown)}; use {', '.join(FILTER_QUERIES)} in --bids-filter-file.")
+    return filters
+
+
+def collect_runs(bids_dir, participant_label=None, session_label=None, layout=None, bids_filters=None) -> list[QsmRun]:
     """Find and check every GRE run to process.
 
     Parameters
@@ -721,6 +749,9 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
         Labels with or without the ``sub-``/``ses-`` prefix; default all.
     layout : bids.BIDSLayout, optional
         A layout already built by :func:`load_layout`.
+    bids_filters : dict, optional
+        ``--bids-filter-file`` queries (``megre``, ``t2starw``, ``t1w``): pybids entity filters that
+        the files of that suffix must pass, e.g. ``{"megre": {"acquisition": "fast"}}``.
 
     Returns
     -------
@@ -732,6 +763,7 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
         One sentence naming the file and the fix, for the first problem found.
     """
     bids_dir = Path(bids_dir)
+    filters = check_filters(bids_filters)
     layout = layout or load_layout(bids_dir)
     participant_label = _strip(participant_label, "sub-")
     session_label = _strip(session_label, "ses-")
@@ -739,6 +771,8 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
     all_files = layout.get(
         suffix=list(SUFFIXES), part=["mag", "phase"], extension=[".nii", ".nii.gz"], datatype="anat",
     )
+    by_suffix = {v: filters.get(k) for k, v in FILTER_QUERIES.items()}
+    all_files = [f for f in all_files if _matches(f.entities, by_suffix.get(f.entities.get("suffix")))]
     subjects = sorted({f.entities["subject"] for f in all_files} | set(layout.get_subjects()))
     if participant_label:
         unknown = [lab for lab in participant_label if lab not in subjects]
@@ -768,14 +802,14 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
         ents = tuple((k, str(f.entities[k])) for k in RUN_ENTITIES if f.entities.get(k) is not None)
         groups.setdefault((ents, f.entities["suffix"]), []).append(f)
     runs = [_build_run(layout, key, groups[key]) for key in sorted(groups)]
-    return [replace(r, t1w=find_t1w(layout, r.subject, r.entities.get("session"))) for r in runs]
+    return [replace(r, t1w=find_t1w(layout, r.subject, r.entities.get("session"), filters.get("t1w"))) for r in runs]
 
 
-def find_t1w(layout, subject: str, session: str | None = None) -> Path | None:
-    """The first ``T1w`` image of ``subject`` in ``session`` (or without sessions), if any."""
+def find_t1w(layout, subject: str, session: str | None = None, filters: dict | None = None) -> Path | None:
+    """The first ``T1w`` image of ``subject`` in ``session`` (or without sessions) passing ``filters``, if any."""
     query = dict(subject=subject, suffix="T1w", datatype="anat", extension=[".nii", ".nii.gz"])
     from bids.layout import Query
 
     query["session"] = session if session else Query.NONE
-    found = sorted(f.path for f in layout.get(**query))
+    found = sorted(f.path for f in layout.get(**query) if _matches(f.entities, filters))
     return Path(found[0]) if found else None

@@ -141,3 +141,29 @@ def test_same_session_t1w_is_collected_for_registration(tmp_path):
     assert runs["sub-01_ses-1"].t1w == t1w
     assert runs["sub-01_ses-2"].t1w is None  # another session's T1w is not used
     assert runs["sub-02"].t1w is None
+
+
+def test_bids_filter_file_picks_acquisitions_and_runs(tmp_path):
+    """--bids-filter-file queries (fMRIPrep's format) select the GRE runs and the T1w; unknown queries are refused."""
+    import shutil
+
+    from qsmprep.bids import InputError
+
+    bids = make_bids(tmp_path / "ds", runs=("1", "2"))
+    make_bids(bids, acq="fast")
+    runs = collect_runs(bids)
+    assert {r.prefix for r in runs} == {"sub-01_run-1", "sub-01_run-2", "sub-01_acq-fast"}
+    assert [r.prefix for r in collect_runs(bids, bids_filters={"megre": {"run": 2}})] == ["sub-01_run-2"]
+    assert [r.prefix for r in collect_runs(bids, bids_filters={"megre": {"acquisition": "fast"}})] == ["sub-01_acq-fast"]
+    # None = the entity must be absent
+    got = collect_runs(bids, bids_filters={"megre": {"acquisition": None, "run": ["1", "2"]}})
+    assert sorted(r.prefix for r in got) == ["sub-01_run-1", "sub-01_run-2"]
+    anat = bids / "sub-01" / "anat"
+    for acq in ("lo", "hi"):
+        shutil.copyfile(anat / "sub-01_run-1_echo-1_part-mag_MEGRE.nii.gz", anat / f"sub-01_acq-{acq}_T1w.nii.gz")
+    runs = collect_runs(bids, bids_filters={"megre": {"run": 1}, "t1w": {"acquisition": "lo"}})
+    assert runs[0].t1w.name == "sub-01_acq-lo_T1w.nii.gz"
+    with pytest.raises(InputError, match="unknown query bold"):
+        collect_runs(bids, bids_filters={"bold": {"run": 1}})
+    with pytest.raises(InputError, match="No multi-echo"):
+        collect_runs(bids, bids_filters={"megre": {"run": 9}})
