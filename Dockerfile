@@ -67,7 +67,7 @@ LABEL org.opencontainers.image.title="qsmprep" \
 
 # procps: ps/free for Nipype's resource checks; tini reaps the Nipype worker processes.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends procps tini \
+ && apt-get install -y --no-install-recommends procps tini graphviz \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /opt/venv /opt/venv

@@ -289,7 +289,8 @@ class Config:
         """Keywords of ``init_single_subject_wf``: every :class:`WorkflowSettings` field, plus the
         resolved resources (device, use_gpu, omp_nthreads) and the seed."""
         return {**asdict(self.workflow), "device": self.nipype.device, "use_gpu": self.nipype.use_gpu,
-                "omp_nthreads": self.nipype.resolved_omp_nthreads(), "seed": self.seeds.master}
+                "omp_nthreads": self.nipype.resolved_omp_nthreads(), "seed": self.seeds.master,
+                "md_only_boilerplate": self.execution.md_only_boilerplate}
 
     # ------------------------------------------------------------------ plugin
     def get_plugin(self) -> dict:

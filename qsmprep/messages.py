@@ -20,6 +20,9 @@ BIDS_NO_DESCRIPTION = (
     "The input dataset {path} has no dataset_description.json; point qsmprep at the root of a BIDS "
     "dataset (the folder that holds dataset_description.json and the sub-* folders)."
 )
+BIDS_INVALID = (
+    "{summary}; fix the dataset (run bids-validator-deno on it for the details) or pass --skip-bids-validation."
+)
 BIDS_EMPTY = (
     "No multi-echo gradient-echo data (anat/*_part-mag_MEGRE or *_part-mag_T2starw images with "
     "matching part-phase images) were found in {path}; check the file names against the BIDS "

@@ -56,11 +56,14 @@ class Output:
         return bids_stem("", self.suffix, **self.entities) + self.extension
 
 
-#: Every per-run derivative qsmprep writes (key -> :class:`Output`).
+#: Every per-run derivative qsmprep writes (key -> :class:`Output`).  The field maps live in ``fmap/``
+#: with the echo-combined magnitude (``_magnitude``), the form the BIDS specification has for field
+#: maps (the official validator accepts it; in ``anat/`` it reports ALL_FILENAME_RULES_HAVE_ISSUES).
 OUTPUTS: dict[str, Output] = {
     "mask": Output("mask", entities={"desc": "brain"}),
-    "total_field": Output("fieldmap", entities={"desc": "total"}),
-    "local_field": Output("fieldmap", entities={"desc": "local"}),
+    "total_field": Output("fieldmap", entities={"desc": "total"}, datatype="fmap"),
+    "local_field": Output("fieldmap", entities={"desc": "local"}, datatype="fmap"),
+    "magnitude": Output("magnitude", datatype="fmap"),
     "chi": Output("Chimap"),
     "dseg": Output("dseg", entities={"desc": "dgm"}),
     "dseg_tsv": Output("dseg", ".tsv", entities={"desc": "dgm"}, sidecar=False),

@@ -498,3 +498,44 @@ def test_cluster_gpu_request_follows_the_user_not_the_submit_host(plugin, tmp_pa
     cfg = parse_args([str(bids), str(tmp_path / "out"), "participant", "--device", "cuda"])
     with pytest.raises(gpu.DeviceUnavailableError, match="--device cuda"):
         check_gpu_request(cfg)
+
+
+# --------------------------------------------------------------------------- BIDS validation of the input
+
+
+def test_input_the_validator_rejects_stops_the_run(tmp_path, capsys):
+    """A dataset qsmprep could read but BIDS forbids (4-D MEGRE stacks: no echo entity) stops with the
+    validator's own summary and exit 2, before anything is written; --skip-bids-validation lets it through."""
+    bids = make_bids(tmp_path / "bids", stack=True)
+    out = tmp_path / "out"
+    code, text = _run_error(capsys, [bids, out, "participant", "--skip-atlas", "--inversion", "tkd", "-w",
+                                     tmp_path / "w"])
+    assert code == msg.EXIT_INPUT_ERROR
+    assert "BIDS validator" in text and "error" in text and "--skip-bids-validation" in text
+    assert not out.exists() and not (tmp_path / "w").exists()
+    assert main([str(bids), str(out), "participant", "--skip-atlas", "--inversion", "tkd", "--dry-run",
+                 "--skip-bids-validation"]) == 0
+    assert not out.exists()
+
+
+def test_valid_input_passes_and_warnings_go_to_the_log(tmp_path, capsys, caplog):
+    bids = make_bids(tmp_path / "bids")
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="qsmprep"):
+        assert main([str(bids), str(tmp_path / "out"), "participant", "--dry-run", "--skip-atlas"]) == 0
+    assert any("BIDS validator" in r.getMessage() for r in caplog.records)  # e.g. README missing
+
+
+def test_boilerplate_only_writes_the_methods_text(tmp_path, capsys):
+    bids = make_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "--boilerplate-only", "--inversion", "tkd", "--skip-atlas"]) == 0
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["CITATION.bib", "CITATION.html", "CITATION.md"]
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "TKD" in text and "10.1002/mrm.22135" in text and "ANTs" not in text
+    assert not list(out.glob("sub-*"))  # nothing else
+    out2 = tmp_path / "out2"
+    assert main([str(bids), str(out2), "participant", "--boilerplate-only", "--md-only-boilerplate"]) == 0
+    assert sorted(p.name for p in (out2 / "logs").iterdir()) == ["CITATION.md"]
+    assert "10.21037/qims-2025-1851" in (out2 / "logs" / "CITATION.md").read_text()

@@ -51,7 +51,7 @@ def test_sink_writes_nifti_and_sidecar(tmp_path):
     side = json.loads((out / "sub-01/anat/sub-01_run-2_Chimap.json").read_text())
     assert side["Units"] == "ppm" and side["EstimationAlgorithm"] == "TKD" and side["Device"] == "cpu"
     assert side["SoftwareName"] == "qsmprep" and side["SoftwareVersion"] == __version__
-    assert side["RawSources"] == ["bids:raw:sub-01/anat/sub-01_run-2_echo-1_part-mag_MEGRE.nii.gz"]
+    assert side["Sources"] == ["bids:raw:sub-01/anat/sub-01_run-2_echo-1_part-mag_MEGRE.nii.gz"]
     # no temporary files left behind
     assert sorted(p.name for p in nii.parent.iterdir()) == ["sub-01_run-2_Chimap.json", "sub-01_run-2_Chimap.nii.gz"]
     # always runs: a deleted output comes back on a cached rerun

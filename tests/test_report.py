@@ -37,12 +37,15 @@ def _derivatives(out, prefix, anat, seed=0):
     chi[dseg > 0] += 0.1
     local = np.where(brain, 0.01 * np.sin(4 * ii) * np.cos(3 * jj), 0).astype(np.float32)
     total = (30 * ii + 20 * kk ** 2).astype(np.float32) * brain
+    from qsmprep.naming import run_path
+
     d = out / anat
-    d.mkdir(parents=True, exist_ok=True)
-    for name, arr in ((f"{prefix}_desc-brain_mask", brain.astype(np.uint8)), (f"{prefix}_Chimap", chi),
-                      (f"{prefix}_desc-local_fieldmap", local), (f"{prefix}_desc-total_fieldmap", total),
-                      (f"{prefix}_desc-dgm_dseg", dseg)):
-        nb.save(nb.Nifti1Image(arr, AFFINE), d / f"{name}.nii.gz")
+    base = anat.rsplit("/", 1)[0]
+    for key, arr in (("mask", brain.astype(np.uint8)), ("chi", chi), ("local_field", local), ("total_field", total),
+                     ("dseg", dseg)):
+        path = out / run_path(key, prefix, base)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nb.save(nb.Nifti1Image(arr, AFFINE), path)
     (d / f"{prefix}_Chimap.json").write_text(json.dumps({
         "Units": "ppm", "EstimationAlgorithm": "NSIDL", "Device": "cpu", "TorchVersion": "2.13.0",
         "WeightsSha256": "ab" * 32, "ReferenceRegion": "whole brain", "InversionMethod": "nsidl",

@@ -308,6 +308,14 @@ def test_background_interface_converts_hz_to_ppm(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
+def _assert_valid_bids(out_dir) -> None:
+    """``bids-validator-deno out_dir``: zero errors (the test fails, never skips, without the validator)."""
+    from qsmprep.bids_validator import validate
+
+    result = validate(out_dir)
+    assert result.ok, result.summary()
+
+
 def check_generated_files(out_dir, expected_file) -> None:
     """Compare the output tree with a committed list (qsiprep's check_generated_files)."""
     found = {str(p.relative_to(out_dir)) for p in Path(out_dir).rglob("*") if p.is_file()}
@@ -352,8 +360,9 @@ def test_end_to_end_participant(tmp_path, capsys):
     assert side["Units"] == "ppm" and side["EstimationAlgorithm"].startswith("TKD")
     assert side["Device"] == "cpu" and "ReferenceRegion" in side and side["SoftwareVersion"]
     assert side["EchoTime"] == pytest.approx([0.006, 0.012, 0.018]) and side["MagneticFieldStrength"] == 3.0
-    assert json.loads((out / "sub-01/anat/sub-01_desc-total_fieldmap.json").read_text())["Units"] == "Hz"
-    assert json.loads((out / "sub-01/anat/sub-01_desc-local_fieldmap.json").read_text())["Units"] == "ppm"
+    assert json.loads((out / "sub-01/fmap/sub-01_desc-total_fieldmap.json").read_text())["Units"] == "Hz"
+    assert json.loads((out / "sub-01/fmap/sub-01_desc-local_fieldmap.json").read_text())["Units"] == "ppm"
+    assert side["SkullStripped"] is True and side["Sources"] and side["InversionMethod"] == "tkd"
     logs = list((out / "sub-02" / "log").glob("*/qsmprep.toml"))
     assert len(logs) == 1 and 'inversion = "tkd"' in logs[0].read_text()
     log_text = (logs[0].parent / "qsmprep.log").read_text()
@@ -366,6 +375,9 @@ def test_end_to_end_participant(tmp_path, capsys):
     assert mask.sum() > 1000 and abs(chi[mask].mean()) < 1e-4
     corr = np.corrcoef(chi[mask], chi_true[mask] - chi_true[mask].mean())[0, 1]
     assert corr > 0.6, corr
+
+    # the derivatives pass the official BIDS validator with zero errors
+    _assert_valid_bids(out)
 
     # rerun: cached nodes are reused and deleted outputs come back
     (out / "sub-01/anat/sub-01_Chimap.nii.gz").unlink()
@@ -387,6 +399,41 @@ def test_end_to_end_with_atlas(tmp_path, capsys):
     check_generated_files(out, DATA / "expected_outputs_atlas.txt")
     header, *rows = (out / "sub-01/anat/sub-01_desc-dgm_stats.tsv").read_text().splitlines()
     assert "mean_ppm" in header.split("\t") and len(rows) >= 1
+    _assert_valid_bids(out)
+    # the group level keeps the dataset valid (group/ is in .bidsignore)
+    assert main([str(bids), str(out), "group"]) == 0
+    _assert_valid_bids(out)
+
+
+@pytest.mark.slow
+def test_end_to_end_single_echo_with_t1w_is_valid_bids(tmp_path, capsys):
+    """A single-echo (T2starw) dataset with a T1w of the same subject: the derivatives pass the validator."""
+    import shutil
+
+    from qsmprep.cli.run import main
+
+    bids = make_bids(tmp_path / "bids", subjects=("01",), n_echoes=1, suffix="T2starw")
+    anat = bids / "sub-01" / "anat"
+    shutil.copyfile(anat / "sub-01_part-mag_T2starw.nii.gz", anat / "sub-01_T1w.nii.gz")
+    (runs,) = [collect_runs(bids)]
+    assert runs[0].t1w is not None
+    out = tmp_path / "out"
+    work = tmp_path / "work"
+    code = main([str(bids), str(out), "participant", "-w", str(work), "--inversion", "tkd",
+                 "--skip-atlas", "--nprocs", "2", "--omp-nthreads", "1", "--device", "cpu", "--write-graph",
+                 "--clean-workdir", "--stop-on-first-crash"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert (out / "sub-01/anat/sub-01_Chimap.nii.gz").is_file() and (out / "sub-01/fmap/sub-01_magnitude.nii.gz").is_file()
+    _assert_valid_bids(out)
+    # --write-graph drew the graph; --clean-workdir removed the node folders after the success
+    assert (work / "qsmprep_graph.dot").is_file() and "inversion" in (work / "qsmprep_graph.dot").read_text()
+    assert (work / "qsmprep_graph.svg").is_file()
+    assert not (work / "qsmprep_wf").exists()
+    # --reports-only rebuilds the report and the methods text from the outputs on disk
+    (out / "sub-01.html").unlink()
+    (out / "logs" / "CITATION.md").unlink()
+    assert main([str(bids), str(out), "participant", "--reports-only"]) == 0
+    assert "Methods" in (out / "sub-01.html").read_text() and (out / "logs" / "CITATION.md").is_file()
 
 
 def test_t1w_reaches_the_atlas_workflow(datasets, tmp_path):
@@ -437,3 +484,13 @@ def test_master_seed_seeds_registration(datasets, tmp_path):
     assert len(regs) == 4 and all(n.inputs.seed == 1234 for n in regs)
     cfg.seeds.master = 99
     assert {n.inputs.seed for n in init_qsmprep_wf(cfg, _runs(bids))._get_all_nodes() if n.name == "register"} == {99}
+
+
+def test_stop_on_first_crash_reaches_nipype(datasets, tmp_path):
+    from qsmprep.cli.execute import build_workflow
+
+    bids = datasets["single"]
+    cfg = _config(bids, tmp_path, inversion="tkd", skip_atlas=True, device="cpu")
+    assert build_workflow(cfg, _runs(bids)).config["execution"]["stop_on_first_crash"] is False
+    cfg.nipype.stop_on_first_crash = True
+    assert build_workflow(cfg, _runs(bids)).config["execution"]["stop_on_first_crash"] is True

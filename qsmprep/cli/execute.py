@@ -111,6 +111,27 @@ def build_workflow(config, runs):
     return workflow
 
 
+def write_graph(workflow, work_dir: Path) -> list[Path]:
+    """``--write-graph``: the graph as ``work_dir/qsmprep_graph.dot`` and ``.svg`` (graphviz's ``dot`` draws
+    the SVG; without it only the ``.dot`` is written, with a warning).  Outside the node folders, so
+    ``--clean-workdir`` keeps it."""
+    import shutil as _shutil
+
+    wf_dir = work_dir / workflow.name
+    wf_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
+    except Exception as exc:  # graphviz's dot missing: the .dot file is still there
+        LOGGER.warning("the workflow graph could not be drawn (%s); only the .dot file is written", exc)
+    written = []
+    for ext in (".dot", ".svg"):
+        src = wf_dir / f"graph{ext}"
+        if src.is_file():
+            written.append(Path(_shutil.copyfile(src, work_dir / f"qsmprep_graph{ext}")))
+    LOGGER.info("workflow graph written to %s", ", ".join(str(p) for p in written))
+    return written
+
+
 def run_workflow(config, runs) -> int:
     """Build and run the graph with the configured plugin; returns the exit status."""
     from qsmprep.workflows.base import TOP_NAME
@@ -119,12 +140,7 @@ def run_workflow(config, runs) -> int:
     workflow = build_workflow(config, runs)
     crash_dir = workflow.config["execution"]["crashdump_dir"]
     if ex.write_graph:
-        Path(ex.work_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            graph = workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
-            LOGGER.info("workflow graph written to %s", graph)
-        except Exception as exc:  # graphviz's dot missing: the .dot file is still there
-            LOGGER.warning("the workflow graph could not be drawn (%s); the .dot file is in %s", exc, ex.work_dir)
+        write_graph(workflow, Path(ex.work_dir))
     plugin = config.get_plugin()
     n_jobs = count_jobs(workflow)
     if plugin["plugin"] in ("Linear", "MultiProc"):

@@ -19,8 +19,21 @@ from qsmprep import messages as msg
 LOGGER = logging.getLogger("qsmprep")
 CODE_URL = "https://github.com/qsmprep/qsmprep"
 BIDS_VERSION = "1.10.0"
-#: What BIDS has no name for (logs, figures, reports, group tables), for ``out_dir/.bidsignore``.
-BIDSIGNORE = ["*.html", "*.lock", "*/log/", "*/figures/", "group/"]
+#: What BIDS has no name for, for ``out_dir/.bidsignore``: reports, locks, logs, figures, transforms,
+#: statistics tables, the group level and the methods text.  The official validator matches folders
+#: without a trailing slash (``sub-*/log``, not ``*/log/``).
+BIDSIGNORE = ["*.html", "*.lock", "sub-*/log", "sub-*/figures", "*_xfm.*", "*_stats.tsv", "*_stats.json", "group",
+              "logs"]
+README_TEXT = """# qsmprep derivatives
+
+Quantitative susceptibility maps (chi, ppm) and deep-gray-matter tables written by qsmprep {version}
+({url}).  Per run, in sub-<label>/[ses-<label>/]: anat/ holds the chi map (_Chimap), the final brain
+mask (_desc-brain_mask), the deep-gray-matter labels (_desc-dgm_dseg) and tables (_desc-dgm_stats),
+chi in MNI space and the transforms; fmap/ holds the total field (Hz) and the local field (ppm) with
+the echo-combined magnitude.  sub-<label>.html is each participant's report, logs/CITATION.md the
+methods text with references, group/ the study tables.  Every file has a JSON sidecar with its units
+and provenance.
+"""
 
 
 def check_gpu_request(config) -> None:
@@ -56,6 +69,29 @@ def check_weights(config) -> dict | None:
         raise InputError(msg.NSIDL_WEIGHTS_MISSING.format(why=str(exc).rstrip("."))) from None
 
 
+def validate_input(config) -> None:
+    """Run the official BIDS validator on the input (unless ``--skip-bids-validation``).
+
+    Its errors stop the run (:class:`qsmprep.bids.InputError` with the validator's own summary);
+    its warnings go to the log, one line per kind.  Only the selected participants' issues count.
+    """
+    from qsmprep.bids import InputError
+    from qsmprep.bids_validator import ValidatorError, validate
+
+    ex = config.execution
+    if ex.skip_bids_validation:
+        LOGGER.info("BIDS validation of %s skipped (--skip-bids-validation)", ex.bids_dir)
+        return
+    try:
+        result = validate(ex.bids_dir, participant_label=ex.participant_label or None)
+    except ValidatorError as exc:
+        raise InputError(str(exc)) from None
+    for line in result.lines("warning"):
+        LOGGER.warning("BIDS validator: %s", line)
+    if not result.ok:
+        raise InputError(msg.BIDS_INVALID.format(summary=result.summary().rstrip(".")))
+
+
 def check_participant(config):
     """All checks of a participant-level run, before anything is written; returns the runs.
 
@@ -66,7 +102,10 @@ def check_participant(config):
     ex = config.execution
     check_output_dir(ex.bids_dir, ex.output_dir, ex.work_dir)
     check_gpu_request(config)
-    runs = collect_runs(ex.bids_dir, ex.participant_label, ex.session_label)
+    # qsmprep's own checks first (one sentence naming the file and the fix for every problem qsmprep
+    # knows), then the official validator for everything else
+    runs = collect_runs(ex.bids_dir, ex.participant_label, ex.session_label, bids_filters=ex.bids_filters)
+    validate_input(config)
     check_weights(config)
     return runs
 
@@ -120,11 +159,22 @@ def write_configs(config, subjects) -> list[Path]:
     return out
 
 
+def write_readme(out_dir) -> Path:
+    """``out_dir/README`` (what the derivatives are), when there is none yet."""
+    from qsmprep.utils.atomic import write_text
+
+    path = Path(out_dir) / "README"
+    if not path.exists():
+        write_text(path, README_TEXT.format(version=__version__, url=CODE_URL))
+    return path
+
+
 def write_dataset_files(config, subjects) -> None:
-    """``dataset_description.json``, ``.bidsignore`` and each subject's ``qsmprep.toml``."""
+    """``dataset_description.json``, ``.bidsignore``, ``README`` and each subject's ``qsmprep.toml``."""
     ex = config.execution
     Path(ex.output_dir).mkdir(parents=True, exist_ok=True)
     write_dataset_description(ex.output_dir, ex.bids_dir)
     write_bidsignore(ex.output_dir)
+    write_readme(ex.output_dir)
     for path in write_configs(config, subjects):
         LOGGER.info("config saved to %s", path)

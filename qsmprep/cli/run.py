@@ -52,6 +52,13 @@ def run_participant(config) -> int:
 
         print(format_plan(config, runs))
         return 0
+    if ex.boilerplate_only:
+        from qsmprep.reports.methods import methods_from_config, write_citation_files
+
+        for path in write_citation_files(ex.output_dir, methods_from_config(config, runs),
+                                         md_only=ex.md_only_boilerplate):
+            print(path)
+        return 0
 
     subjects = sorted({r.subject for r in runs})
     log_buffer = LogBuffer().attach()  # saved to sub-XX/log/<run_uuid>/qsmprep.log at the end
@@ -81,6 +88,10 @@ def run_reports(config) -> int:
             LOGGER.info("report: %s", build_subject_report(out, sub, bids_dir=ex.bids_dir))
         except NoSubjectOutputsError as exc:
             return _error(str(exc), msg.EXIT_INPUT_ERROR)
+    from qsmprep.reports.methods import write_citation_files
+
+    for path in write_citation_files(out, md_only=ex.md_only_boilerplate):
+        LOGGER.info("methods text: %s", path)
     LOGGER.log(25, msg.FINISHED.format(out=out))
     return 0
 

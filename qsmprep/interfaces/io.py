@@ -114,7 +114,7 @@ class _DerivativesSinkOutputSpec(TraitedSpec):
 
 
 def sidecar_metadata(meta_dict=None, meta_file=None, source_files=None) -> dict:
-    """Sidecar content: software name/version, the static fields, the merged JSON, RawSources."""
+    """Sidecar content: software name/version, the static fields, the merged JSON, ``Sources`` (BIDS URIs)."""
     from qsmprep import __version__
 
     meta = {"SoftwareName": "qsmprep", "SoftwareVersion": __version__}
@@ -122,7 +122,7 @@ def sidecar_metadata(meta_dict=None, meta_file=None, source_files=None) -> dict:
     if meta_file:
         meta.update(json.loads(Path(meta_file).read_text()))
     if source_files:
-        meta["RawSources"] = [f"bids:raw:{s}" for s in source_files]
+        meta["Sources"] = [f"bids:raw:{s}" for s in source_files]
     return meta
 
 

@@ -49,14 +49,15 @@ def init_single_subject_wf(
     use_gpu: bool = False,
     omp_nthreads: int = 1,
     seed: int = 20260,
+    md_only_boilerplate: bool = False,
     name: str | None = None,
 ):
     """All runs of one participant: per run the QSM graph, the atlas graph and the writers, then the
     subject's report once everything is written.
 
     The processing keywords are the fields of :class:`qsmprep.config.WorkflowSettings`; ``device``,
-    ``use_gpu`` and ``omp_nthreads`` are the resolved resources and ``seed`` the master random seed
-    (it seeds ANTs' registration).
+    ``use_gpu`` and ``omp_nthreads`` are the resolved resources, ``seed`` the master random seed
+    (it seeds ANTs' registration) and ``md_only_boilerplate`` writes the methods text as Markdown only.
     """
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
@@ -93,6 +94,7 @@ def init_single_subject_wf(
                 ("outputnode.mask", "inputnode.mask"),
                 ("outputnode.total_field", "inputnode.total_field"),
                 ("outputnode.local_field", "inputnode.local_field"),
+                ("outputnode.magnitude", "inputnode.magnitude"),
                 ("outputnode.chi", "inputnode.chi"),
                 ("outputnode.inversion_meta", "inputnode.inversion_meta"),
             ]),
@@ -124,8 +126,8 @@ def init_single_subject_wf(
     merge = pe.Node(niu.Merge(len(written)), name="written", run_without_submitting=True)
     for i, ds in enumerate(written, 1):
         workflow.connect(ds, "outputnode.out_files", merge, f"in{i}")
-    report = pe.Node(SubjectReport(out_dir=str(output_dir), subject=subject, bids_dir=str(bids_dir)),
-                     name="report", mem_gb=0.5)
+    report = pe.Node(SubjectReport(out_dir=str(output_dir), subject=subject, bids_dir=str(bids_dir),
+                                   md_only=md_only_boilerplate), name="report", mem_gb=0.5)
     workflow.connect(merge, "out", report, "in_files")
     return workflow
 

@@ -13,14 +13,20 @@ REFERENCE_REGION = "whole-brain mean over the final brain mask (eroded by backgr
 #: Outputs of ``qsmprep.workflows.atlas.init_atlas_wf`` that are written.
 ATLAS_FIELDS = ("dseg", "dseg_tsv", "chi_mni", "xfm_to_mni", "xfm_from_mni", "roi_tsv", "roi_json")
 
+#: Sidecar fields of each output (BIDS keys; ``SkullStripped`` is required for the maps).
 _METHOD_DESCRIPTIONS = {
     "mask": {"Type": "Brain", "Description": "Brain mask from the magnitude, eroded by background-field removal; chi is defined inside it."},
-    "total_field": {"Units": "Hz", "Description": "Total field from the multi-echo phase fit (echo-independent offset removed)."},
-    "local_field": {"Units": "ppm", "Description": "Local (tissue) field after background-field removal, in ppm of B0."},
-    "chi": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION,
+    "total_field": {"Units": "Hz", "SkullStripped": True,
+                    "Description": "Total field from the multi-echo phase fit (echo-independent offset removed), inside the brain mask."},
+    "local_field": {"Units": "ppm", "SkullStripped": True,
+                    "Description": "Local (tissue) field after background-field removal, in ppm of B0."},
+    "magnitude": {"SkullStripped": False,
+                  "Description": "Echo-combined (root-sum-of-squares) magnitude of the run, the field maps' magnitude."},
+    "chi": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION, "SkullStripped": True,
             "Description": "Magnetic susceptibility (chi) map, referenced to the whole-brain mean."},
     "dseg": {"Description": "Deep-gray-matter labels (AAL3-derived) warped to the run's grid."},
-    "chi_mni": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION, "SpatialReference": TEMPLATE},
+    "chi_mni": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION, "SpatialReference": TEMPLATE, "SkullStripped": True,
+                "Description": "The chi map resampled into the MNI152NLin2009aSym template."},
 }
 
 
@@ -44,12 +50,12 @@ def init_ds_qsm_wf(*, output_dir, prefix, base_dir, source_files=(), run_metadat
     ----------
     output_dir : path of the derivatives dataset.
     prefix, base_dir : the run's name prefix and ``sub-<l>[/ses-<s>]`` (:class:`qsmprep.bids.QsmRun`).
-    source_files : bids-relative input paths (``RawSources``).
+    source_files : bids-relative input paths (the sidecars' ``Sources``, as ``bids:raw:`` URIs).
     run_metadata : dict added to every sidecar (EchoTime list, B0, unwrapping, ...).
 
     Inputs
     ------
-    mask, total_field, local_field, chi, inversion_meta
+    mask, total_field, local_field, magnitude, chi, inversion_meta
 
     Outputs
     -------
@@ -61,11 +67,11 @@ def init_ds_qsm_wf(*, output_dir, prefix, base_dir, source_files=(), run_metadat
     common = dict(run_metadata or {})
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["mask", "total_field", "local_field", "chi", "inversion_meta"]),
+        niu.IdentityInterface(fields=["mask", "total_field", "local_field", "magnitude", "chi", "inversion_meta"]),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    keys = ("mask", "total_field", "local_field", "chi")
+    keys = ("mask", "total_field", "local_field", "magnitude", "chi")
     merge = pe.Node(niu.Merge(len(keys)), name="merge_written", run_without_submitting=True)
     for i, key in enumerate(keys, 1):
         sink = _sink(f"ds_{key}", output_dir, run_stem(key, prefix, base_dir), source_files,
