@@ -90,6 +90,11 @@ PLUGIN_FILE_BAD = (
 )
 CONFIG_FILE_BAD = "The config file {path} cannot be read ({why}); pass a qsmprep.toml written by an earlier run."
 
+CLUSTER_PATH_UNSAFE = (
+    "The work folder {path} holds {chars}, which the {plugin} plugin would pass unquoted to the "
+    "scheduler's shell; choose a work folder (-w) of letters, digits and ._-/+,:@%=~ only."
+)
+
 NSIDL_WEIGHTS_MISSING = "{why}, or choose a classical inversion with --inversion tkd, cgl2 or ndi."
 
 # --- devices ---------------------------------------------------------------

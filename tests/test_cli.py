@@ -105,7 +105,53 @@ def _te_in_ms(bids):
     return "sub-01_echo-1_part-mag_MEGRE"
 
 
+def _zero_magnitude(bids):
+    import nibabel as nb
+
+    path = bids / "sub-01/anat/sub-01_echo-2_part-mag_MEGRE.nii.gz"
+    img = nb.load(str(path))
+    nb.save(nb.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), str(path))
+    return "sub-01_echo-2_part-mag_MEGRE.nii.gz"
+
+
+def _single_slice(bids):
+    import nibabel as nb
+
+    for part in ("mag", "phase"):
+        for e in (1, 2, 3):
+            path = bids / f"sub-02/anat/sub-02_echo-{e}_part-{part}_MEGRE.nii.gz"
+            img = nb.load(str(path))
+            nb.save(nb.Nifti1Image(np.asarray(img.dataobj)[:, :, 10:11], img.affine), str(path))
+    return "sub-02_echo-1_part-mag_MEGRE.nii.gz"
+
+
+def _huge_header(bids):
+    import gzip
+    import struct
+
+    path = bids / "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[40:56] = struct.pack("<8h", 3, 1000, 1000, 500, 1, 1, 1, 1)  # dim[]: a 1000 x 1000 x 500 image
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return "sub-01_echo-1_part-phase_MEGRE.nii.gz"
+
+
+def _bad_json(bids):
+    (bids / "sub-02/anat/sub-02_echo-2_part-phase_MEGRE.json").write_text('{"EchoTime": 0.012,')
+    return "sub-02_echo-2_part-phase_MEGRE.json"
+
+
+def _field_strength_in_mhz(bids):
+    (bids / "MEGRE.json").write_text(json.dumps({"MagneticFieldStrength": 127.7}))
+    return "MEGRE.json"
+
+
 BAD_INPUTS = {
+    "zero_magnitude": (_zero_magnitude, "magnitude"),
+    "single_slice": (_single_slice, "slice"),
+    "huge_declared_image": (_huge_header, "declares"),
+    "bad_json_sidecar": (_bad_json, "JSON"),
+    "field_strength_not_tesla": (_field_strength_in_mhz, "MagneticFieldStrength"),
     "missing_phase": (_drop_phase, "phase"),
     "missing_magnitude": (_drop_mag, "magnitude"),
     "missing_echotime": (_drop_echo_time, "EchoTime"),
@@ -539,3 +585,53 @@ def test_boilerplate_only_writes_the_methods_text(tmp_path, capsys):
     assert main([str(bids), str(out2), "participant", "--boilerplate-only", "--md-only-boilerplate"]) == 0
     assert sorted(p.name for p in (out2 / "logs").iterdir()) == ["CITATION.md"]
     assert "10.21037/qims-2025-1851" in (out2 / "logs" / "CITATION.md").read_text()
+
+
+# --------------------------------------------------------------------------- faults (issue #15)
+
+
+def test_symlink_inside_out_dir_is_refused_and_never_followed(tmp_path, capsys):
+    """A symlinked figures/ (or lock file) inside out_dir would be written through, outside out_dir: refused
+    before anything is written, and the writers themselves never follow one."""
+    from qsmprep.utils.atomic import LinkInOutputError, locked_json_update, write_text
+
+    bids = make_bids(tmp_path / "bids")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "sub-01").mkdir(parents=True)
+    (out / "sub-01" / "figures").symlink_to(elsewhere, target_is_directory=True)
+    code, text = _run_error(capsys, [bids, out, "participant", "--skip-atlas", "--inversion", "tkd", "--dry-run"])
+    assert code == msg.EXIT_INPUT_ERROR and "symbolic link" in text and "figures" in text and _one_sentence(text)
+    assert code == _run_error(capsys, [bids, out, "group"])[0] == msg.EXIT_INPUT_ERROR
+    # the writers: a linked folder on the way, or a linked lock file, is refused at write time too
+    with pytest.raises(LinkInOutputError):
+        write_text(out / "sub-01" / "figures" / "x.png", "x", root=out)
+    (out / "dataset_description.json.lock").symlink_to(elsewhere / "victim")
+    with pytest.raises(LinkInOutputError):
+        locked_json_update(out / "dataset_description.json", lambda d: d, root=out)
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("work", ["work dir", "work;touch x"])
+def test_cluster_plugin_refuses_unsafe_work_dir(work, tmp_path, capsys):
+    """SLURM/SGE: Nipype puts the work folder unquoted on the sbatch command line: refuse spaces and ';'."""
+    bids = make_bids(tmp_path / "bids")
+    plugin = tmp_path / "slurm.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '-p x'}\n")
+    code, text = _run_error(capsys, [bids, tmp_path / "out", "participant", "-w", tmp_path / work, "--use-plugin",
+                                     plugin, "--skip-atlas", "--dry-run"])
+    assert code == msg.EXIT_INPUT_ERROR and "SLURM" in text and "-w" in text and _one_sentence(text)
+    # a local plugin has no shell in the way
+    assert main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / work), "--skip-atlas",
+                 "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("args,why", [("{n_procs: abc}", "n_procs"), ("{n_procs: 0}", "n_procs"),
+                                      ("{memory_gb: -1}", "memory_gb"), ("{n_gpu_procs: 1.5}", "n_gpu_procs")])
+def test_plugin_file_bad_values(args, why, tmp_path, capsys):
+    path = tmp_path / "p.yml"
+    path.write_text(f"plugin: MultiProc\nplugin_args: {args}\n")
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--use-plugin", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and str(path) in err and why in err

@@ -63,11 +63,11 @@ class LogBuffer(logging.Handler):
         for name in ("qsmprep", "nipype.workflow"):
             logging.getLogger(name).removeHandler(self)
 
-    def save(self, paths) -> None:
+    def save(self, paths, root=None) -> None:
         from qsmprep.utils.atomic import write_text
 
         for path in paths:
-            write_text(path, "\n".join(self.lines) + "\n")
+            write_text(path, "\n".join(self.lines) + "\n", root=root)
 
 
 class Progress:
@@ -147,8 +147,13 @@ def run_workflow(config, runs) -> int:
         plugin["plugin_args"]["status_callback"] = Progress(n_jobs)
     configure_nipype_logging(ex.verbosity)
     LOGGER.info("running %d jobs with %s (work folder %s)", n_jobs, plugin["plugin"], ex.work_dir)
+    run_plugin = plugin["plugin"]
+    if run_plugin == "MultiProc":  # workers that end with this process (qsmprep.utils.procs)
+        from qsmprep.utils.procs import multiproc_plugin
+
+        run_plugin = multiproc_plugin(plugin["plugin_args"])
     try:
-        workflow.run(**plugin)
+        workflow.run(plugin=run_plugin, plugin_args=plugin["plugin_args"])
     except Exception as exc:  # nipype raises RuntimeError with the failed nodes
         LOGGER.error("%s", exc)
         print(f"qsmprep: error: {msg.FAILED.format(crash_dir=crash_dir)}", file=sys.stderr)

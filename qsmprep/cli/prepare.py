@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from qsmprep import __version__
@@ -92,6 +93,34 @@ def validate_input(config) -> None:
         raise InputError(msg.BIDS_INVALID.format(summary=result.summary().rstrip(".")))
 
 
+def check_output_links(out_dir) -> None:
+    """Refuse an output folder that holds a symbolic link (qsmprep never writes through one)."""
+    from qsmprep.bids import InputError
+    from qsmprep.utils.atomic import LINK_IN_OUTPUT, find_links
+
+    links = find_links(out_dir)
+    if links:
+        raise InputError(LINK_IN_OUTPUT.format(link=links[0], root=out_dir))
+
+
+#: Characters a path may hold when a cluster plugin puts it on an sbatch/qsub command line (Nipype
+#: passes the work folder through a shell without quoting: a space or ``;`` breaks or injects).
+_SHELL_SAFE = re.compile(r"^[A-Za-z0-9_./+,:@%=~-]+$")
+
+
+def check_cluster_paths(config) -> None:
+    """For the SLURM/SGE plugins, refuse a work folder the scheduler's shell would split or run."""
+    from qsmprep.bids import InputError
+
+    if config.runs_locally:
+        return
+    work = str(Path(config.execution.work_dir).absolute())
+    if not _SHELL_SAFE.match(work):
+        bad = sorted({c for c in work if not _SHELL_SAFE.match(c)})
+        raise InputError(msg.CLUSTER_PATH_UNSAFE.format(path=work, plugin=config.nipype.plugin,
+                                                        chars=" ".join(repr(c) for c in bad)))
+
+
 def check_participant(config):
     """All checks of a participant-level run, before anything is written; returns the runs.
 
@@ -101,6 +130,8 @@ def check_participant(config):
 
     ex = config.execution
     check_output_dir(ex.bids_dir, ex.output_dir, ex.work_dir)
+    check_output_links(ex.output_dir)
+    check_cluster_paths(config)
     check_gpu_request(config)
     # qsmprep's own checks first (one sentence naming the file and the fix for every problem qsmprep
     # knows), then the official validator for everything else
@@ -133,7 +164,7 @@ def write_dataset_description(out_dir, bids_dir) -> dict:
         desc["SourceDatasets"] = [{"URL": "bids:raw:"}]
         return desc
 
-    return locked_json_update(Path(out_dir) / "dataset_description.json", _update)
+    return locked_json_update(Path(out_dir) / "dataset_description.json", _update, root=out_dir)
 
 
 def write_bidsignore(out_dir) -> None:
@@ -144,7 +175,7 @@ def write_bidsignore(out_dir) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     missing = [p for p in BIDSIGNORE if p not in lines]
     if missing:
-        write_text(path, "\n".join(lines + missing) + "\n")
+        write_text(path, "\n".join(lines + missing) + "\n", root=out_dir)
 
 
 def write_configs(config, subjects) -> list[Path]:
@@ -155,7 +186,7 @@ def write_configs(config, subjects) -> list[Path]:
     out = []
     for sub in subjects:
         path = Path(config.execution.output_dir) / f"sub-{sub}" / "log" / config.execution.run_uuid / "qsmprep.toml"
-        out.append(write_text(path, text))
+        out.append(write_text(path, text, root=config.execution.output_dir))
     return out
 
 
@@ -165,7 +196,7 @@ def write_readme(out_dir) -> Path:
 
     path = Path(out_dir) / "README"
     if not path.exists():
-        write_text(path, README_TEXT.format(version=__version__, url=CODE_URL))
+        write_text(path, README_TEXT.format(version=__version__, url=CODE_URL), root=out_dir)
     return path
 
 

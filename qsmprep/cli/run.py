@@ -71,18 +71,26 @@ def run_participant(config) -> int:
         return run_workflow(config, runs)
     finally:
         log_buffer.detach()
-        log_buffer.save(Path(ex.output_dir) / f"sub-{sub}" / "log" / ex.run_uuid / "qsmprep.log" for sub in subjects)
+        log_buffer.save((Path(ex.output_dir) / f"sub-{sub}" / "log" / ex.run_uuid / "qsmprep.log" for sub in subjects),
+                        root=ex.output_dir)
 
 
 def run_reports(config) -> int:
     """``--reports-only``: rebuild the subject reports from the outputs already in ``output_dir``."""
     from qsmprep.reports.subject import NoSubjectOutputsError, build_subject_report
 
+    from qsmprep.bids import InputError
+    from qsmprep.cli.prepare import check_output_links
+
     ex = config.execution
     out = Path(ex.output_dir)
     subjects = ex.participant_label or sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
     if not out.is_dir() or not subjects:
         return _error(msg.GROUP_NO_OUTPUT_DIR.format(out=out, bids=ex.bids_dir), msg.EXIT_INPUT_ERROR)
+    try:
+        check_output_links(out)
+    except InputError as exc:
+        return _error(str(exc), msg.EXIT_INPUT_ERROR)
     for sub in subjects:
         try:
             LOGGER.info("report: %s", build_subject_report(out, sub, bids_dir=ex.bids_dir))
@@ -98,12 +106,18 @@ def run_reports(config) -> int:
 
 def run_group_level(config) -> int:
     """``qsmprep ... group``: the study tables, and with ``--group-by`` / ``--covariate`` the statistics."""
+    from qsmprep.bids import InputError
+    from qsmprep.cli.prepare import check_output_links
     from qsmprep.group import GroupInputError, run_group
 
     ex = config.execution
     out = Path(ex.output_dir)
     if not out.is_dir():
         return _error(msg.GROUP_NO_OUTPUT_DIR.format(out=out, bids=ex.bids_dir), msg.EXIT_INPUT_ERROR)
+    try:
+        check_output_links(out)
+    except InputError as exc:
+        return _error(str(exc), msg.EXIT_INPUT_ERROR)
     try:
         written = run_group(ex.bids_dir, ex.output_dir, ex.participant_label or None, group_by=ex.group_by,
                             covariate=ex.covariate)

@@ -147,9 +147,9 @@ class DerivativesSink(SimpleInterface):
             import nibabel as nb
 
             ext = ".nii.gz"
-            out = atomic.save_nifti(nb.load(str(src)), dest.with_name(dest.name + ext))
+            out = atomic.save_nifti(nb.load(str(src)), dest.with_name(dest.name + ext), root=self.inputs.base_directory)
         else:
-            out = atomic.copy_file(src, dest.with_name(dest.name + ext))
+            out = atomic.copy_file(src, dest.with_name(dest.name + ext), root=self.inputs.base_directory)
         self._results["out_file"] = str(out)
         if self.inputs.sidecar and ext != ".json":
             meta = sidecar_metadata(
@@ -157,5 +157,6 @@ class DerivativesSink(SimpleInterface):
                 self.inputs.meta_file if isdefined(self.inputs.meta_file) else None,
                 self.inputs.source_files if isdefined(self.inputs.source_files) else None,
             )
-            self._results["out_meta"] = str(atomic.write_json(dest.with_name(dest.name + ".json"), meta))
+            self._results["out_meta"] = str(atomic.write_json(dest.with_name(dest.name + ".json"), meta,
+                                                              root=self.inputs.base_directory))
         return runtime

@@ -736,7 +736,7 @@ def methods_bibtex(info: MethodsInfo) -> str:
 def _write(path: Path, text: str) -> Path:
     from qsmprep.utils.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, root=path.parent.parent) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
 

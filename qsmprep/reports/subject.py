@@ -174,10 +174,11 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
     import pandas as pd
 
     from qsmprep.reports import figures as F
-    from qsmprep.utils.atomic import write_text
+    from qsmprep.utils.atomic import ensure_no_links, write_text
 
     out_dir = Path(out_dir)
     sub = _sub(subject)
+    ensure_no_links(out_dir / naming.figure_path("chi", "x", sub), out_dir)  # never write through a linked figures/
     runs = find_runs(out_dir, sub)
     if not runs:
         raise NoSubjectOutputsError(
@@ -204,7 +205,10 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
         total, _ = _load(path("total_field"))
         local, _ = _load(path("local_field"))
         dseg, _ = _load(path("dseg"))
-        mag, mag_path = _find_magnitude(prefix, base, out_dir, bids_dir)
+        mag_path = path("magnitude")
+        mag, _ = _load(mag_path)
+        if mag is None:
+            mag, mag_path = _find_magnitude(prefix, base, out_dir, bids_dir)
 
         # 1. mask over magnitude
         sec.append("<h3>Brain mask</h3>")
@@ -290,4 +294,4 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
 {''.join(prov)}
 </body></html>
 """
-    return write_text(out_dir / naming.report_path(sub), page)
+    return write_text(out_dir / naming.report_path(sub), page, root=out_dir)
