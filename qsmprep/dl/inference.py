@@ -186,21 +186,53 @@ def invert_nsidl(
     zero-padded 1.5x inside the network, and the result is put back and masked.  The
     mean of chi is arbitrary (D(0) = 0): reference it afterwards.
     """
-    import torch
-
     from qsmprep.dl import physics
     from qsmprep.qsm.constants import rad_per_ppm
 
+    f, m = _checked_inputs(local_ppm, mask)
+    bb = mask_bbox(m, margin)
+    fc, m_c = f[bb] * m[bb], m[bb]
+    preset, dc_threshold, dc_extrapolate = _resolve_data_fit(data_fit, dc_threshold, dc_extrapolate, fc, m_c)
+    dev = resolve_device(device)
+    t0 = time.time()
+    if model is None:
+        model, _ = _cached_model(weights_path, str(dev))
+    model = model.to(dev).eval()
+    wc = normalise_weight(weight, m, bb)
+    padded = physics.fast_padded_shape(fc.shape, 1.5)
+    s = rad_per_ppm(b0_t, te_s)
+    net = {"cnn_dtype": cnn_dtype, "n_pre": model.n_pre if preset is None else preset["n_pre"],
+           "pre_solver": model.pre_solver if preset is None else preset["pre_solver"]}
+    LOG.info("NSIDL: crop %s -> %s, FFT grid %s, device %s, s = %.2f rad/ppm, K = %d, data fit %s "
+             "(%d %s pre-steps), k-space consistency %s", f.shape, fc.shape, padded, dev, s, model.n_iter,
+             "model default" if preset is None else preset["name"], net["n_pre"], net["pre_solver"],
+             "off" if dc_threshold is None else f"|D| > {dc_threshold}" + (", field extrapolated" if dc_extrapolate else ""))
+    chi_c = _run_network(model, (fc, m_c.astype(np.float32), wc), s, padded, voxel_size, b0_dir, dev, net,
+                         (dc_threshold, dc_width, dc_extrapolate))
+    out = np.zeros(f.shape, dtype=np.float32)
+    out[bb] = chi_c
+    out *= m
+    LOG.info("NSIDL: done in %.1f s", time.time() - t0)
+    return out
+
+
+def _checked_inputs(local_ppm, mask):
+    """(local field float32, mask bool): 3-D, the same shape, finite inside the mask (else ValueError)."""
     f = np.asarray(local_ppm, dtype=np.float32)
     m = np.asarray(mask).astype(bool)
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"Local field {f.shape} and mask {m.shape} must be 3-D volumes of the same shape.")
     if not np.all(np.isfinite(f[m])):
         raise ValueError("The local field has NaN/inf inside the mask; fix the background-removal output or the mask.")
-    bb = mask_bbox(m, margin)
-    fc, m_c = f[bb] * m[bb], m[bb]
+    return f, m
+
+
+def _resolve_data_fit(data_fit, dc_threshold, dc_extrapolate, fc, m_c):
+    """(preset dict or None, k-space threshold, field extrapolation) of :func:`invert_nsidl`'s
+    arguments: ``"preset"`` values come from the ``data_fit`` preset (noise estimated on the
+    cropped field ``fc`` in ``m_c``: the same as on the volume, the mask is inside the crop)."""
     preset = None
-    if data_fit is not None:  # the noise estimate on the crop: the same as on the volume (the mask is inside it)
+    if data_fit is not None:
         preset = data_fit_settings(data_fit, fc, m_c) if isinstance(dc_threshold, str) else data_fit_settings(data_fit)
     if isinstance(dc_threshold, str):
         if dc_threshold != _FROM_PRESET:
@@ -210,28 +242,22 @@ def invert_nsidl(
         if dc_extrapolate != _FROM_PRESET:
             raise ValueError(f"dc_extrapolate must be True, False or {_FROM_PRESET!r}, got {dc_extrapolate!r}.")
         dc_extrapolate = False if preset is None else bool(preset["dc_extrapolate"])
-    dev = resolve_device(device)
-    t0 = time.time()
-    if model is None:
-        model, _ = _cached_model(weights_path, str(dev))
-    model = model.to(dev).eval()
-    wc = normalise_weight(weight, m, bb)
-    mc = m_c.astype(np.float32)
-    shp = fc.shape
-    padded = physics.fast_padded_shape(shp, 1.5)
-    s = rad_per_ppm(b0_t, te_s)
-    n_pre = model.n_pre if preset is None else preset["n_pre"]
-    pre_solver = model.pre_solver if preset is None else preset["pre_solver"]
-    LOG.info("NSIDL: crop %s -> %s, FFT grid %s, device %s, s = %.2f rad/ppm, K = %d, data fit %s "
-             "(%d %s pre-steps), k-space consistency %s", f.shape, shp, padded, dev, s, model.n_iter,
-             "model default" if preset is None else preset["name"], n_pre, pre_solver,
-             "off" if dc_threshold is None else f"|D| > {dc_threshold}" + (", field extrapolated" if dc_extrapolate else ""))
+    return preset, dc_threshold, dc_extrapolate
+
+
+def _run_network(model, arrays, s, padded, voxel_size, b0_dir, dev, net: dict, dc) -> np.ndarray:
+    """The network on the cropped ``arrays`` (field ppm, mask, weight; float32 3-D), then the
+    k-space step ``dc`` = (threshold or None, width, extrapolate).  Returns chi (ppm, float32 3-D)."""
+    import torch
+
+    from qsmprep.dl import physics
+
+    dc_threshold, dc_width, dc_extrapolate = dc
     with torch.inference_mode():
         kern = physics.dipole_kernel_t(padded, voxel_size, b0_dir, device=dev)[None, None]
         tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)[None, None]
-        field_t, mask_t, weight_t = tt(fc), tt(mc), tt(wc)
-        chi_c = model(field_t, mask_t, weight_t, s, kern, padded, cnn_dtype=cnn_dtype,
-                      n_pre=n_pre, pre_solver=pre_solver)
+        field_t, mask_t, weight_t = (tt(a) for a in arrays)
+        chi_c = model(field_t, mask_t, weight_t, s, kern, padded, **net)
         if dc_threshold is not None:
             if dc_extrapolate:
                 chi_c, field_t, c, b = physics.extrapolate_field_t(chi_c, field_t, mask_t, kern, padded, weight_t)
@@ -239,9 +265,4 @@ def invert_nsidl(
             chi_c = physics.kspace_consistency_t(chi_c, field_t, kern, padded, dc_threshold, dc_width)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        chi_c = chi_c[0, 0].float().cpu().numpy()
-    out = np.zeros(f.shape, dtype=np.float32)
-    out[bb] = chi_c
-    out *= m
-    LOG.info("NSIDL: done in %.1f s", time.time() - t0)
-    return out
+        return chi_c[0, 0].float().cpu().numpy()

