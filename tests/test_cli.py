@@ -635,3 +635,16 @@ def test_plugin_file_bad_values(args, why, tmp_path, capsys):
         parse_args([str(tmp_path), str(tmp_path / "o"), "participant", "--use-plugin", str(path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and str(path) in err and why in err
+
+
+def test_readme_documents_every_option():
+    """Every option declared in qsmprep/config.py (and the parser's own) has a row in the README's table."""
+    from qsmprep.config import declared_options
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("### Options", 1)[1].split("\n\n", 2)[2]
+    flags = [f.metadata["flags"][-1 if f.metadata["flags"][0].startswith("-") and len(f.metadata["flags"][0]) == 2
+                                   else 0] for _, f in declared_options()]
+    missing = [flag for flag in [*flags, "--use-plugin", "--config-file", "--version"] if f"`{flag}" not in table
+               and f", {flag}" not in table]
+    assert not missing, f"options missing from the README table: {missing}"
