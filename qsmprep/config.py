@@ -72,25 +72,26 @@ def _strip_prefix(prefix):
     return _strip
 
 
-def positive_int(value: str) -> int:
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if ivalue < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return ivalue
+def _int_between(lo: int, hi: int | None = None):
+    """An argparse type: an integer in ``[lo, hi)`` (no upper bound when ``hi`` is None)."""
+
+    def parse(value: str) -> int:
+        try:
+            ivalue = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if ivalue < lo or (hi is not None and ivalue >= hi):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} must be at least {lo}" if hi is None else f"{value!r} must be between {lo} and {hi - 1}")
+        return ivalue
+
+    return parse
 
 
-def seed_int(value: str) -> int:
-    """A seed: an integer in [0, 2**31) (ANTs takes a 32-bit signed seed)."""
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if not 0 <= ivalue < 2**31:
-        raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 2147483647")
-    return ivalue
+#: A count of processes or threads (at least 1).
+positive_int = _int_between(1)
+#: A seed: an integer in [0, 2**31) (ANTs takes a 32-bit signed seed).
+seed_int = _int_between(0, 2**31)
 
 
 def positive_float(value: str) -> float:
