@@ -120,6 +120,10 @@ class Inversion:
     sidecar fields.  ``uses_torch``: the method runs on a torch device (a GPU when one is used).
     ``mem_volumes``: float32 volumes of the run's grid the step holds at its peak (the node's
     ``mem_gb``).  ``needs_phase_scale``: the method needs B0 (T) and a reference TE (s).
+    ``options``: the method's own options (keyword -> choices), passed through by the app's node and
+    ``qsmprep invert``.  ``weights``: the method runs trained weights (``weights_path`` option).
+    ``preflight``: called before anything runs (e.g. the weights file must exist); raises
+    FileNotFoundError with a sentence naming what is missing.
     """
 
     name: str
@@ -131,6 +135,8 @@ class Inversion:
     mem_volumes: int = 60
     needs_phase_scale: bool = False
     options: dict = field(default_factory=dict)
+    weights: bool = False
+    preflight: Callable[[], object] | None = None
 
 
 def _run_classical(name: str):
@@ -145,6 +151,12 @@ def _run_classical(name: str):
         return chi, record
 
     return run
+
+
+def _nsidl_weights_present():
+    from qsmprep.dl.weights import weights_info
+
+    return weights_info()
 
 
 def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
@@ -176,7 +188,7 @@ INVERSIONS: dict[str, Inversion] = {
         "nsidl", "NSIDL",
         "NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
         _run_nsidl, citations=("nsidl", "lpcnn", "ndi"), uses_torch=True, mem_volumes=260, needs_phase_scale=True,
-        options={"nsidl_data_fit": ("robust", "strong")},
+        options={"nsidl_data_fit": ("robust", "strong")}, weights=True, preflight=_nsidl_weights_present,
     ),
     "tkd": Inversion("tkd", "TKD", "TKD (truncated k-space division)", _run_classical("tkd"), citations=("tkd",)),
     "cgl2": Inversion("cgl2", "CG-L2", "CG-L2 (weighted Tikhonov, conjugate gradient)", _run_classical("cgl2"),

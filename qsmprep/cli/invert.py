@@ -176,8 +176,9 @@ def check_inputs(args) -> Inputs:
 
     out = _check_out(args)
     inv = INVERSIONS[args.method]
-    if args.weights and args.method != "nsidl":
-        raise InvertError(f"--weights {args.weights} applies to --method nsidl only; drop it or use nsidl.")
+    if args.weights and not inv.weights:
+        users = ", ".join(i.name for i in INVERSIONS.values() if i.weights)
+        raise InvertError(f"--weights {args.weights} applies to --method {users} only; drop it or choose that method.")
     fimg, field = _load(args.local_field, "local field")
     if field.ndim != 3:
         raise InvertError(f"{args.local_field} has shape {field.shape}; pass a 3-D local field map.")
@@ -252,18 +253,19 @@ def run(args) -> dict:
     from qsmprep.utils.gpu import resolve_device
 
     inp = check_inputs(args)
-    device = resolve_device(args.device) if INVERSIONS[args.method].uses_torch else "cpu"
-    options = {}
-    if args.method == "nsidl":
-        options = {"nsidl_data_fit": args.nsidl_data_fit, "weights_path": args.weights}
-        if args.nsidl_data_fit == "strong":
-            from qsmprep.qsm.inversion import field_noise
+    inv = INVERSIONS[args.method]
+    device = resolve_device(args.device) if inv.uses_torch else "cpu"
+    options = {key: getattr(args, key) for key in inv.options}
+    if inv.weights:
+        options["weights_path"] = args.weights
+    if options.get("nsidl_data_fit") == "strong":  # its k-space threshold follows the field's noise
+        from qsmprep.qsm.inversion import field_noise
 
-            try:
-                field_noise(inp.field, inp.mask)
-            except ValueError:
-                raise InvertError(f"{args.mask} has too few interior voxels for the strong preset's noise estimate; pass "
-                                  "the brain mask of this field or use --nsidl-data-fit robust.") from None
+        try:
+            field_noise(inp.field, inp.mask)
+        except ValueError:
+            raise InvertError(f"{args.mask} has too few interior voxels for the strong preset's noise estimate; pass "
+                              "the brain mask of this field or use --nsidl-data-fit robust.") from None
     t0 = time.time()
     chi, record = invert(args.method, inp.field, inp.mask, inp.voxel_size, inp.b0_dir, weight=inp.weight, b0_t=inp.b0_t,
                          te_s=inp.te_s, device=device, **options)

@@ -31,9 +31,10 @@ def describe_node(node) -> str:
         table = {"DipoleInversion": INVERSIONS, "BackgroundRemoval": BACKGROUND_REMOVALS,
                  "UnwrapEchoes": UNWRAPPINGS}.get(type(iface).__name__, {})
         extra.append(table[method].description if method in table else str(method))
-    for trait in ("flavor", "nsidl_data_fit"):
+    own = INVERSIONS[method].options if type(iface).__name__ == "DipoleInversion" and method in INVERSIONS else {}
+    for trait in ("flavor", *own):
         value = getattr(iface.inputs, trait, None)
-        if value is not None and isdefined(value) and (trait != "nsidl_data_fit" or method == "nsidl"):
+        if value is not None and isdefined(value):
             extra.append(f"{trait.replace('_', ' ')} {value}")
     res = [f"{node.mem_gb:g} GB"]
     if getattr(node, "n_procs", 1) and node.n_procs > 1:

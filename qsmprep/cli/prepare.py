@@ -56,16 +56,16 @@ def check_gpu_request(config) -> None:
     nip.use_gpu = config.schedules_gpu(local_gpu)
 
 
-def check_weights(config) -> dict | None:
-    """For ``--inversion nsidl``: the weights file must exist (checked before anything runs)."""
+def check_weights(config):
+    """The inversion's own preflight (NSIDL: the weights file must exist), before anything runs."""
     from qsmprep.bids import InputError
+    from qsmprep.methods import INVERSIONS
 
-    if config.workflow.inversion != "nsidl":
+    inv = INVERSIONS[config.workflow.inversion]
+    if inv.preflight is None:
         return None
-    from qsmprep.dl.weights import weights_info
-
     try:
-        return weights_info()
+        return inv.preflight()
     except FileNotFoundError as exc:
         raise InputError(msg.NSIDL_WEIGHTS_MISSING.format(why=str(exc).rstrip("."))) from None
 

@@ -257,13 +257,12 @@ class DipoleInversion(SimpleInterface):
         mask = _mask(self.inputs.in_mask)
         weight = load_volume(self.inputs.in_weight)[0] if isdefined(self.inputs.in_weight) else None
         voxel_size, b0_dir = geometry(img)
-        options = {}
-        if get_inversion(self.inputs.method).uses_torch:
+        inv = get_inversion(self.inputs.method)
+        if inv.uses_torch:
             import torch
 
             torch.set_num_threads(max(1, int(self.inputs.num_threads)))
-        if self.inputs.method == "nsidl":
-            options["nsidl_data_fit"] = self.inputs.nsidl_data_fit
+        options = {key: getattr(self.inputs, key) for key in inv.options}
         chi, meta = invert(self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight, b0_t=self.inputs.b0_t,
                            te_s=self.inputs.te_s, device=self.inputs.device, **options)
         self._results["out_chi"] = save_volume(chi, img, "chi_raw.nii.gz", runtime.cwd)
