@@ -38,7 +38,12 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUN_KEYS = ("participant_id", "session_id", "acquisition", "run")
 STATS_GLOBS = ("sub-*/anat/*_desc-dgm_stats.tsv", "sub-*/ses-*/anat/*_desc-dgm_stats.tsv")
@@ -103,6 +108,15 @@ def _list(items, n: int = 6) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+def _failer(path: Path, fix: str):
+    """``fail(problem, where=path)``: the :class:`GroupInputError` "<where> <problem>; <fix>." to raise."""
+
+    def fail(problem: str, where: Path = path) -> GroupInputError:
+        return GroupInputError(f"{where} {problem}; {fix}.", where)
+
+    return fail
+
+
 def read_tsv_strict(path, *, fix: str, complete: bool = False) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and rows of a tab-separated text file, refusing anything that is not one.
 
@@ -114,10 +128,7 @@ def read_tsv_strict(path, *, fix: str, complete: bool = False) -> tuple[list[str
     file whose last line has no final newline is refused as truncated.
     """
     path = Path(path)
-
-    def fail(problem):
-        return GroupInputError(f"{path} {problem}; {fix}.", path)
-
+    fail = _failer(path, fix)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -173,17 +184,16 @@ def _sidecar_of(tsv: Path) -> Path:
 def read_json_object(path, *, fix: str) -> dict:
     """A JSON file that must hold an object; :class:`GroupInputError` naming the file otherwise."""
     path = Path(path)
+    fail = _failer(path, fix)
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as exc:
-        raise GroupInputError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}); {fix}.",
-                              path) from None
+        raise fail(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     except (UnicodeDecodeError, ValueError) as exc:
         where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
-        raise GroupInputError(f"{path} is not valid JSON{where}; {fix}.", path) from None
+        raise fail(f"is not valid JSON{where}") from None
     if not isinstance(data, dict):
-        raise GroupInputError(f"{path} holds a JSON {type(data).__name__}, not an object of column "
-                              f"descriptions; {fix}.", path)
+        raise fail(f"holds a JSON {type(data).__name__}, not an object of column descriptions")
     return data
 
 
@@ -215,16 +225,40 @@ def read_roi_table(path, out_dir=None):
     import pandas as pd
 
     path = Path(path)
+    rel, sub, ses = _run_location(path, out_dir)
+    fix = (f"rerun the participant level for {sub} to rewrite it (or delete the run's outputs to "
+           "leave it out)")
+    fail = _failer(path, fix)
+    side, schema = _read_roi_sidecar(path, fix)
+    header, rows = read_tsv_strict(path, fix=fix, complete=True)
+    _check_roi_columns(header, schema, _sidecar_of(path).name, fail)
+    df = pd.DataFrame(_parse_roi_cells(header, rows, schema, fail), columns=header)
+    _check_roi_regions(df, schema, fail)
+    _check_roi_run(df, sub, ses, fail)
+    if "reference_region" not in df.columns:
+        df["reference_region"] = "n/a"
+    df["mean_ppm"] = df["mean_ppm"].astype(float)
+    df.attrs.update(source=str(rel), status=_status(np.asarray(df["mean_ppm"], float)),
+                    sidecar={k: v for k, v in side.items() if not isinstance(v, dict)})
+    return df
+
+
+def _run_location(path: Path, out_dir) -> tuple[Path, str, str]:
+    """``(path relative to out_dir, 'sub-<l>', 'ses-<s>' or 'n/a')`` of a per-run table, from its folders."""
     rel = path.relative_to(out_dir) if out_dir is not None else path
     parts = rel.parts
     sub = next((p for p in parts if p.startswith("sub-")), None) or path.name.split("_")[0]
     ses = next((p for p in parts[:-1] if p.startswith("ses-")), "n/a")
-    fix = (f"rerun the participant level for {sub} to rewrite it (or delete the run's outputs to "
-           "leave it out)")
+    return rel, sub, ses
 
-    def fail(problem, where=path):
-        return GroupInputError(f"{where} {problem}; {fix}.", where)
 
+def _read_roi_sidecar(path: Path, fix: str) -> tuple[dict, dict]:
+    """The ROI table's JSON sidecar and its schema (the entries that are objects: column descriptions).
+
+    Refused: no sidecar, not a JSON object, :data:`REQUIRED_COLUMNS` not all described, or
+    ``mean_ppm`` in other units than ppm.
+    """
+    fail = _failer(path, fix)
     side_path = _sidecar_of(path)
     if not side_path.exists():
         raise fail(f"has no JSON sidecar ({side_path.name}), so its columns cannot be checked")
@@ -237,16 +271,22 @@ def read_roi_table(path, out_dir=None):
     units = schema["mean_ppm"].get("Units", "ppm")
     if units != "ppm":
         raise fail(f"gives mean_ppm in {_show(units)}, not ppm", side_path)
+    return side, schema
 
-    header, rows = read_tsv_strict(path, fix=fix, complete=True)
+
+def _check_roi_columns(header, schema, side_name: str, fail):
+    """The TSV's columns are exactly those its sidecar describes."""
     lacking = [c for c in schema if c not in header]
     if lacking:
-        raise fail(f"lacks the column(s) {_list(lacking)} described by its sidecar {side_path.name} "
+        raise fail(f"lacks the column(s) {_list(lacking)} described by its sidecar {side_name} "
                    f"(its header is {_show(chr(9).join(header), 60)})")
     extra = [c for c in header if c not in schema]
     if extra:
-        raise fail(f"has the column(s) {_list(extra)} that its sidecar {side_path.name} does not describe")
+        raise fail(f"has the column(s) {_list(extra)} that its sidecar {side_name} does not describe")
 
+
+def _parse_roi_cells(header, rows, schema, fail) -> dict[str, list]:
+    """Column -> values: floats (NaN for n/a) in the numeric columns, stripped non-empty text elsewhere."""
     numeric = [c for c in header if "Units" in schema[c] or c in NUMERIC_COLUMNS]
     data = {c: [] for c in header}
     for line_no, fields in rows:
@@ -263,7 +303,11 @@ def read_roi_table(path, out_dir=None):
                     raise fail(f"has an empty cell in column {c} on line {line_no} (write n/a for a "
                                "missing value)")
                 data[c].append(v)
-    df = pd.DataFrame(data, columns=header)
+    return data
+
+
+def _check_roi_regions(df, schema, fail):
+    """Structures and hemispheres from the sidecar's ``Levels``, each region once, none missing."""
     for c in ("structure", "hemisphere"):
         levels = schema[c].get("Levels")
         if isinstance(levels, dict) and levels:
@@ -280,6 +324,11 @@ def read_roi_table(path, out_dir=None):
         if absent:
             raise fail(f"has no row for {_list(absent)} (its sidecar lists {len(s_lv)} structures x "
                        f"{len(h_lv)} hemispheres), so it looks truncated")
+
+
+def _check_roi_run(df, sub: str, ses: str, fail):
+    """Every row is of one run, of the participant and session of the file's folder (fills absent
+    :data:`RUN_KEYS` columns with 'n/a', in place)."""
     for c in RUN_KEYS:
         if c not in df.columns:
             df[c] = "n/a"
@@ -293,12 +342,6 @@ def read_roi_table(path, out_dir=None):
     if wrong:
         raise fail(f"holds rows of session {_list(wrong)} although it lies in the folder of "
                    f"{ses if ses != 'n/a' else 'no session'}")
-    if "reference_region" not in df.columns:
-        df["reference_region"] = "n/a"
-    df["mean_ppm"] = df["mean_ppm"].astype(float)
-    df.attrs.update(source=str(rel), status=_status(np.asarray(df["mean_ppm"], float)),
-                    sidecar={k: v for k, v in side.items() if not isinstance(v, dict)})
-    return df
 
 
 def _status(means) -> str:
@@ -600,9 +643,6 @@ def run_group(bids_dir, out_dir, participant_label=None, *, group_by: str | None
     :class:`GroupInputError` (both ``ValueError``; message: one sentence naming the file and
     the fix) for an unusable ROI table, sidecar, ``participants.tsv``/``.json`` or column.
     """
-    from qsmprep.atlas.rois import ROI_COLUMNS
-    from qsmprep.utils.atomic import write_json
-
     out_dir = Path(out_dir)
     bids_dir = Path(bids_dir)
     tables = find_roi_tables(out_dir, participant_label)
@@ -613,7 +653,61 @@ def run_group(bids_dir, out_dir, participant_label=None, *, group_by: str | None
             f"run the participant level first ('qsmprep {bids_dir} {out_dir} participant', "
             "without --skip-atlas).", out_dir)
 
-    # ---- 1. read and validate everything (nothing is written before this block ends)
+    # ---- 1. read and validate everything (nothing is written before this returns)
+    study = _read_study(tables, bids_dir, out_dir, group_by=group_by, covariate=covariate)
+    # ---- 2. compute every table in memory
+    long_j, wide_j, pcols, region_cols = _joined_tables(study)
+    stats = _compute_stats(study) if (group_by or covariate) else None
+    # ---- 3. write the set
+    with staged_group_dir(out_dir) as stage:
+        out = _StagedWriter(stage, out_dir / GROUP_DIR)
+        _write_study_tables(out, study, long_j, wide_j, pcols, region_cols)
+        _write_overview_png(out, study, long_j)
+        if stats is not None:
+            _write_stats(out, study, stats)
+    return out.written
+
+
+@dataclass
+class _Study:
+    """What the group level read and validated before writing anything."""
+
+    long_df: pd.DataFrame  # collect_long: one row per run and region
+    runs: list[dict]  # long_df.attrs["runs"]: run keys, source and status per table
+    participants: pd.DataFrame | None  # read_participants (None without participants.tsv)
+    pmeta: dict  # read_participants_json
+    with_outputs: list[str]  # participant_id of every participant with a table, in table order
+    group_by: str | None = None
+    covariate: str | None = None
+    design_g: dict | None = None  # check_group_by
+    design_c: dict | None = None  # check_covariate
+
+    @property
+    def n_part(self) -> int:
+        return len(self.with_outputs)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Runs per :data:`STATUS_LEVELS` level."""
+        return {s: sum(r["status"] == s for r in self.runs) for s in STATUS_LEVELS}
+
+
+class _StagedWriter:
+    """Writes group outputs into the staging folder and lists their final paths (``out_dir/group/<name>``)."""
+
+    def __init__(self, stage: Path, final: Path):
+        self.stage, self.final, self.written = stage, final, []
+
+    def put(self, name: str, writer, *args, **kwargs) -> Path:
+        """``writer(stage / name, *args, **kwargs)``; returns the staged path (for the report to embed)."""
+        writer(self.stage / name, *args, **kwargs)
+        self.written.append(self.final / name)
+        return self.stage / name
+
+
+def _read_study(tables, bids_dir: Path, out_dir: Path, *, group_by, covariate) -> _Study:
+    """Validate every per-run table, ``participants.tsv``/``.json`` and the chosen columns
+    (:class:`GroupInputError` on the first problem)."""
     long_df = collect_long(tables, out_dir)
     runs = long_df.attrs["runs"]
     participants = read_participants(bids_dir)
@@ -624,241 +718,277 @@ def run_group(bids_dir, out_dir, participant_label=None, *, group_by: str | None
                 if group_by else None)
     design_c = (check_covariate(participants, covariate, with_outputs, path=ppath, meta=pmeta)
                 if covariate else None)
+    return _Study(long_df, runs, participants, pmeta, with_outputs, group_by, covariate, design_g, design_c)
 
-    # ---- 2. compute every table in memory
-    import pandas as pd
 
+def _joined_tables(study: _Study):
+    """``(long, wide, participant columns, region columns)``: the long and wide tables joined with
+    ``participants.tsv``; the wide one with each run's source and status, in its final column order."""
+    long_df, participants = study.long_df, study.participants
     wide = long_to_wide(long_df)
-    run_info = pd.DataFrame(runs, columns=list(RUN_KEYS) + ["source", "status"])
-    wide = wide.merge(run_info, on=list(RUN_KEYS), how="left")
+    wide = wide.merge(_runs_frame(study.runs), on=list(RUN_KEYS), how="left")
     long_j = join_participants(long_df, participants)
     wide_j = join_participants(wide, participants)
     pcols = [c for c in (participants.columns if participants is not None else [])
              if c != "participant_id" and c not in long_df.columns and c not in ("source", "status")]
     region_cols = [c for c in wide.columns if c not in RUN_KEYS and c not in ("source", "status")]
     wide_j = wide_j[list(RUN_KEYS) + ["source", "status"] + pcols + region_cols]
-    n_part = len(with_outputs)
-    counts = {s: sum(r["status"] == s for r in runs) for s in STATUS_LEVELS}
-    stats = _compute_stats(long_df, design_g, design_c, group_by, covariate) if (group_by or covariate) else None
+    return long_j, wide_j, pcols, region_cols
 
-    # ---- 3. write the set
+
+def _write_study_tables(out: _StagedWriter, study: _Study, long_j, wide_j, pcols, region_cols):
+    """The long and wide tables and their sidecars."""
+    from qsmprep.atlas.rois import ROI_COLUMNS
+    from qsmprep.utils.atomic import write_json
+
+    out.put("group_desc-dgm_stats.tsv", _write_tsv, long_j)
+    out.put("group_desc-dgm_stats.json", write_json, {
+        "Description": "Deep-gray-matter susceptibility statistics of every run (long format: one "
+                       "row per run and region), gathered from the participant-level "
+                       "*_desc-dgm_stats.tsv tables after validating each against its sidecar.",
+        "Sources": [r["source"] for r in study.runs],
+        **{c: ROI_COLUMNS[c] for c in study.long_df.columns if c in ROI_COLUMNS},
+        **_participant_sidecar(study.pmeta, pcols),
+    })
+    out.put("group_desc-dgm_wide.tsv", _write_tsv, wide_j)
+    out.put("group_desc-dgm_wide.json", write_json, {
+        "Description": "Mean susceptibility per deep-gray-matter region, one row per run found "
+                       "(every run found is listed, with its status).",
+        **{c: ROI_COLUMNS[c] for c in RUN_KEYS},
+        "source": {"Description": "The participant-level ROI table of the run, relative to the "
+                                  "derivatives folder."},
+        "status": {"Description": "Whether the run's table has a mean chi for its regions.",
+                   "Levels": STATUS_LEVELS},
+        **{c: {"Description": f"Mean chi in {c.rsplit('_', 1)[0].replace('_', ' ')} "
+                              f"({'left' if c.endswith('_L') else 'right'}).", "Units": "ppm"}
+           for c in region_cols},
+        **_participant_sidecar(study.pmeta, pcols),
+    })
+
+
+def _write_overview_png(out: _StagedWriter, study: _Study, long_j):
+    """Each structure's mean chi across runs, coloured by ``group_by`` (or a ``group`` column)."""
     from qsmprep.reports.figures import group_png
 
-    written = []
-    with staged_group_dir(out_dir) as stage:
-        def put(name, writer, *args, **kwargs):
-            writer(stage / name, *args, **kwargs)
-            written.append(out_dir / GROUP_DIR / name)
-            return stage / name
-
-        put("group_desc-dgm_stats.tsv", _write_tsv, long_j)
-        put("group_desc-dgm_stats.json", write_json, {
-            "Description": "Deep-gray-matter susceptibility statistics of every run (long format: one "
-                           "row per run and region), gathered from the participant-level "
-                           "*_desc-dgm_stats.tsv tables after validating each against its sidecar.",
-            "Sources": [r["source"] for r in runs],
-            **{c: ROI_COLUMNS[c] for c in long_df.columns if c in ROI_COLUMNS},
-            **_participant_sidecar(pmeta, pcols),
-        })
-        put("group_desc-dgm_wide.tsv", _write_tsv, wide_j)
-        put("group_desc-dgm_wide.json", write_json, {
-            "Description": "Mean susceptibility per deep-gray-matter region, one row per run found "
-                           "(every run found is listed, with its status).",
-            **{c: ROI_COLUMNS[c] for c in RUN_KEYS},
-            "source": {"Description": "The participant-level ROI table of the run, relative to the "
-                                      "derivatives folder."},
-            "status": {"Description": "Whether the run's table has a mean chi for its regions.",
-                       "Levels": STATUS_LEVELS},
-            **{c: {"Description": f"Mean chi in {c.rsplit('_', 1)[0].replace('_', ' ')} "
-                                  f"({'left' if c.endswith('_L') else 'right'}).", "Units": "ppm"}
-               for c in region_cols},
-            **_participant_sidecar(pmeta, pcols),
-        })
-        hue = group_by or ("group" if "group" in long_j.columns else None)
-        fig_df = long_j
-        if hue in long_j.columns:  # group_png needs a text level per row
-            fig_df = long_j.assign(**{hue: long_j[hue].astype(object).where(long_j[hue].notna(), "n/a")
-                                      .astype(str)})
-        put("group_desc-dgm_chi.png", group_png, fig_df, hue=hue,
-            title=f"Mean chi per structure ({n_part} participants, {len(tables)} runs)")
-        if stats is not None:
-            _write_stats(put, stage, stats, runs=runs, counts=counts, n_part=n_part, pmeta=pmeta,
-                         group_by=group_by, covariate=covariate, design_g=design_g, design_c=design_c)
-    return written
+    hue = study.group_by or ("group" if "group" in long_j.columns else None)
+    fig_df = long_j
+    if hue in long_j.columns:  # group_png needs a text level per row
+        fig_df = long_j.assign(**{hue: long_j[hue].astype(object).where(long_j[hue].notna(), "n/a")
+                                  .astype(str)})
+    out.put("group_desc-dgm_chi.png", group_png, fig_df, hue=hue,
+            title=f"Mean chi per structure ({study.n_part} participants, {len(study.runs)} runs)")
 
 
 REPEATED_MEASURES = ("Sessions and runs of one participant are repeated measures: for each region the "
                      "participant's finite run means (mean_ppm) were averaged with equal weight per run, "
                      "so each participant counts once (n = participants); 'bilateral' is the mean of left "
                      "and right per run (where both exist), averaged over runs the same way.")
+#: Sidecar entries of the region columns of every statistics table.
+_REGION_SIDECAR = {
+    "structure": {"Description": "Deep-gray-matter structure (see group_desc-dgm_stats.json)."},
+    "hemisphere": {"Description": "Hemisphere.", "Levels": {
+        "L": "left", "R": "right", "bilateral": "mean of left and right (per run, then per participant)"}},
+}
 
 
-def _compute_stats(long_df, design_g, design_c, group_by, covariate) -> dict:
+def _compute_stats(study: _Study) -> dict:
     from qsmprep import group_stats as gs
 
-    pm = gs.participant_means(long_df)
+    g, c = study.design_g, study.design_c
+    pm = gs.participant_means(study.long_df)
     out = {"pm": pm}
-    if design_g:
-        out["desc"] = gs.group_descriptives(pm, design_g["groups"], design_g["levels"])
-        out["effects"] = gs.group_effects(pm, design_g["groups"], design_g["levels"], design_g["reference"])
-        pm[group_by] = pm["participant_id"].map(design_g["groups"])
-    if design_c:
-        out["fits"] = gs.covariate_fits(pm, design_c["values"], covariate)
-        if covariate not in pm.columns:
-            pm[covariate] = pm["participant_id"].map(design_c["values"])
+    if g:
+        out["desc"] = gs.group_descriptives(pm, g["groups"], g["levels"])
+        out["effects"] = gs.group_effects(pm, g["groups"], g["levels"], g["reference"])
+        pm[study.group_by] = pm["participant_id"].map(g["groups"])
+    if c:
+        out["fits"] = gs.covariate_fits(pm, c["values"], study.covariate)
+        if study.covariate not in pm.columns:
+            pm[study.covariate] = pm["participant_id"].map(c["values"])
     return out
 
 
-def _write_stats(put, stage, stats, *, runs, counts, n_part, pmeta, group_by, covariate, design_g, design_c):
+def _write_stats(out: _StagedWriter, study: _Study, stats: dict):
+    """The statistics tables with their sidecars and figures, then the HTML report."""
     from qsmprep.group_stats import CONFIDENCE
-    from qsmprep.reports import group as rep
-    from qsmprep.utils.atomic import write_json
 
     conf = f"{round(CONFIDENCE * 100)} %"
     common = {"RepeatedMeasures": REPEATED_MEASURES, "Confidence": CONFIDENCE,
               "Source": "group_desc-dgm_stats.tsv (column mean_ppm)",
-              "ParticipantsWithOutputs": n_part, "Runs": len(runs)}
-    region = {"structure": {"Description": "Deep-gray-matter structure (see group_desc-dgm_stats.json)."},
-              "hemisphere": {"Description": "Hemisphere.", "Levels": {
-                  "L": "left", "R": "right", "bilateral": "mean of left and right (per run, then per "
-                                                          "participant)"}}}
-    pm = stats["pm"]
-    put("group_desc-participantmeans_stats.tsv", _write_tsv, pm)
-    pm_side = {"Description": "Mean chi per participant and region after averaging the participant's "
-                              "sessions and runs (the input of every group statistic).", **common, **region,
-               "participant_id": {"Description": "Participant label with the 'sub-' prefix."},
-               "mean_ppm": {"Description": "Mean over the participant's runs of the region's mean chi.",
-                            "Units": "ppm"},
-               "n_runs": {"Description": "Number of runs (with a value) averaged."},
-               "n_sessions": {"Description": "Number of distinct sessions among those runs."}}
-    sections, figs = [], []
-    if design_g:
-        pm_side[group_by] = _participant_sidecar(pmeta, [group_by])[group_by]
-    if design_c and covariate != group_by:
-        pm_side[covariate] = _participant_sidecar(pmeta, [covariate])[covariate]
-    put("group_desc-participantmeans_stats.json", write_json, pm_side)
+              "ParticipantsWithOutputs": study.n_part, "Runs": len(study.runs)}
+    _write_participant_means(out, study, stats["pm"], common)
+    sections = []
+    if study.design_g:
+        sections.append(_write_group_stats(out, study, stats, common, conf))
+    if study.design_c:
+        sections.append(_write_covariate_stats(out, study, stats, common, conf))
+    _write_group_report(out, study, sections, conf)
 
-    if design_g:
-        g = design_g
-        ref = g["reference"]
-        small = [lv for lv in g["levels"] if lv not in g["usable"]]
-        gnote = {"GroupBy": group_by, "GroupLevels": g["levels"], "ReferenceLevel": ref,
-                 "ParticipantsPerLevel": g["counts"],
-                 "ParticipantsWithoutValue": g["missing"],
-                 "LevelsWithoutContrast": small}
-        put("group_desc-groupmeans_stats.tsv", _write_tsv, stats["desc"])
-        put("group_desc-groupmeans_stats.json", write_json, {
-            "Description": f"Mean chi per region and level of participants.tsv column '{group_by}', "
-                           f"with t-based {conf} confidence intervals over participants.",
-            **common, **gnote, **region,
-            "level": {"Description": f"Value of '{group_by}'."},
-            "n": {"Description": "Participants with a value in the region."},
-            "mean_ppm": {"Description": "Mean of the participant means.", "Units": "ppm"},
-            "sd_ppm": {"Description": "Standard deviation (ddof=1) of the participant means.", "Units": "ppm"},
-            "sem_ppm": {"Description": "Standard error of the mean (sd / sqrt(n)).", "Units": "ppm"},
-            "ci_low_ppm": {"Description": f"Lower bound of the {conf} CI (mean - t * sem, n-1 df).",
-                           "Units": "ppm"},
-            "ci_high_ppm": {"Description": f"Upper bound of the {conf} CI.", "Units": "ppm"},
-        })
-        put("group_desc-groupeffects_stats.tsv", _write_tsv, stats["effects"])
-        put("group_desc-groupeffects_stats.json", write_json, {
-            "Description": f"Each level of '{group_by}' with at least 2 participants against the reference "
-                           f"level '{ref}' per region: Welch difference of means, Cohen's d and Hedges' g; "
-                           "and a one-way ANOVA over those levels.",
-            **common, **gnote, **region,
-            "MultipleComparisons": "p_fdr: Benjamini-Hochberg over all rows of the same contrast "
-                                   "(every region, and the bilateral means); anova_p_fdr: the same over regions.",
-            "contrast": {"Description": "'<level> - <reference>'."},
-            "level": {"Description": "Compared level."}, "reference": {"Description": "Reference level."},
-            "n_level": {"Description": "Participants of the level with a value."},
-            "n_reference": {"Description": "Participants of the reference with a value."},
-            "difference_ppm": {"Description": "Mean(level) - mean(reference).", "Units": "ppm"},
-            "ci_low_ppm": {"Description": f"Lower bound of the Welch {conf} CI of the difference.",
-                           "Units": "ppm"},
-            "ci_high_ppm": {"Description": f"Upper bound of the Welch {conf} CI.", "Units": "ppm"},
-            "t": {"Description": "Welch t statistic."},
-            "df": {"Description": "Welch-Satterthwaite degrees of freedom."},
-            "p": {"Description": "Two-sided p-value of the Welch t-test (uncorrected)."},
-            "p_fdr": {"Description": "Benjamini-Hochberg adjusted p (see MultipleComparisons)."},
-            "cohens_d": {"Description": "Difference / pooled SD (unitless)."},
-            "hedges_g": {"Description": "Cohen's d times the exact small-sample factor J (unitless)."},
-            "hedges_g_ci_low": {"Description": f"Lower bound of the {conf} CI of g (normal approximation, "
-                                               "Hedges & Olkin 1985)."},
-            "hedges_g_ci_high": {"Description": f"Upper bound of the {conf} CI of g."},
-            "anova_F": {"Description": "One-way ANOVA F over the levels with at least 2 participants."},
-            "anova_df_between": {"Description": "Numerator degrees of freedom (levels - 1)."},
-            "anova_df_within": {"Description": "Denominator degrees of freedom (participants - levels)."},
-            "anova_p": {"Description": "p-value of the ANOVA (uncorrected)."},
-            "anova_p_fdr": {"Description": "Benjamini-Hochberg adjusted ANOVA p over regions."},
-            "eta_squared": {"Description": "SS_between / SS_total (unitless)."},
-            "omega_squared": {"Description": "(SS_between - (k-1) MS_within) / (SS_total + MS_within), "
-                                             "less biased than eta squared (unitless)."},
-        })
-        fig = put("group_desc-groupmeans_chi.png", rep.group_means_png, pm, stats["desc"], by=group_by,
+
+def _write_participant_means(out: _StagedWriter, study: _Study, pm, common: dict):
+    from qsmprep.utils.atomic import write_json
+
+    group_by, covariate = study.group_by, study.covariate
+    out.put("group_desc-participantmeans_stats.tsv", _write_tsv, pm)
+    side = {"Description": "Mean chi per participant and region after averaging the participant's "
+                           "sessions and runs (the input of every group statistic).", **common, **_REGION_SIDECAR,
+            "participant_id": {"Description": "Participant label with the 'sub-' prefix."},
+            "mean_ppm": {"Description": "Mean over the participant's runs of the region's mean chi.",
+                         "Units": "ppm"},
+            "n_runs": {"Description": "Number of runs (with a value) averaged."},
+            "n_sessions": {"Description": "Number of distinct sessions among those runs."}}
+    if study.design_g:
+        side[group_by] = _participant_sidecar(study.pmeta, [group_by])[group_by]
+    if study.design_c and covariate != group_by:
+        side[covariate] = _participant_sidecar(study.pmeta, [covariate])[covariate]
+    out.put("group_desc-participantmeans_stats.json", write_json, side)
+
+
+def _write_group_stats(out: _StagedWriter, study: _Study, stats: dict, common: dict, conf: str) -> dict:
+    """Group means and contrasts (tables, sidecars, figure); returns the report section."""
+    from qsmprep.reports import group as rep
+    from qsmprep.utils.atomic import write_json
+
+    g, group_by = study.design_g, study.group_by
+    small = [lv for lv in g["levels"] if lv not in g["usable"]]
+    head = {**common, "GroupBy": group_by, "GroupLevels": g["levels"], "ReferenceLevel": g["reference"],
+            "ParticipantsPerLevel": g["counts"], "ParticipantsWithoutValue": g["missing"],
+            "LevelsWithoutContrast": small}
+    out.put("group_desc-groupmeans_stats.tsv", _write_tsv, stats["desc"])
+    out.put("group_desc-groupmeans_stats.json", write_json, _groupmeans_sidecar(group_by, conf, head))
+    out.put("group_desc-groupeffects_stats.tsv", _write_tsv, stats["effects"])
+    out.put("group_desc-groupeffects_stats.json", write_json,
+            _groupeffects_sidecar(group_by, g["reference"], conf, head))
+    fig = out.put("group_desc-groupmeans_chi.png", rep.group_means_png, stats["pm"], stats["desc"], by=group_by,
                   levels=g["levels"], title=f"Mean chi per participant by {group_by} (bars: mean, {conf} CI)")
-        figs.append(fig)
-        sections.append(rep.section(
-            f"Groups: {group_by}",
-            text=(f"Reference level: {ref}; participants per level: "
-                  + ", ".join(f"{k} {v}" for k, v in g["counts"].items())
-                  + (f"; without a value (left out): {_list(g['missing'], 10)}" if g["missing"] else "")
-                  + (f"; levels with fewer than 2 participants (no contrast): {', '.join(small)}" if small else "")
-                  + "."),
-            image=fig,
-            tables=[("Group means (ppm)", stats["desc"]),
-                    ("Contrasts against the reference (difference in ppm; effect sizes unitless)",
-                     stats["effects"][["structure", "hemisphere", "contrast", "n_level", "n_reference",
-                                       "difference_ppm", "ci_low_ppm", "ci_high_ppm", "p", "p_fdr",
-                                       "hedges_g", "hedges_g_ci_low", "hedges_g_ci_high", "anova_p",
-                                       "omega_squared"]])]))
-    if design_c:
-        c = design_c
-        per = f"ppm per {c['units']}" if c["units"] else f"ppm per unit of {covariate}"
-        put("group_desc-covariatefit_stats.tsv", _write_tsv, stats["fits"])
-        put("group_desc-covariatefit_stats.json", write_json, {
-            "Description": f"Least-squares line of the participant means of chi against participants.tsv "
-                           f"column '{covariate}' per region (slope with t-based {conf} CI, n-2 df).",
-            **common, **region, "Covariate": covariate, "CovariateUnits": c["units"] or "n/a",
-            "ParticipantsWithoutValue": c["missing"],
-            "MultipleComparisons": "p_fdr: Benjamini-Hochberg over all rows (regions).",
-            "covariate": {"Description": "Name of the participants.tsv column."},
-            "n": {"Description": "Participants with both a chi value and a finite covariate."},
-            "slope_ppm_per_unit": {"Description": "Slope.", "Units": per},
-            "slope_se_ppm_per_unit": {"Description": "Standard error of the slope.", "Units": per},
-            "slope_ci_low_ppm_per_unit": {"Description": f"Lower bound of the {conf} CI of the slope.",
-                                          "Units": per},
-            "slope_ci_high_ppm_per_unit": {"Description": f"Upper bound of the {conf} CI.", "Units": per},
-            "intercept_ppm": {"Description": f"Fitted chi at {covariate} = 0.", "Units": "ppm"},
-            "r": {"Description": "Pearson correlation."}, "r_squared": {"Description": "r squared."},
-            "p": {"Description": "Two-sided p-value of slope = 0 (uncorrected)."},
-            "p_fdr": {"Description": "Benjamini-Hochberg adjusted p over regions."},
-        })
-        fig = put("group_desc-covariatefit_chi.png", rep.covariate_png, pm, stats["fits"],
-                  covariate=covariate, units=c["units"], hue=group_by if design_g else None,
+    return rep.section(
+        f"Groups: {group_by}",
+        text=(f"Reference level: {g['reference']}; participants per level: "
+              + ", ".join(f"{k} {v}" for k, v in g["counts"].items())
+              + (f"; without a value (left out): {_list(g['missing'], 10)}" if g["missing"] else "")
+              + (f"; levels with fewer than 2 participants (no contrast): {', '.join(small)}" if small else "")
+              + "."),
+        image=fig,
+        tables=[("Group means (ppm)", stats["desc"]),
+                ("Contrasts against the reference (difference in ppm; effect sizes unitless)",
+                 stats["effects"][["structure", "hemisphere", "contrast", "n_level", "n_reference",
+                                   "difference_ppm", "ci_low_ppm", "ci_high_ppm", "p", "p_fdr",
+                                   "hedges_g", "hedges_g_ci_low", "hedges_g_ci_high", "anova_p",
+                                   "omega_squared"]])])
+
+
+def _groupmeans_sidecar(group_by: str, conf: str, head: dict) -> dict:
+    return {
+        "Description": f"Mean chi per region and level of participants.tsv column '{group_by}', "
+                       f"with t-based {conf} confidence intervals over participants.",
+        **head, **_REGION_SIDECAR,
+        "level": {"Description": f"Value of '{group_by}'."},
+        "n": {"Description": "Participants with a value in the region."},
+        "mean_ppm": {"Description": "Mean of the participant means.", "Units": "ppm"},
+        "sd_ppm": {"Description": "Standard deviation (ddof=1) of the participant means.", "Units": "ppm"},
+        "sem_ppm": {"Description": "Standard error of the mean (sd / sqrt(n)).", "Units": "ppm"},
+        "ci_low_ppm": {"Description": f"Lower bound of the {conf} CI (mean - t * sem, n-1 df).",
+                       "Units": "ppm"},
+        "ci_high_ppm": {"Description": f"Upper bound of the {conf} CI.", "Units": "ppm"},
+    }
+
+
+def _groupeffects_sidecar(group_by: str, ref: str, conf: str, head: dict) -> dict:
+    return {
+        "Description": f"Each level of '{group_by}' with at least 2 participants against the reference "
+                       f"level '{ref}' per region: Welch difference of means, Cohen's d and Hedges' g; "
+                       "and a one-way ANOVA over those levels.",
+        **head, **_REGION_SIDECAR,
+        "MultipleComparisons": "p_fdr: Benjamini-Hochberg over all rows of the same contrast "
+                               "(every region, and the bilateral means); anova_p_fdr: the same over regions.",
+        "contrast": {"Description": "'<level> - <reference>'."},
+        "level": {"Description": "Compared level."}, "reference": {"Description": "Reference level."},
+        "n_level": {"Description": "Participants of the level with a value."},
+        "n_reference": {"Description": "Participants of the reference with a value."},
+        "difference_ppm": {"Description": "Mean(level) - mean(reference).", "Units": "ppm"},
+        "ci_low_ppm": {"Description": f"Lower bound of the Welch {conf} CI of the difference.",
+                       "Units": "ppm"},
+        "ci_high_ppm": {"Description": f"Upper bound of the Welch {conf} CI.", "Units": "ppm"},
+        "t": {"Description": "Welch t statistic."},
+        "df": {"Description": "Welch-Satterthwaite degrees of freedom."},
+        "p": {"Description": "Two-sided p-value of the Welch t-test (uncorrected)."},
+        "p_fdr": {"Description": "Benjamini-Hochberg adjusted p (see MultipleComparisons)."},
+        "cohens_d": {"Description": "Difference / pooled SD (unitless)."},
+        "hedges_g": {"Description": "Cohen's d times the exact small-sample factor J (unitless)."},
+        "hedges_g_ci_low": {"Description": f"Lower bound of the {conf} CI of g (normal approximation, "
+                                           "Hedges & Olkin 1985)."},
+        "hedges_g_ci_high": {"Description": f"Upper bound of the {conf} CI of g."},
+        "anova_F": {"Description": "One-way ANOVA F over the levels with at least 2 participants."},
+        "anova_df_between": {"Description": "Numerator degrees of freedom (levels - 1)."},
+        "anova_df_within": {"Description": "Denominator degrees of freedom (participants - levels)."},
+        "anova_p": {"Description": "p-value of the ANOVA (uncorrected)."},
+        "anova_p_fdr": {"Description": "Benjamini-Hochberg adjusted ANOVA p over regions."},
+        "eta_squared": {"Description": "SS_between / SS_total (unitless)."},
+        "omega_squared": {"Description": "(SS_between - (k-1) MS_within) / (SS_total + MS_within), "
+                                         "less biased than eta squared (unitless)."},
+    }
+
+
+def _write_covariate_stats(out: _StagedWriter, study: _Study, stats: dict, common: dict, conf: str) -> dict:
+    """The linear fits against the covariate (table, sidecar, figure); returns the report section."""
+    from qsmprep.reports import group as rep
+    from qsmprep.utils.atomic import write_json
+
+    c, covariate = study.design_c, study.covariate
+    per = f"ppm per {c['units']}" if c["units"] else f"ppm per unit of {covariate}"
+    out.put("group_desc-covariatefit_stats.tsv", _write_tsv, stats["fits"])
+    out.put("group_desc-covariatefit_stats.json", write_json, _covariatefit_sidecar(covariate, c, per, conf, common))
+    fig = out.put("group_desc-covariatefit_chi.png", rep.covariate_png, stats["pm"], stats["fits"],
+                  covariate=covariate, units=c["units"], hue=study.group_by if study.design_g else None,
                   title=f"Mean chi per participant against {covariate} (line: least squares)")
-        figs.append(fig)
-        sections.append(rep.section(
-            f"Covariate: {covariate}" + (f" ({c['units']})" if c["units"] else ""),
-            text=(f"Slope in {per}; {len(c['values'])} participants with a value"
-                  + (f"; without a value (left out): {_list(c['missing'], 10)}" if c["missing"] else "")
-                  + "."),
-            image=fig,
-            tables=[(f"Linear fits (slope in {per})",
-                     stats["fits"][["structure", "hemisphere", "n", "slope_ppm_per_unit",
-                                    "slope_ci_low_ppm_per_unit", "slope_ci_high_ppm_per_unit", "r", "p",
-                                    "p_fdr"]])]))
-    run_table = _runs_frame(runs)
-    sections.append(rep.section("Runs found", text="Every participant-level ROI table found, with its status "
-                                "(no-data runs add nothing to the statistics).",
-                                tables=[("Runs", run_table)]))
-    overview = rep.section("Overview", image=stage / "group_desc-dgm_chi.png", facts=[
-        ("Participants with outputs", str(n_part)), ("Runs", f"{len(runs)} ("
-         + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")"),
+    return rep.section(
+        f"Covariate: {covariate}" + (f" ({c['units']})" if c["units"] else ""),
+        text=(f"Slope in {per}; {len(c['values'])} participants with a value"
+              + (f"; without a value (left out): {_list(c['missing'], 10)}" if c["missing"] else "")
+              + "."),
+        image=fig,
+        tables=[(f"Linear fits (slope in {per})",
+                 stats["fits"][["structure", "hemisphere", "n", "slope_ppm_per_unit",
+                                "slope_ci_low_ppm_per_unit", "slope_ci_high_ppm_per_unit", "r", "p",
+                                "p_fdr"]])])
+
+
+def _covariatefit_sidecar(covariate: str, c: dict, per: str, conf: str, common: dict) -> dict:
+    return {
+        "Description": f"Least-squares line of the participant means of chi against participants.tsv "
+                       f"column '{covariate}' per region (slope with t-based {conf} CI, n-2 df).",
+        **common, **_REGION_SIDECAR, "Covariate": covariate, "CovariateUnits": c["units"] or "n/a",
+        "ParticipantsWithoutValue": c["missing"],
+        "MultipleComparisons": "p_fdr: Benjamini-Hochberg over all rows (regions).",
+        "covariate": {"Description": "Name of the participants.tsv column."},
+        "n": {"Description": "Participants with both a chi value and a finite covariate."},
+        "slope_ppm_per_unit": {"Description": "Slope.", "Units": per},
+        "slope_se_ppm_per_unit": {"Description": "Standard error of the slope.", "Units": per},
+        "slope_ci_low_ppm_per_unit": {"Description": f"Lower bound of the {conf} CI of the slope.",
+                                      "Units": per},
+        "slope_ci_high_ppm_per_unit": {"Description": f"Upper bound of the {conf} CI.", "Units": per},
+        "intercept_ppm": {"Description": f"Fitted chi at {covariate} = 0.", "Units": "ppm"},
+        "r": {"Description": "Pearson correlation."}, "r_squared": {"Description": "r squared."},
+        "p": {"Description": "Two-sided p-value of slope = 0 (uncorrected)."},
+        "p_fdr": {"Description": "Benjamini-Hochberg adjusted p over regions."},
+    }
+
+
+def _write_group_report(out: _StagedWriter, study: _Study, sections: list, conf: str):
+    """``group_desc-dgm_report.html``: an overview, the statistics ``sections`` and the runs found."""
+    from qsmprep.reports import group as rep
+
+    runs_found = rep.section("Runs found", text="Every participant-level ROI table found, with its status "
+                             "(no-data runs add nothing to the statistics).",
+                             tables=[("Runs", _runs_frame(study.runs))])
+    overview = rep.section("Overview", image=out.stage / "group_desc-dgm_chi.png", facts=[
+        ("Participants with outputs", str(study.n_part)), ("Runs", f"{len(study.runs)} ("
+         + ", ".join(f"{v} {k}" for k, v in study.counts.items() if v) + ")"),
         ("Repeated measures", REPEATED_MEASURES),
         ("Confidence intervals", f"{conf}, t-based; p-values two-sided with Benjamini-Hochberg adjustment"),
     ])
-    put("group_desc-dgm_report.html", rep.build_group_html, [overview] + sections,
-        title="qsmprep group report: deep-gray-matter susceptibility")
+    out.put("group_desc-dgm_report.html", rep.build_group_html, [overview] + sections + [runs_found],
+            title="qsmprep group report: deep-gray-matter susceptibility")
 
 
 def _runs_frame(runs):
