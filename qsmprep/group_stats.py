@@ -282,8 +282,10 @@ def participant_means(long_df, value: str = "mean_ppm", *, bilateral: bool = Tru
     return out.reset_index(drop=True)
 
 
-def _regions(pm):
-    return list(dict.fromkeys(zip(pm["structure"], pm["hemisphere"])))
+def _region_rows(pm):
+    """``(structure, hemisphere, row mask of pm)`` for each region of ``pm``, in order of appearance."""
+    for s, h in dict.fromkeys(zip(pm["structure"], pm["hemisphere"])):
+        yield s, h, (pm["structure"] == s) & (pm["hemisphere"] == h)
 
 
 def group_descriptives(pm, groups, levels, value: str = "mean_ppm", confidence: float = CONFIDENCE):
@@ -298,8 +300,7 @@ def group_descriptives(pm, groups, levels, value: str = "mean_ppm", confidence: 
 
     lv = pm["participant_id"].map(dict(groups))
     rows = []
-    for s, h in _regions(pm):
-        sel = (pm["structure"] == s) & (pm["hemisphere"] == h)
+    for s, h, sel in _region_rows(pm):
         for level in levels:
             r = mean_ci(pm.loc[sel & (lv == level), value], confidence)
             rows.append({"structure": s, "hemisphere": h, "level": level, "n": r["n"],
@@ -323,8 +324,7 @@ def group_effects(pm, groups, levels, reference, value: str = "mean_ppm",
 
     lv = pm["participant_id"].map(dict(groups))
     rows = []
-    for s, h in _regions(pm):
-        sel = (pm["structure"] == s) & (pm["hemisphere"] == h)
+    for s, h, sel in _region_rows(pm):
         samples = {level: _finite(pm.loc[sel & (lv == level), value]) for level in levels}
         usable = [level for level in levels if samples[level].size >= MIN_PER_GROUP]
         omni = one_way([samples[level] for level in usable])
@@ -369,8 +369,7 @@ def covariate_fits(pm, covariate_values, covariate: str, value: str = "mean_ppm"
 
     x_all = pd.to_numeric(pm["participant_id"].map(dict(covariate_values)), errors="coerce")
     rows = []
-    for s, h in _regions(pm):
-        sel = (pm["structure"] == s) & (pm["hemisphere"] == h)
+    for s, h, sel in _region_rows(pm):
         f = linear_fit(x_all[sel], pm.loc[sel, value], confidence)
         rows.append({"structure": s, "hemisphere": h, "covariate": covariate, "n": f["n"],
                      "slope_ppm_per_unit": f["slope"], "slope_se_ppm_per_unit": f["slope_se"],

@@ -27,6 +27,21 @@ def _panels(n, plt, w=3.6, h=3.1):
     return fig, axes.ravel()
 
 
+def _level_legend(fig, cmap, levels, title):
+    """A legend, top right, of the colour of each level (``cmap(index % 10)``, as the points are drawn)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(i % 10), label=str(lv)) for i, lv in enumerate(levels)]
+    fig.legend(handles=handles, title=title, loc="upper right", fontsize=7, title_fontsize=7)
+
+
+def _finish(fig, path, title) -> Path:
+    """Title, layout (room for the legend on the right), save as PNG."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
+    return _save(fig, path)
+
+
 def group_means_png(path, pm, desc, *, by, levels, value="mean_ppm", title="") -> Path:
     """One panel per structure: participant means (points) and group mean with CI (bars), per hemisphere.
 
@@ -58,13 +73,8 @@ def group_means_png(path, pm, desc, *, by, levels, value="mean_ppm", title="") -
         ax.set_xticks(range(len(hemis)), hemis, fontsize=8)
         ax.set_title(s.replace("_", " "), fontsize=9, color=STRUCTURE_COLOURS.get(s, "k"))
         ax.set_ylabel("chi (ppm)", fontsize=8)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], marker="o", ls="", color=cmap(i % 10), label=str(lv)) for i, lv in enumerate(levels)]
-    fig.legend(handles=handles, title=by, loc="upper right", fontsize=7, title_fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    return _save(fig, path)
+    _level_legend(fig, cmap, levels, by)
+    return _finish(fig, path, title)
 
 
 def covariate_png(path, pm, fits, *, covariate, units="", hue=None, value="mean_ppm", title="") -> Path:
@@ -101,13 +111,8 @@ def covariate_png(path, pm, fits, *, covariate, units="", hue=None, value="mean_
         ax.set_xlabel(f"{covariate}" + (f" ({units})" if units else ""), fontsize=8)
         ax.set_ylabel(f"chi, {hemi} (ppm)", fontsize=8)
     if levels:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], marker="o", ls="", color=cmap(i % 10), label=lv) for i, lv in enumerate(levels)]
-        fig.legend(handles=handles, title=hue, loc="upper right", fontsize=7, title_fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    return _save(fig, path)
+        _level_legend(fig, cmap, levels, hue)
+    return _finish(fig, path, title)
 
 
 def section(title, *, text="", image=None, tables=(), facts=()) -> dict:
