@@ -179,21 +179,27 @@ def registration_flavor(sloppy: bool = False, atlas_precise: bool = False) -> st
     return "testing" if sloppy else ("precise" if atlas_precise else "fast")
 
 
-def installed_versions(*, torch: bool = False, atlas: bool = False, recorded: dict | None = None) -> dict:
-    """Software versions to report: qsmprep, Python, the core packages, torch and the atlas packages
-    when their step ran.  ``recorded`` (name -> version, e.g. from the sidecars) wins over what is
-    installed here; a package that is not installed is left out."""
+def package_versions(names) -> dict:
+    """Distribution name -> installed version, for each of ``names`` that is installed (in that order)."""
     from importlib import metadata
 
-    import qsmprep
-
-    out = {"qsmprep": qsmprep.__version__, "Python": platform.python_version()}
-    names = list(CORE_PACKAGES) + (list(TORCH_PACKAGES) if torch else []) + (list(ATLAS_PACKAGES) if atlas else [])
+    out = {}
     for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def installed_versions(*, torch: bool = False, atlas: bool = False, recorded: dict | None = None) -> dict:
+    """Software versions to report: qsmprep, Python, the core packages, torch and the atlas packages
+    when their step ran.  ``recorded`` (name -> version, e.g. from the sidecars) wins over what is
+    installed here; a package that is not installed is left out."""
+    import qsmprep
+
+    names = list(CORE_PACKAGES) + (list(TORCH_PACKAGES) if torch else []) + (list(ATLAS_PACKAGES) if atlas else [])
+    out = {"qsmprep": qsmprep.__version__, "Python": platform.python_version(), **package_versions(names)}
     for name, version in (recorded or {}).items():
         if version:
             out[name] = version

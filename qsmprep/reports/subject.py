@@ -16,6 +16,7 @@ import datetime as _dt
 import html
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,17 +118,11 @@ def _kv_table(d: dict) -> str:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     import qsmprep
+    from qsmprep.reports.methods import package_versions
 
-    out = {"qsmprep": qsmprep.__version__, "python": platform.python_version()}
-    for pkg in ("numpy", "nibabel", "nipype", "antspyx", "nilearn", "torch", "matplotlib", "pandas"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return {"qsmprep": qsmprep.__version__, "python": platform.python_version(),
+            **package_versions(("numpy", "nibabel", "nipype", "antspyx", "nilearn", "torch", "matplotlib", "pandas"))}
 
 
 def _newest_config(sub_dir: Path) -> Path | None:
@@ -171,9 +166,6 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
 
     Raises :class:`NoSubjectOutputsError` when ``out_dir`` holds nothing for the subject.
     """
-    import pandas as pd
-
-    from qsmprep.reports import figures as F
     from qsmprep.utils.atomic import ensure_no_links, write_text
 
     out_dir = Path(out_dir)
@@ -186,112 +178,170 @@ def build_subject_report(out_dir, subject, *, bids_dir=None, n_slices: int = 8) 
             f"run the participant level for {sub} first or check the output folder."
         )
     bids_dir = Path(bids_dir) if bids_dir else _source_dir(out_dir)
-    body, nav = [], []
-    for prefix, base in runs.items():
-        nav.append(f'<a href="#{prefix}">{html.escape(prefix)}</a>')
-        sec = [f'<h2 id="{prefix}">{html.escape(prefix)}</h2>']
-        rel = str(base.relative_to(out_dir))
+    nav = [f'<a href="#{prefix}">{html.escape(prefix)}</a>' for prefix in runs]
+    body = [_run_section(out_dir, sub, prefix, base, bids_dir, n_slices) for prefix, base in runs.items()]
+    page = _page(out_dir, sub, len(runs), nav, body)
+    return write_text(out_dir / naming.report_path(sub), page, root=out_dir)
 
-        def path(key):
-            return _existing(out_dir / naming.run_path(key, prefix, rel))
 
-        def fig(key):
-            return out_dir / naming.figure_path(key, prefix, sub)
+@dataclass
+class _RunImages:
+    """One run's volumes for the figures (None where the file is absent)."""
 
-        mask, mask_img = _load(path("mask"))
-        mask_b = mask > 0 if mask is not None else None
-        chi_path = path("chi")
-        chi, _ = _load(chi_path)
-        total, _ = _load(path("total_field"))
-        local, _ = _load(path("local_field"))
-        dseg, _ = _load(path("dseg"))
-        mag_path = path("magnitude")
-        mag, _ = _load(mag_path)
-        if mag is None:
-            mag, mag_path = _find_magnitude(prefix, base, out_dir, bids_dir)
+    mask: np.ndarray | None  # bool
+    chi: np.ndarray | None  # ppm
+    chi_path: Path | None
+    total: np.ndarray | None  # Hz
+    local: np.ndarray | None  # ppm
+    dseg: np.ndarray | None
+    mag: np.ndarray | None  # echo-combined magnitude, from the derivatives or the raw dataset
+    mag_path: Path | None
 
-        # 1. mask over magnitude
-        sec.append("<h3>Brain mask</h3>")
-        if mask_b is not None:
-            under, what = (mag, f"magnitude ({mag_path.name})") if mag is not None else (local, "local field")
-            if under is None:
-                under, what = chi, "chi"
-            if under is not None and under.shape[:3] == mask_b.shape:
-                p = F.mosaic_png(fig("mask"), under, mask=mask_b,
-                                 overlay_mask=mask_b, title=f"brain mask (red) over the {what}",
-                                 symmetric=mag is None, cmap="gray", n_slices=n_slices)
-                sec.append(_img(p, f"Brain mask outline over the {what}"))
-        else:
-            sec.append('<p class="note">No brain mask found.</p>')
-        # 2. fields
-        if total is not None or local is not None:
-            sec.append("<h3>Total and local field</h3>")
-            p = F.fields_png(fig("fields"), total, local, mask=mask_b,
-                             title="total field (Hz) and local field after background removal (ppm)")
-            sec.append(_img(p, "Total field (Hz, top) and local field (ppm, bottom)"))
-        # 3. chi mosaic
-        if chi is not None:
-            sec.append("<h3>Susceptibility (chi)</h3>")
-            p = F.mosaic_png(fig("chi"), chi, mask=mask_b,
-                             title="chi (ppm)", symmetric=True, units="ppm", n_slices=n_slices)
-            sec.append(_img(p, "Chi map, axial mosaic (ppm)"))
-        # 4. atlas contours
-        if chi is not None and dseg is not None and dseg.shape == chi.shape:
-            sec.append("<h3>Deep-gray-matter labels</h3>")
-            dm = np.rint(dseg).astype(np.int16)
-            p = F.mosaic_png(fig("dgm_contours"), chi, mask=dm > 0,
-                             title="DGM labels (AAL3, warped) over chi", symmetric=True, units="ppm",
-                             contours=dm, n_slices=n_slices)
-            sec.append(_img(p, "DGM label contours over chi: caudate blue, putamen orange, pallidum "
-                               "green, thalamus red, substantia nigra purple, red nucleus brown"))
-        # 5. ROI table + bar chart
-        stats_path = path("roi_tsv")
-        if stats_path is not None:
-            df = pd.read_csv(stats_path, sep="\t", na_values=["n/a"], keep_default_na=False,
-                             dtype={"run": str, "session_id": str, "acquisition": str})
-            sec.append("<h3>ROI statistics</h3>")
-            p = F.roi_bar_png(fig("roi_bars"), df, title="mean chi per region")
-            sec.append(_img(p, "Mean chi per region (bars) with the interquartile range"))
-            show = [c for c in ("structure", "hemisphere", "voxel_count", "volume_mm3", "mean_ppm",
-                                "median_ppm", "std_ppm", "p25_ppm", "p75_ppm") if c in df.columns]
-            sec.append(df[show].to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a",
-                                        border=0))
-            if "reference_region" in df.columns and len(df):
-                sec.append(f'<p class="note">Reference region: {html.escape(str(df["reference_region"].iloc[0]))}</p>')
-        # 6. provenance from the sidecar
-        sec.append("<h3>Provenance</h3>")
-        side = naming.sidecar_path(chi_path) if chi_path else None
-        if side is not None and side.exists():
-            try:
-                meta = json.loads(side.read_text())
-            except ValueError:
-                meta = {"error": f"unreadable sidecar {side.name}"}
-            key = {k: meta[k] for k in _PROV_KEYS if k in meta}
-            if key:
-                sec.append("<p>Key fields:</p>" + _kv_table(key))
-            sec.append(f"<details><summary>Full sidecar {html.escape(side.name)}</summary>{_kv_table(meta)}</details>")
-        else:
-            sec.append('<p class="note">No Chimap JSON sidecar found.</p>')
-        body.append("\n".join(sec))
 
-    methods = ["<h2 id='methods'>Methods</h2>", _methods_section(out_dir, sub)]
+def _run_file(out_dir: Path, prefix: str, base: Path, key: str) -> Path | None:
+    """The run's derivative ``key`` (a :data:`qsmprep.naming.OUTPUTS` key) if it exists."""
+    return _existing(out_dir / naming.run_path(key, prefix, str(base.relative_to(out_dir))))
+
+
+def _load_run(out_dir: Path, prefix: str, base: Path, bids_dir: Path | None) -> _RunImages:
+    def path(key):
+        return _run_file(out_dir, prefix, base, key)
+
+    mask, _ = _load(path("mask"))
+    chi_path = path("chi")
+    chi, _ = _load(chi_path)
+    total, _ = _load(path("total_field"))
+    local, _ = _load(path("local_field"))
+    dseg, _ = _load(path("dseg"))
+    mag_path = path("magnitude")
+    mag, _ = _load(mag_path)
+    if mag is None:
+        mag, mag_path = _find_magnitude(prefix, base, out_dir, bids_dir)
+    return _RunImages(mask=mask > 0 if mask is not None else None, chi=chi, chi_path=chi_path, total=total,
+                      local=local, dseg=dseg, mag=mag, mag_path=mag_path)
+
+
+def _run_section(out_dir: Path, sub: str, prefix: str, base: Path, bids_dir: Path | None, n_slices: int) -> str:
+    """One run's part of the report: its figures (also saved in ``sub-<l>/figures/``), ROI table and provenance."""
+
+    def fig(key):
+        return out_dir / naming.figure_path(key, prefix, sub)
+
+    run = _load_run(out_dir, prefix, base, bids_dir)
+    sec = [f'<h2 id="{prefix}">{html.escape(prefix)}</h2>']
+    sec += _mask_html(run, fig, n_slices)
+    sec += _maps_html(run, fig, n_slices)
+    sec += _roi_html(_run_file(out_dir, prefix, base, "roi_tsv"), fig("roi_bars"))
+    sec += _provenance_html(run.chi_path)
+    return "\n".join(sec)
+
+
+def _mask_html(run: _RunImages, fig, n_slices: int) -> list[str]:
+    """The brain mask outlined over the magnitude (else the local field, else chi)."""
+    from qsmprep.reports import figures as F
+
+    out = ["<h3>Brain mask</h3>"]
+    if run.mask is None:
+        return out + ['<p class="note">No brain mask found.</p>']
+    under, what = (run.mag, f"magnitude ({run.mag_path.name})") if run.mag is not None else (run.local, "local field")
+    if under is None:
+        under, what = run.chi, "chi"
+    if under is not None and under.shape[:3] == run.mask.shape:
+        p = F.mosaic_png(fig("mask"), under, mask=run.mask,
+                         overlay_mask=run.mask, title=f"brain mask (red) over the {what}",
+                         symmetric=run.mag is None, cmap="gray", n_slices=n_slices)
+        out.append(_img(p, f"Brain mask outline over the {what}"))
+    return out
+
+
+def _maps_html(run: _RunImages, fig, n_slices: int) -> list[str]:
+    """The total and local field maps, the chi mosaic and the DGM label contours over chi."""
+    from qsmprep.reports import figures as F
+
+    out = []
+    if run.total is not None or run.local is not None:
+        out.append("<h3>Total and local field</h3>")
+        p = F.fields_png(fig("fields"), run.total, run.local, mask=run.mask,
+                         title="total field (Hz) and local field after background removal (ppm)")
+        out.append(_img(p, "Total field (Hz, top) and local field (ppm, bottom)"))
+    if run.chi is not None:
+        out.append("<h3>Susceptibility (chi)</h3>")
+        p = F.mosaic_png(fig("chi"), run.chi, mask=run.mask,
+                         title="chi (ppm)", symmetric=True, units="ppm", n_slices=n_slices)
+        out.append(_img(p, "Chi map, axial mosaic (ppm)"))
+    if run.chi is not None and run.dseg is not None and run.dseg.shape == run.chi.shape:
+        out.append("<h3>Deep-gray-matter labels</h3>")
+        dm = np.rint(run.dseg).astype(np.int16)
+        p = F.mosaic_png(fig("dgm_contours"), run.chi, mask=dm > 0,
+                         title="DGM labels (AAL3, warped) over chi", symmetric=True, units="ppm",
+                         contours=dm, n_slices=n_slices)
+        out.append(_img(p, "DGM label contours over chi: caudate blue, putamen orange, pallidum "
+                           "green, thalamus red, substantia nigra purple, red nucleus brown"))
+    return out
+
+
+def _roi_html(stats_path: Path | None, bars_png: Path) -> list[str]:
+    """The ROI table and its bar chart (nothing without a table)."""
+    if stats_path is None:
+        return []
+    import pandas as pd
+
+    from qsmprep.reports import figures as F
+
+    df = pd.read_csv(stats_path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                     dtype={"run": str, "session_id": str, "acquisition": str})
+    out = ["<h3>ROI statistics</h3>"]
+    p = F.roi_bar_png(bars_png, df, title="mean chi per region")
+    out.append(_img(p, "Mean chi per region (bars) with the interquartile range"))
+    show = [c for c in ("structure", "hemisphere", "voxel_count", "volume_mm3", "mean_ppm",
+                        "median_ppm", "std_ppm", "p25_ppm", "p75_ppm") if c in df.columns]
+    out.append(df[show].to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a", border=0))
+    if "reference_region" in df.columns and len(df):
+        out.append(f'<p class="note">Reference region: {html.escape(str(df["reference_region"].iloc[0]))}</p>')
+    return out
+
+
+def _provenance_html(chi_path: Path | None) -> list[str]:
+    """The key fields and the whole of the chi map's JSON sidecar."""
+    out = ["<h3>Provenance</h3>"]
+    side = naming.sidecar_path(chi_path) if chi_path else None
+    if side is None or not side.exists():
+        return out + ['<p class="note">No Chimap JSON sidecar found.</p>']
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError:
+        meta = {"error": f"unreadable sidecar {side.name}"}
+    key = {k: meta[k] for k in _PROV_KEYS if k in meta}
+    if key:
+        out.append("<p>Key fields:</p>" + _kv_table(key))
+    out.append(f"<details><summary>Full sidecar {html.escape(side.name)}</summary>{_kv_table(meta)}</details>")
+    return out
+
+
+def _software_html(out_dir: Path, sub: str) -> list[str]:
+    """The software versions and the newest configuration file of the subject's log folder."""
     cfg = _newest_config(out_dir / sub)
-    prov = ["<h2 id='provenance'>Software and configuration</h2>", _kv_table(_versions())]
-    if cfg is not None:
-        prov.append(f"<p>Configuration file: {html.escape(str(cfg.relative_to(out_dir)))}</p>")
-        prov.append(f"<pre>{html.escape(cfg.read_text(errors='replace')[:20000])}</pre>")
-    else:
-        prov.append('<p class="note">No configuration file found in the log folder.</p>')
+    out = ["<h2 id='provenance'>Software and configuration</h2>", _kv_table(_versions())]
+    if cfg is None:
+        return out + ['<p class="note">No configuration file found in the log folder.</p>']
+    out.append(f"<p>Configuration file: {html.escape(str(cfg.relative_to(out_dir)))}</p>")
+    out.append(f"<pre>{html.escape(cfg.read_text(errors='replace')[:20000])}</pre>")
+    return out
+
+
+def _page(out_dir: Path, sub: str, n_runs: int, nav: list[str], body: list[str]) -> str:
+    """The whole HTML page: the run sections, then the methods text and the software."""
+    methods = ["<h2 id='methods'>Methods</h2>", _methods_section(out_dir, sub)]
+    prov = _software_html(out_dir, sub)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>qsmprep: {sub}</title><style>{_CSS}</style></head>
 <body>
 <h1>qsmprep report: {sub}</h1>
-<p class="note">{len(runs)} run(s); generated {now}. Images are embedded; this file opens offline.</p>
+<p class="note">{n_runs} run(s); generated {now}. Images are embedded; this file opens offline.</p>
 <nav>{' '.join(nav)} <a href="#methods">methods</a> <a href="#provenance">provenance</a></nav>
 {''.join(body)}
 {''.join(methods)}
 {''.join(prov)}
 </body></html>
 """
-    return write_text(out_dir / naming.report_path(sub), page, root=out_dir)
