@@ -281,42 +281,57 @@ def validate(
     filters = [dict(f) for f in ignore]
     if participant_label:
         filters += _subject_filters(root, participant_label)
-    env = dict(os.environ, NO_COLOR="1", DENO_NO_UPDATE_CHECK="1", DENO_NO_PROMPT="1")
     with tempfile.TemporaryDirectory(prefix="qsmprep-bids-validator-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [exe, "--format", "json", "--outfile", str(out), "--no-color"]
-        if ignore_warnings:
-            cmd.append("--ignoreWarnings")
-        if recursive:
-            cmd.append("--recursive")
-        if prune:
-            cmd.append("--prune")
-        if filters:
-            cfg = Path(tmp) / "config.json"
-            cfg.write_text(json.dumps({"ignore": filters}))
-            cmd += ["--config", str(cfg)]
-        cmd.append(str(root))
-        try:
-            # cwd: a neutral folder (the bundle runs git for its version string)
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=tmp, env=env,
-                                  stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ValidatorError(TIMED_OUT.format(timeout=timeout_s, path=root, name=EXECUTABLE)) from exc
-        except OSError as exc:  # not executable, broken shebang, ...
-            raise ValidatorNotFound(NOT_INSTALLED.format(name=exe, where=Path(exe).parent) + f" ({exc})") from exc
+        cmd = _command(exe, root, out, filters, ignore_warnings=ignore_warnings, recursive=recursive, prune=prune)
+        proc = _run(cmd, root, exe, timeout_s=timeout_s, cwd=tmp)
         text = out.read_text() if out.is_file() else ""
+    result = parse_result(_verdict(proc, text, root), root)
+    result.returncode = proc.returncode
+    result.command = tuple(cmd)
+    return result
+
+
+def _command(exe: str, root: Path, out: Path, filters: list[dict], *, ignore_warnings: bool, recursive: bool,
+             prune: bool) -> list[str]:
+    """The validator's command line, writing its JSON to ``out``; ``filters`` go to a config file beside it."""
+    cmd = [exe, "--format", "json", "--outfile", str(out), "--no-color"]
+    if ignore_warnings:
+        cmd.append("--ignoreWarnings")
+    if recursive:
+        cmd.append("--recursive")
+    if prune:
+        cmd.append("--prune")
+    if filters:
+        cfg = out.parent / "config.json"
+        cfg.write_text(json.dumps({"ignore": filters}))
+        cmd += ["--config", str(cfg)]
+    cmd.append(str(root))
+    return cmd
+
+
+def _run(cmd: list[str], root: Path, exe: str, *, timeout_s: float | None, cwd: str) -> subprocess.CompletedProcess:
+    """Run the validator (in ``cwd``, a neutral folder: the bundle runs git for its version string)."""
+    env = dict(os.environ, NO_COLOR="1", DENO_NO_UPDATE_CHECK="1", DENO_NO_PROMPT="1")
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=cwd, env=env,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ValidatorError(TIMED_OUT.format(timeout=timeout_s, path=root, name=EXECUTABLE)) from exc
+    except OSError as exc:  # not executable, broken shebang, ...
+        raise ValidatorNotFound(NOT_INSTALLED.format(name=exe, where=Path(exe).parent) + f" ({exc})") from exc
+
+
+def _verdict(proc: subprocess.CompletedProcess, text: str, root: Path) -> dict:
+    """The validator's JSON output; :class:`ValidatorError` when it crashed or wrote none."""
     if proc.returncode not in (0, EXIT_ERRORS) or not text.strip():
         tail = " ".join((proc.stderr or proc.stdout or "no output").split())[-300:]
         raise ValidatorError(CRASHED.format(rc=proc.returncode, path=root, detail=tail, name=EXECUTABLE))
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidatorError(CRASHED.format(rc=proc.returncode, path=root, name=EXECUTABLE,
                                             detail=f"unreadable JSON: {exc}")) from exc
-    result = parse_result(data, root)
-    result.returncode = proc.returncode
-    result.command = tuple(cmd)
-    return result
 
 
 def parse_result(data: dict, path: str | os.PathLike) -> ValidationResult:
