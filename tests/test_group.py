@@ -16,19 +16,24 @@ from qsmprep.group import GroupInputError, NoParticipantOutputsError, long_to_wi
 RUNS = [("01", None, "1", 0.0), ("02", "a", "1", 0.1), ("02", "b", "1", 0.2), ("03", None, "2", 0.3)]
 
 
-def _write_run_table(out_dir, sub, ses, run, offset):
+def _write_values(out_dir, sub, ses, run, values):
+    """A participant-level ROI table whose region means are ``values`` (label name -> ppm)."""
     dseg = np.zeros((8, 8, 8), np.int16)
     chi = np.zeros((8, 8, 8), np.float32)
-    flat = dseg.reshape(-1)
     for lab in DGM_LABELS:  # 4 voxels per label
         sl = slice(4 * (lab.index - 1), 4 * lab.index)
-        flat[sl] = lab.index
-        chi.reshape(-1)[sl] = offset + lab.index / 1000.0
+        dseg.reshape(-1)[sl] = lab.index
+        chi.reshape(-1)[sl] = values[lab.name]
     prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + f"_run-{run}"
     anat = out_dir / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
     df = roi_table(chi, dseg, participant_id=f"sub-{sub}", session_id=f"ses-{ses}" if ses else "n/a",
                    run=run, reference_region="whole brain")
     write_roi_table(df, anat / f"{prefix}_desc-dgm_stats.tsv")
+
+
+def _write_run_table(out_dir, sub, ses, run, offset):
+    """A participant-level ROI table whose region means are ``offset`` + label index / 1000 (ppm)."""
+    _write_values(out_dir, sub, ses, run, {lab.name: offset + lab.index / 1000.0 for lab in DGM_LABELS})
 
 
 @pytest.fixture
@@ -411,21 +416,6 @@ def _true_value(lab, patient, age, noise):
     if lab.structure == "caudate":
         v += AGE_SLOPE_PPM_PER_YEAR * (age - 55)
     return round(v, 6)
-
-
-def _write_values(out_dir, sub, ses, run, values):
-    """A participant-level ROI table whose region means are ``values`` (label name -> ppm)."""
-    dseg = np.zeros((8, 8, 8), np.int16)
-    chi = np.zeros((8, 8, 8), np.float32)
-    for lab in DGM_LABELS:
-        sl = slice(4 * (lab.index - 1), 4 * lab.index)
-        dseg.reshape(-1)[sl] = lab.index
-        chi.reshape(-1)[sl] = values[lab.name]
-    prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + f"_run-{run}"
-    anat = out_dir / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
-    df = roi_table(chi, dseg, participant_id=f"sub-{sub}", session_id=f"ses-{ses}" if ses else "n/a",
-                   run=run, reference_region="whole brain")
-    write_roi_table(df, anat / f"{prefix}_desc-dgm_stats.tsv")
 
 
 @pytest.fixture
