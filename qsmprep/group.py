@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RUN_KEYS = ("participant_id", "session_id", "acquisition", "run")
-STATS_GLOBS = ("sub-*/anat/*_desc-dgm_stats.tsv", "sub-*/ses-*/anat/*_desc-dgm_stats.tsv")
 #: Columns a per-run ROI table (and its sidecar) must have.
 REQUIRED_COLUMNS = ("participant_id", "structure", "hemisphere", "mean_ppm")
 #: Columns parsed as numbers even when the sidecar gives them no ``Units``.
@@ -87,9 +86,11 @@ def _labels(participant_label) -> set[str] | None:
 
 def find_roi_tables(out_dir, participant_label=None) -> list[Path]:
     """Sorted paths of every ``*_desc-dgm_stats.tsv`` under ``out_dir`` (optionally some subjects)."""
+    from qsmprep.naming import find_all
+
     out_dir = Path(out_dir)
     keep = _labels(participant_label)
-    files = sorted({p for g in STATS_GLOBS for p in out_dir.glob(g)})
+    files = find_all(out_dir, "roi_tsv")  # the naming table the participant level writes with
     if keep is not None:
         files = [f for f in files if f.relative_to(out_dir).parts[0] in keep]
     return files
