@@ -143,11 +143,19 @@ class DerivativesSink(SimpleInterface):
         src = Path(self.inputs.in_file)
         _, ext = split_extension(src)
         dest = Path(self.inputs.base_directory) / self.inputs.out_path
-        if ext == ".nii" and self.inputs.compress:
+        if ext in (".nii", ".nii.gz"):
             import nibabel as nb
 
-            ext = ".nii.gz"
-            out = atomic.save_nifti(nb.load(str(src)), dest.with_name(dest.name + ext), root=self.inputs.base_directory)
+            img = nb.load(str(src))
+            units_missing = "unknown" in img.header.get_xyzt_units()
+            if (ext == ".nii" and self.inputs.compress) or units_missing:
+                ext = ".nii.gz" if self.inputs.compress else ext
+                if units_missing:  # BIDS wants the spatial unit in the header (mm)
+                    img = nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+                    img.header.set_xyzt_units("mm", "sec")
+                out = atomic.save_nifti(img, dest.with_name(dest.name + ext), root=self.inputs.base_directory)
+            else:
+                out = atomic.copy_file(src, dest.with_name(dest.name + ext), root=self.inputs.base_directory)
         else:
             out = atomic.copy_file(src, dest.with_name(dest.name + ext), root=self.inputs.base_directory)
         self._results["out_file"] = str(out)

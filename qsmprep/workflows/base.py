@@ -20,9 +20,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def run_metadata(run, *, unwrapping: str, inversion: str, background_removal: str) -> dict:
-    """Sidecar fields shared by a run's outputs."""
-    return {
+def run_metadata(run, *, unwrapping: str, inversion: str, background_removal: str, bids_dir=None) -> dict:
+    """Sidecar fields shared by a run's outputs (``SpatialReference``: the run's first magnitude image,
+    as a ``bids:raw:`` URI, when it lies in ``bids_dir``)."""
+    meta = {
         "EchoTime": [float(t) for t in run.echo_times_s],
         "MagneticFieldStrength": float(run.b0_t),
         "B0Direction": [round(float(v), 6) for v in run.b0_dir],
@@ -31,6 +32,10 @@ def run_metadata(run, *, unwrapping: str, inversion: str, background_removal: st
         "BackgroundFieldRemoval": BACKGROUND_REMOVALS[background_removal].description,
         "DipoleInversion": INVERSIONS[inversion].description,
     }
+    first = Path(run.magnitude[0])
+    if bids_dir is not None and first.is_relative_to(Path(bids_dir)):
+        meta["SpatialReference"] = f"bids:raw:{first.relative_to(Path(bids_dir))}"
+    return meta
 
 
 def init_single_subject_wf(
@@ -87,7 +92,7 @@ def init_single_subject_wf(
         ds_wf = init_ds_qsm_wf(
             output_dir=output_dir, prefix=run.prefix, base_dir=base_dir, source_files=sources,
             run_metadata=run_metadata(run, unwrapping=unwrapping, inversion=inversion,
-                                      background_removal=background_removal), name=f"ds_qsm_{run_id}_wf",
+                                      background_removal=background_removal, bids_dir=bids_dir), name=f"ds_qsm_{run_id}_wf",
         )
         workflow.connect([
             (qsm_wf, ds_wf, [
@@ -111,6 +116,9 @@ def init_single_subject_wf(
                 atlas_wf.inputs.inputnode.t1w = str(run.t1w)
             ds_atlas_wf = init_ds_atlas_wf(
                 output_dir=output_dir, prefix=run.prefix, base_dir=base_dir, source_files=sources,
+                spatial_reference=run_metadata(run, unwrapping=unwrapping, inversion=inversion,
+                                               background_removal=background_removal,
+                                               bids_dir=bids_dir).get("SpatialReference"),
                 name=f"ds_atlas_{run_id}_wf",
             )
             workflow.connect([

@@ -24,7 +24,11 @@ _METHOD_DESCRIPTIONS = {
                   "Description": "Echo-combined (root-sum-of-squares) magnitude of the run, the field maps' magnitude."},
     "chi": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION, "SkullStripped": True,
             "Description": "Magnetic susceptibility (chi) map, referenced to the whole-brain mean."},
-    "dseg": {"Description": "Deep-gray-matter labels (AAL3-derived) warped to the run's grid."},
+    "dseg": {"Description": "Deep-gray-matter labels (AAL3-derived) warped to the run's grid.",
+             "structure": {"Description": "Deep-gray-matter structure (caudate, putamen, pallidum, thalamus, substantia "
+                                          "nigra, red nucleus)."},
+             "hemisphere": {"Description": "Hemisphere.", "Levels": {"L": "left", "R": "right"}},
+             "aal3_labels": {"Description": "AAL3 label indices merged into this region (comma-separated)."}},
     "chi_mni": {"Units": "ppm", "ReferenceRegion": REFERENCE_REGION, "SpatialReference": TEMPLATE, "SkullStripped": True,
                 "Description": "The chi map resampled into the MNI152NLin2009aSym template."},
 }
@@ -83,7 +87,7 @@ def init_ds_qsm_wf(*, output_dir, prefix, base_dir, source_files=(), run_metadat
     return workflow
 
 
-def init_ds_atlas_wf(*, output_dir, prefix, base_dir, source_files=(), name="ds_atlas_wf"):
+def init_ds_atlas_wf(*, output_dir, prefix, base_dir, source_files=(), spatial_reference=None, name="ds_atlas_wf"):
     """Write the atlas outputs of one run (``init_atlas_wf``'s outputnode fields).
 
     Inputs
@@ -105,8 +109,11 @@ def init_ds_atlas_wf(*, output_dir, prefix, base_dir, source_files=(), name="ds_
     merge = pe.Node(niu.Merge(len(ATLAS_FIELDS)), name="merge_written", run_without_submitting=True)
     for i, key in enumerate(ATLAS_FIELDS, 1):
         sidecar = OUTPUTS[key].sidecar
+        meta = dict(_METHOD_DESCRIPTIONS.get(key) or {})
+        if key == "dseg" and spatial_reference:
+            meta["SpatialReference"] = spatial_reference
         sink = _sink(f"ds_{key}", output_dir, run_stem(key, prefix, base_dir), source_files if sidecar else (),
-                     _METHOD_DESCRIPTIONS.get(key), sidecar=sidecar)
+                     meta, sidecar=sidecar)
         workflow.connect([(inputnode, sink, [(key, "in_file")]), (sink, merge, [("out_file", f"in{i}")])])
     workflow.connect(merge, "out", outputnode, "out_files")
     return workflow
