@@ -10,15 +10,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import honest_heads as hh  # noqa: E402
 
 
-@pytest.mark.parametrize("factor", [2, 3])
-def test_fine_grid_kernel_equals_brute_force(factor):
-    """Replicating chi onto a finer grid, convolving there and averaging down == the aliased kernel."""
+@pytest.mark.parametrize("factor,shape", [(2, (8, 10, 6)), (3, (9, 7, 5))])
+def test_fine_grid_kernel_equals_brute_force(factor, shape):
+    """Replicating chi onto a finer grid, convolving there and averaging down == the aliased kernel.
+
+    (An odd factor on an even grid puts weight on the fine grid's Nyquist bin, where an oblique
+    dipole kernel is not real-symmetric and the brute force itself is ambiguous; the benchmark uses 2.)"""
     import scipy.fft as sfft
 
     from qsmprep.qsm.dipole import dipole_kernel
 
     rng = np.random.default_rng(0)
-    shape, vs, b = (8, 10, 6), (1.0, 1.2, 0.9), np.array([0.2, 0.3, 0.93])
+    vs, b = (1.0, 1.2, 0.9), np.array([0.2, 0.3, 0.93])
     chi = rng.standard_normal(shape).astype(np.float64)
     up = chi
     for ax in range(3):

@@ -1,0 +1,341 @@
+"""The honest whole-chain benchmark (issue #13): chi from phase, scored over the true brain mask.
+
+Heads: ``benchmarks/honest_heads.py`` (fields simulated on a 2x finer grid and averaged down; two
+generators; validation and test sets).  Per head the app's chain runs once up to the local field
+(``_common.app_chain_field``: the same functions and defaults as the Nipype graph), then every
+method of :data:`METHODS` inverts it and is scored against the true chi over the TRUE brain mask
+(voxels the chain dropped count as 0; qsm-ci's challenge metrics), with:
+
+* deep-gray ROI means (the 12 labels of ``qsmprep.sim.phantom``): slope of recon vs true means and
+  their mean absolute error (both maps demeaned in the true brain mask, as the scorer does);
+* lesions: calcification moment error relative to the true moment (qsm-ci's moment deviation /
+  |true moment|) and the haemorrhage region's detrended NRMSE (label 18 dilated by one voxel);
+* the NSIDL ablation: every ``nsidl*`` row has an ``*-off`` twin, the same pipeline with the
+  U-Net's output set to zero (its last convolution zeroed: the unrolled data-term steps, the
+  pre-solver and the final data-consistency step stay).
+
+Usage::
+
+    .venv/bin/python benchmarks/chain_benchmark.py --role validation --voxel 2 --methods tkd nsidl nsidl-off
+    .venv/bin/python benchmarks/chain_benchmark.py --role test --voxel 1 --out benchmarks/chain_benchmark.json
+
+Classical anchors ``*-tuned`` use :data:`TUNED` (chosen by ``--tune`` on the validation heads only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _common import app_chain_field, app_inversion, max_rss_mb, qsmci_seg, score_chi  # noqa: E402
+import honest_heads as hh  # noqa: E402
+
+#: Classical parameters chosen on the validation heads (``--tune``); see benchmarks/RESULTS.md.
+TUNED: dict[str, dict] = {
+    "tkd": {"threshold": 0.2},
+    "cgl2": {"lam": 0.005, "max_iter": 10},
+    "ndi": {"n_iter": 50, "step": 4.0},  # at the physical phase scale (rad_per_ppm(B0, mean TE))
+    "tv": {"lam": 3e-4, "n_iter": 60},
+}
+
+
+# ------------------------------------------------------------------------------------------
+# scoring
+# ------------------------------------------------------------------------------------------
+
+
+def roi_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
+    """DGM ROI means of both maps (demeaned in ``mask``): slope (recon vs truth), MAE (ppm)."""
+    from qsmprep.sim.phantom import DGM_INDICES
+
+    m = mask > 0
+    r = np.where(m, chi - chi[m].mean(), 0)
+    t = np.where(m, truth - truth[m].mean(), 0)
+    rm, tm = [], []
+    for i in DGM_INDICES:
+        s = (labels == i) & m
+        if s.sum() >= 3:
+            rm.append(float(r[s].mean()))
+            tm.append(float(t[s].mean()))
+    rm, tm = np.asarray(rm), np.asarray(tm)
+    if rm.size < 3:
+        return {"roi_slope": math.nan, "roi_mae": math.nan}
+    slope = float(np.polyfit(tm, rm, 1)[0])
+    return {"roi_slope": slope, "roi_mae": float(np.abs(rm - tm).mean())}
+
+
+def lesion_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray, met: dict) -> dict:
+    """Calcification moment error (relative) and haemorrhage region detrended NRMSE (%)."""
+    from qsm_ci.qsm_eval import nrmse_challenge
+    from scipy import ndimage
+
+    out = {}
+    calc = labels == 17
+    if calc.any():
+        t = np.where(mask > 0, truth - truth[mask > 0].mean(), 0)
+        gt = float(t[calc].sum())
+        out["calc_moment_rel"] = float(met.get("calc_moment_dev", math.nan)) / abs(gt) if gt else math.nan
+    haem = labels == 18
+    if haem.any():
+        reg = ndimage.binary_dilation(haem, iterations=1) & (mask > 0)
+        m = mask > 0
+        r = np.where(m, chi - chi[m].mean(), 0)
+        tt = np.where(m, truth - truth[m].mean(), 0)
+        _, dt = nrmse_challenge(r, tt, reg)
+        out["haem_dnrmse"] = float(dt)
+        out["haem_mean_ratio"] = float(r[haem].mean() / tt[haem].mean())
+    return out
+
+
+def score(chi: np.ndarray, case: dict) -> dict:
+    """All metrics of ``chi`` against the case's truth over the true brain mask."""
+    m = case["brain_mask"]
+    seg = qsmci_seg(case["labels"])
+    met = score_chi(chi, case["chi"], m, seg)
+    keep = {k: float(met[k]) for k in ("nrmse", "nrmse_detrend", "hfen", "xsim", "correlation", "calc_moment_dev",
+                                       "calc_streak", "nrmse_dgm", "nrmse_blood", "dgm_linearity") if k in met}
+    keep["coverage"] = float(((chi != 0) & m).sum() / m.sum())
+    keep.update(roi_stats(chi, case["chi"], case["labels"], m))
+    keep.update(lesion_stats(chi, case["chi"], case["labels"], m, met))
+    return keep
+
+
+# ------------------------------------------------------------------------------------------
+# methods
+# ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def network_off():
+    """Within this block, NSIDL's U-Net outputs zero (its last convolution zeroed): the ablation."""
+    import qsmprep.dl.inference as inf
+
+    orig = inf._cached_model
+
+    def zeroed(path, device):
+        model, info = orig(path, device)
+        m = copy.deepcopy(model)
+        import torch
+
+        with torch.no_grad():
+            m.prox.out.weight.zero_()
+            m.prox.out.bias.zero_()
+        return m, info
+
+    inf._cached_model = zeroed
+    try:
+        yield
+    finally:
+        inf._cached_model = orig
+
+
+def _ref(chi, mask):
+    m = mask > 0
+    return np.where(m, chi - chi[m].mean(), 0).astype(np.float32)
+
+
+def m_app(name: str, **kw) -> Callable:
+    """The app's inversion dispatch (``methods.invert``) on the chain's local field, referenced."""
+    def run(case, chain):
+        from qsmprep.methods import invert, reference_echo_time
+
+        chi, _ = invert(name, chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
+                        weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
+                        device="cpu", **kw)
+        return _ref(chi, chain["eroded"])
+    return run
+
+
+def m_classical(name: str, params: dict | None = None, physical_scale: bool = False) -> Callable:
+    def run(case, chain):
+        from qsmprep.methods import reference_echo_time
+        from qsmprep.qsm import inversion
+        from qsmprep.qsm.constants import rad_per_ppm
+
+        p = dict(TUNED.get(name, {}) if params is None else params)
+        if name == "tv":
+            from qsmprep.qsm.tv import tv_admm as fn
+        else:
+            fn = inversion.METHODS[name]
+        if name != "tkd":
+            p["weight"] = chain["weight"]
+        if physical_scale:
+            p["rad_per_ppm"] = rad_per_ppm(case["b0_t"], reference_echo_time(case["te_s"]))
+        chi = fn(chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"], **p)
+        return _ref(chi, chain["eroded"])
+    return run
+
+
+def m_off(inner: Callable) -> Callable:
+    def run(case, chain):
+        with network_off():
+            return inner(case, chain)
+    return run
+
+
+def m_truth_in_final_mask(case, chain):
+    """Oracle: the true chi inside the chain's final mask (the coverage ceiling)."""
+    return _ref(np.where(chain["eroded"], case["chi"], 0), chain["eroded"])
+
+
+def m_true_local(name: str, **kw) -> Callable:
+    """Oracle input: the method fed the true (fine-grid simulated) local field and the true mask."""
+    def run(case, chain):
+        from qsmprep.methods import invert, reference_echo_time
+
+        m = case["brain_mask"]
+        chi, _ = invert(name, case["local_field_ppm"], m, case["voxel_size"], case["b0_dir"],
+                        weight=np.sqrt((case["mag"] ** 2).sum(-1)), b0_t=case["b0_t"],
+                        te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
+        return _ref(chi, m)
+    return run
+
+
+def m_true_local_in_final(name: str, **kw) -> Callable:
+    """Oracle input: the true local field restricted to the chain's final mask (demeaned there)."""
+    def run(case, chain):
+        from qsmprep.methods import invert, reference_echo_time
+
+        m = chain["eroded"]
+        f = np.where(m, case["local_field_ppm"] - case["local_field_ppm"][m].mean(), 0).astype(np.float32)
+        chi, _ = invert(name, f, m, case["voxel_size"], case["b0_dir"], weight=chain["weight"], b0_t=case["b0_t"],
+                        te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
+        return _ref(chi, m)
+    return run
+
+
+def m_bfr_of_true_total(name: str, **kw) -> Callable:
+    """Oracle input: the app's background removal of the noise-free true total field, chain's brain mask."""
+    def run(case, chain):
+        from qsmprep.methods import invert, reference_echo_time
+        from qsmprep.qsm.background import remove_background
+
+        loc, m = remove_background(case["field_ppm"], chain["mask"], case["voxel_size"])
+        chi, _ = invert(name, loc, m, case["voxel_size"], case["b0_dir"], weight=chain["weight"], b0_t=case["b0_t"],
+                        te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
+        return _ref(chi, m)
+    return run
+
+
+def m_front(front: str, name: str, source: str = "chain", **kw) -> Callable:
+    """A background-removal front end on the chain's brain mask, then an inversion of its local field.
+
+    ``front``: ``pdf`` or ``true-local`` (the true local field on the chain's brain mask);
+    ``source``: ``chain`` (the chain's fitted total field) or ``true`` (the noise-free total field)."""
+    def run(case, chain):
+        from qsmprep.methods import invert, reference_echo_time
+
+        m = chain["mask"]
+        tot = case["field_ppm"] if source == "true" else chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
+        if front == "pdf":
+            from qsmprep.qsm.pdf import pdf
+
+            loc, m = pdf(tot, m, case["voxel_size"], case["b0_dir"], weight=chain["weight"])
+        else:
+            loc = np.where(m, case["local_field_ppm"] - case["local_field_ppm"][m].mean(), 0).astype(np.float32)
+        chi, _ = invert(name, loc, m, case["voxel_size"], case["b0_dir"], weight=chain["weight"], b0_t=case["b0_t"],
+                        te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
+        return _ref(chi, m)
+    return run
+
+
+def _hz_per_ppm(b0_t):
+    from qsmprep.qsm.constants import hz_per_ppm
+
+    return hz_per_ppm(b0_t)
+
+
+METHODS: dict[str, Callable] = {
+    "truth-in-final-mask": m_truth_in_final_mask,
+    "tkd": m_app("tkd"),
+    "cgl2": m_app("cgl2"),
+    "ndi": m_app("ndi"),
+    "tkd-tuned": m_classical("tkd"),
+    "cgl2-tuned": m_classical("cgl2"),
+    "ndi-phys-tuned": m_classical("ndi", physical_scale=True),
+    "tv-tuned": m_classical("tv"),
+    "nsidl": m_app("nsidl"),
+    "nsidl-off": m_off(m_app("nsidl")),
+    "nsidl-robust": m_app("nsidl", nsidl_data_fit="robust"),
+    "nsidl-robust-off": m_off(m_app("nsidl", nsidl_data_fit="robust")),
+    "nsidl-strong": m_app("nsidl", nsidl_data_fit="strong"),
+    "nsidl-strong-off": m_off(m_app("nsidl", nsidl_data_fit="strong")),
+    "true-local:nsidl-strong": m_true_local("nsidl", nsidl_data_fit="strong"),
+    "true-local:nsidl-strong-off": m_off(m_true_local("nsidl", nsidl_data_fit="strong")),
+    "true-local:tkd": m_true_local("tkd"),
+    "true-local-final:nsidl-strong": m_true_local_in_final("nsidl", nsidl_data_fit="strong"),
+    "true-local-final:nsidl-robust": m_true_local_in_final("nsidl", nsidl_data_fit="robust"),
+    "true-local-final:tkd": m_true_local_in_final("tkd"),
+    "bfr-true-total:nsidl-strong": m_bfr_of_true_total("nsidl", nsidl_data_fit="strong"),
+    "bfr-true-total:nsidl-robust": m_bfr_of_true_total("nsidl", nsidl_data_fit="robust"),
+    "bfr-true-total:tkd": m_bfr_of_true_total("tkd"),
+    "true-local-M:nsidl-strong": m_front("true-local", "nsidl", nsidl_data_fit="strong"),
+    "pdf-true-total:nsidl-strong": m_front("pdf", "nsidl", "true", nsidl_data_fit="strong"),
+    "pdf-true-total:nsidl-robust": m_front("pdf", "nsidl", "true", nsidl_data_fit="robust"),
+    "pdf-true-total:tkd": m_front("pdf", "tkd", "true"),
+    "pdf:nsidl-strong": m_front("pdf", "nsidl", nsidl_data_fit="strong"),
+    "pdf:nsidl-strong-off": m_off(m_front("pdf", "nsidl", nsidl_data_fit="strong")),
+    "pdf:nsidl-robust": m_front("pdf", "nsidl", nsidl_data_fit="robust"),
+    "pdf:tkd": m_front("pdf", "tkd"),
+}
+
+
+def chain_for(case: dict) -> dict:
+    t0 = time.time()
+    ch = app_chain_field(case["phase"], case["mag"], case["te_s"], case["voxel_size"], case["b0_t"])
+    ch["time_s"] = time.time() - t0
+    return ch
+
+
+def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=None) -> list[dict]:
+    case = hh.load_case(name, voxel_mm, cache)
+    chain = chain_for(case)
+    rows = []
+    for meth in methods:
+        t0 = time.time()
+        chi = METHODS[meth](case, chain)
+        dt = time.time() - t0
+        row = {"case": name, "role": case["spec"].role, "voxel_mm": voxel_mm, "method": meth, "time_s": dt,
+               "chain_s": chain["time_s"], **score(chi, case)}
+        rows.append(row)
+        line = (f"{name:22s} {meth:28s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:6.1f} HFEN {row['hfen']:6.1f} "
+                f"cov {row['coverage']:.3f} roi slope {row['roi_slope']:.3f} mae {row['roi_mae']:.4f} "
+                f"calc {row.get('calc_moment_rel', math.nan):.2f} haem {row.get('haem_dnrmse', math.nan):.1f} "
+                f"{dt:.1f}s")
+        print(line, flush=True)
+        if log:
+            with open(log, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--role", default="validation", choices=["validation", "test", "all"])
+    ap.add_argument("--cases", nargs="*", default=None)
+    ap.add_argument("--voxel", type=float, default=2.0)
+    ap.add_argument("--methods", nargs="*", default=["tkd", "nsidl", "nsidl-off"])
+    ap.add_argument("--log", default=None, help="append one JSON line per (case, method)")
+    ap.add_argument("--cache", default=None)
+    a = ap.parse_args(argv)
+    names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]
+    for n in names:
+        run_case(n, a.voxel, a.methods, a.cache, a.log)
+    print(f"peak RSS {max_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
