@@ -148,6 +148,71 @@ def _normalise_weight(inv_noise: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return w
 
 
+#: Gaussian sigma (mm) of the smoothing of the fitted echo-independent phase offset (and of the
+#: bipolar even/odd-echo offset) before the field is fitted through the origin (:func:`fit_field`).
+OFFSET_SMOOTH_MM = 2.0
+
+
+#: Degree of the polynomial fitted to the offset before the residual is smoothed (:func:`smooth_offset`).
+OFFSET_POLY_DEGREE = 4
+
+
+def smooth_offset(vol: np.ndarray, wgt: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0),
+                  sigma_mm: float = OFFSET_SMOOTH_MM, degree: int = OFFSET_POLY_DEGREE) -> np.ndarray:
+    """Smooth version (float64, 0 outside ``mask``) of a per-voxel map of a smooth quantity (rad).
+
+    A weighted least-squares polynomial of total degree ``degree`` over the mask (exact for
+    polynomial offsets, no bias at the mask's edge), plus the normalised Gaussian smoothing
+    ``G*(w r) / G*(w)`` (``sigma_mm``) of what the polynomial leaves, ``r``.  ``wgt`` >= 0 are the
+    per-voxel weights (inverse variances up to a factor).  A plain normalised Gaussian would be
+    biased at the edge by the offset's gradient times the kernel's centroid shift (about 0.1 rad
+    for qsm-forward's bowl at 1 mm).
+    """
+    import itertools
+
+    from scipy import ndimage
+
+    from .geometry import bounding_box
+
+    m = np.asarray(mask, bool)
+    out = np.zeros(m.shape, np.float64)
+    if not m.any():
+        return out
+    idx = np.nonzero(m)
+    cen = [float(i.mean()) for i in idx]
+    scl = [max(1.0, float(i.std())) for i in idx]
+    xs = [(i - c) / s for i, c, s in zip(idx, cen, scl)]
+    terms = [t for d in range(int(degree) + 1) for t in itertools.combinations_with_replacement(range(3), d)]
+    sub = slice(None, None, max(1, int(round((idx[0].size / 200_000.0) ** 0.5))))
+
+    def col(t, x):
+        c = np.ones_like(x[0])
+        for a in t:
+            c = c * x[a]
+        return c
+
+    xs_s = [x[sub] for x in xs]
+    w_s = np.asarray(wgt, np.float64)[m][sub]
+    v_s = np.asarray(vol, np.float64)[m][sub]
+    a = np.stack([col(t, xs_s) for t in terms], 1)
+    sw = np.sqrt(np.maximum(w_s, 0))
+    coef, *_ = np.linalg.lstsq(a * sw[:, None], v_s * sw, rcond=None)
+    poly = np.zeros(idx[0].size)
+    for c, t in zip(coef, terms):
+        poly += c * col(t, xs)
+    out[m] = poly
+    resid = np.zeros(m.shape, np.float64)
+    resid[m] = np.asarray(vol, np.float64)[m] - poly
+    box = bounding_box(m, [int(np.ceil(3 * sigma_mm / float(v))) for v in voxel_size])
+    mb = m[box]
+    wb = np.where(mb, np.asarray(wgt, np.float64)[box], 0.0)
+    sig = [sigma_mm / float(v) for v in voxel_size]
+    num = ndimage.gaussian_filter(wb * resid[box], sig, mode="constant")
+    den = ndimage.gaussian_filter(wb, sig, mode="constant")
+    out[box] += np.where(mb, num / np.where(den > 0, den, 1.0), 0.0)
+    return np.where(m, out, 0.0)
+
+
 def fit_field(
     phase_uw4d: np.ndarray,
     mag4d: np.ndarray | None,
@@ -155,6 +220,9 @@ def fit_field(
     mask: np.ndarray | None = None,
     *,
     demean_echoes: bool = False,
+    offset: str = "smooth",
+    bipolar: bool = True,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> FieldFit:
     """Weighted least-squares fit of unwrapped phase vs echo time: ``phi_j = phi0 + 2*pi*f*TE_j``.
 
@@ -169,17 +237,33 @@ def fit_field(
         Use this after Laplacian unwrapping, where every echo carries its own
         arbitrary constant (ALGORITHMS.md 2.3 pitfall); the field is then known only
         up to a global constant (removed later by background-field removal).
+    offset : ``"smooth"`` (default, E >= 2): the echo-independent offset ``phi0`` (the receive
+        phase) is smooth, so it is fitted per voxel, smoothed (:func:`smooth_offset`: a degree-4
+        polynomial plus a normalised Gaussian of sigma :data:`OFFSET_SMOOTH_MM` on the rest;
+        weights ``sum_j w_j``), removed, and the field is fitted
+        *through the origin*: ``f = sum_j w_j TE_j p_j / (2 pi sum_j w_j TE_j^2)``.  The offset
+        then costs no degree of freedom per voxel: the field's standard error falls from
+        ``sigma / (2 pi sqrt(sum w (TE - TEbar)^2))`` to ``sigma / (2 pi sqrt(sum w TE^2))``
+        (for TE = 4, 10, ..., 28 ms a factor 2.1; measured on the validation heads in
+        ``benchmarks/RESULTS.md``).  What the smoothing misses of the offset goes into the field
+        divided by ``2 pi sum w TE^2 / sum w TE``; it is smooth, and background removal takes out
+        its harmonic part.  ``"voxel"``: the straight line with a per-voxel intercept (the earlier
+        fit; exact for any offset, twice the noise).
+    bipolar : with ``offset="smooth"`` and E >= 3, also fit an even/odd-echo offset
+        ``+-delta/2`` (bipolar readouts: odd echoes ``phi0 - delta/2``, even ``phi0 + delta/2``),
+        smoothed like ``phi0`` and removed before the slope; with monopolar data the fitted
+        ``delta`` is noise and its smoothed map is close to 0.
+    voxel_size : mm, for the offset smoothing.
 
     Returns
     -------
     FieldFit(field_hz, offset_rad, noise_hz, weight), float32, zero outside the mask.
 
-    * E >= 2: straight-line fit with intercept (the echo-independent phase offset
-      ``phi0`` -> ``offset_rad``), slope -> ``field_hz = slope / (2*pi)``.
-      ``noise_hz = sigma / (2*pi*sqrt(sum_j m_j^2 (TE_j - TEbar_w)^2))`` with
-      ``sigma`` the complex-noise std in magnitude units: pooled over the mask from
-      the weighted residuals (robust median estimate) when E >= 3, or from the
-      Rayleigh air background of the first echo outside the mask when E <= 2.
+    * E >= 2: ``field_hz = slope / (2*pi)``, ``offset_rad`` the (smoothed) offset ``phi0``;
+      ``noise_hz`` the slope's standard error (above) with ``sigma`` the complex-noise std in
+      magnitude units, pooled over the mask from the weighted residuals (robust median
+      estimate) when E exceeds the number of per-voxel parameters by >= 1 (``"smooth"``: 1;
+      ``"voxel"``: 2), else from the Rayleigh air background of the first echo outside the mask.
     * E == 1: ``field_hz = phi / (2*pi*TE)``; the phase offset is assumed to be 0
       (not estimable from one echo); ``noise_hz = sigma / (2*pi*TE*m)``.
     * ``weight = (1/noise_hz) / p99(1/noise_hz in mask)``, clipped to [0, 1].
@@ -196,6 +280,8 @@ def fit_field(
         )
     if np.any(te <= 0):
         raise ValueError("Echo times must be positive and in seconds (e.g. 0.004 for 4 ms).")
+    if offset not in ("smooth", "voxel"):
+        raise ValueError(f"fit_field offset must be 'smooth' or 'voxel', got {offset!r}.")
     shape3 = ph.shape[:3]
     m3 = np.ones(shape3, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     if mag4d is None:
@@ -215,7 +301,7 @@ def fit_field(
         p = p - p.mean(axis=0, keepdims=True)
     w = m**2
     field = np.zeros(shape3, np.float32)
-    offset = np.zeros(shape3, np.float32)
+    offset_map = np.zeros(shape3, np.float32)
     noise = np.zeros(shape3, np.float32)
 
     if n_echo == 1:
@@ -226,32 +312,28 @@ def fit_field(
         field[m3] = f
         noise[m3] = nz
     else:
+        if offset == "smooth":
+            slope, icpt, resid_dof, sxx = _fit_through_smoothed_offset(p, w, te, m3, voxel_size, bipolar)
+        else:
+            slope, icpt, resid_dof, sxx = _fit_line(p, w, te)
         sw = w.sum(axis=1)
-        sw_safe = np.where(sw > 0, sw, 1.0)
-        te_bar = (w * te).sum(axis=1) / sw_safe
-        p_bar = (w * p).sum(axis=1) / sw_safe
-        dte = te[None, :] - te_bar[:, None]
-        sxx = (w * dte**2).sum(axis=1)
-        sxx_safe = np.where(sxx > 0, sxx, np.inf)
-        slope = (w * dte * (p - p_bar[:, None])).sum(axis=1) / sxx_safe
-        icpt = p_bar - slope * te_bar
-        if n_echo >= 3:
-            resid = p - (icpt[:, None] + slope[:, None] * te[None, :])
-            chi2 = (w * resid**2).sum(axis=1) / (n_echo - 2)
+        k = n_echo - resid_dof
+        if k >= 1:
+            resid = p - (icpt[0][:, None] + slope[:, None] * te[None, :] + icpt[1])
+            chi2 = (w * resid**2).sum(axis=1) / k
             good = sw > 0
             # robust pooled sigma^2: median of sigma^2 * chi2_k / k, divided by the
-            # median of chi2_k / k (k = E - 2 degrees of freedom).
+            # median of chi2_k / k (k degrees of freedom).
             from scipy.stats import chi2 as _chi2
 
-            k = n_echo - 2
             med = float(np.median(chi2[good])) if np.any(good) else 1.0
             sigma2 = med / (float(_chi2.ppf(0.5, k)) / k)
             sigma = np.sqrt(max(sigma2, 1e-30))
         else:
             sigma = _noise_sigma_from_background(mag[..., 0], m3) if have_mag else 1.0
-        nz = sigma / (TWO_PI * np.sqrt(sxx_safe))
+        nz = sigma / (TWO_PI * np.sqrt(sxx))
         field[m3] = slope / TWO_PI
-        offset[m3] = icpt
+        offset_map[m3] = icpt[0]
         noise[m3] = nz
     with np.errstate(divide="ignore"):
         inv = np.where(noise > 0, 1.0 / np.maximum(noise, 1e-30), 0.0).astype(np.float32)
@@ -260,4 +342,49 @@ def fit_field(
     if np.any(bad):  # zero magnitude: report the largest finite noise instead of inf
         fin = noise[m3 & ~bad]
         noise[bad] = float(fin.max()) if fin.size else 0.0
-    return FieldFit(field, offset, noise, weight)
+    return FieldFit(field, offset_map, noise, weight)
+
+
+def _fit_line(p: np.ndarray, w: np.ndarray, te: np.ndarray):
+    """Per-voxel weighted straight line with intercept: ``(slope, (icpt, 0), 2, sxx)``."""
+    sw = w.sum(axis=1)
+    sw_safe = np.where(sw > 0, sw, 1.0)
+    te_bar = (w * te).sum(axis=1) / sw_safe
+    p_bar = (w * p).sum(axis=1) / sw_safe
+    dte = te[None, :] - te_bar[:, None]
+    sxx = (w * dte**2).sum(axis=1)
+    sxx_safe = np.where(sxx > 0, sxx, np.inf)
+    slope = (w * dte * (p - p_bar[:, None])).sum(axis=1) / sxx_safe
+    return slope, (p_bar - slope * te_bar, 0.0), 2, sxx_safe
+
+
+def _fit_through_smoothed_offset(p, w, te, m3, voxel_size, bipolar: bool):
+    """Per-voxel fit of the offset (and the bipolar even/odd offset), smoothed, then the slope
+    through the origin.  Returns ``(slope, (phi0, bipolar term (N, E)), 1, sum w TE^2)``."""
+    n_echo = te.size
+    use_bip = bool(bipolar) and n_echo >= 3
+    cols = [np.ones(n_echo), te] + ([0.5 * (-1.0) ** np.arange(1, n_echo + 1)] if use_bip else [])
+    a = np.stack(cols, 1)  # (E, P): odd echoes (1st, 3rd, ...) -delta/2, even +delta/2
+    # weighted normal equations per voxel: (A^T W A) x = A^T W p
+    ata = np.einsum("ne,ep,eq->npq", w, a, a)
+    atp = np.einsum("ne,ep,ne->np", w, a, p)
+    ok = np.linalg.det(ata) > 1e-12 * np.maximum(np.einsum("npp->n", ata), 1e-30) ** a.shape[1]
+    ata[~ok] = np.eye(a.shape[1])
+    x = np.linalg.solve(ata, atp[..., None])[..., 0]
+    x[~ok] = 0.0
+    sw = w.sum(axis=1)
+    vol = np.zeros(m3.shape, np.float64)
+    wv = np.zeros(m3.shape, np.float64)
+    wv[m3] = sw
+    vol[m3] = x[:, 0]
+    phi0 = smooth_offset(vol, wv, m3, voxel_size)[m3]
+    extra = np.zeros_like(p)
+    if use_bip:
+        vol[m3] = x[:, 2]
+        delta = smooth_offset(vol, wv, m3, voxel_size)[m3]
+        extra = delta[:, None] * a[None, :, 2]
+    q = p - phi0[:, None] - extra
+    sxx = (w * te[None, :] ** 2).sum(axis=1)
+    sxx_safe = np.where(sxx > 0, sxx, np.inf)
+    slope = (w * te[None, :] * q).sum(axis=1) / sxx_safe
+    return slope, (phi0, extra), 1, sxx_safe
