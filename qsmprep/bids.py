@@ -8,8 +8,9 @@ phase for an echo, missing or malformed metadata (field strength outside
 :data:`qsmprep.qsm.constants.B0_RANGE_T`), mag/phase grids that differ, NaNs,
 image headers that cannot be right (zero-length or too short axes, a singular
 affine, a declared size the file cannot hold: found before the data are read),
-images without signal, and phase in units the graph cannot convert (degrees,
-[0, 2pi), unwrapped).  Before pybids indexes the dataset,
+images without signal, phase in units that cannot be told (unwrapped or rescaled
+phase; degrees and radians in [0, 2pi) are converted), and images whose voxel-to-world
+transforms leave the B0 direction unknown.  Before pybids indexes the dataset,
 :func:`check_dataset_files` parses every JSON and TSV file it would index.  Each
 problem raises :class:`InputError` whose message is ONE sentence naming the file
 and the fix (templates in :mod:`qsmprep.messages`).
@@ -20,8 +21,11 @@ Two input forms are accepted:
 * one 4-D echo stack per part (``sub-01_part-mag_MEGRE.nii.gz``, echoes along the
   4th axis) with ``EchoTime`` a list in s.
 
-``T2starw`` images with ``part-mag``/``part-phase`` are single-echo runs.  Nothing
-here writes anywhere: the input dataset is never modified.
+``T2starw`` images with ``part-mag``/``part-phase`` are single-echo runs.  Complex data stored
+as ``part-real``/``part-imag`` (GE) are accepted in both forms too (a run with both pairs uses
+magnitude and phase).  The B0 direction comes from the scanner-based transform of the header
+(:func:`qsmprep.qsm.geometry.scanner_affine`: the sform when its code is scanner, else the qform).
+Nothing here writes anywhere: the input dataset is never modified.
 """
 
 from __future__ import annotations
@@ -56,11 +60,31 @@ _IGNORE_TOP = ("code", "derivatives", "sourcedata", "stimuli", "models")
 #: 7 run).  Finer voxels need more, and there background removal refuses with its own message.
 MIN_AXIS_VOXELS = 9
 
-#: Phase in rad when every value lies within +-pi * 1.01 (as
-#: :func:`qsmprep.qsm.echoes.scale_phase_to_radians`).
+#: Phase limits of :func:`qsmprep.qsm.echoes.classify_phase_range` (rad: +-pi + 1 %; degrees: +-180 + 1 %).
 PHASE_RAD_LIMIT = float(np.pi * 1.01)
-#: Limit of phase in degrees, +-180 + 1 % (see :func:`phase_units`).
 PHASE_DEG_LIMIT = 180.0 * 1.01
+#: Sidecar ``Units`` values read as degrees / radians (lower case).
+DEGREE_UNITS = ("deg", "degree", "degrees")
+RADIAN_UNITS = ("rad", "radian", "radians")
+#: Complex parts qsmprep reads, as (first, second) part entity: magnitude/phase or real/imaginary.
+PART_PAIRS = {"mag-phase": ("mag", "phase"), "real-imag": ("real", "imag")}
+
+# Messages of the checks added for issue #14 (one sentence each; candidates for qsmprep.messages).
+PHASE_UNITS_CONFLICT = (
+    "The phase of {path} ranges from {lo:.4g} to {hi:.4g} but its sidecar says Units {declared!r}; "
+    "correct the sidecar's Units (rad, deg) or the image so that they agree."
+)
+NO_SCANNER_TRANSFORM = (
+    "{path} has {why}, so the direction of B0 in the image is unknown; write the scanner "
+    "transform into the header (qform_code or sform_code 1, as dcm2niix does) and rerun."
+)
+MISSING_PART = (
+    "No part-{want} image matches {path}; add {expected} (same entities, part-{want}) or remove the part-{have} image."
+)
+PART_NO_SIGNAL = (
+    "{path} holds no signal (every voxel{where} is {value:g}); check that it is the {part} part of this run "
+    "and re-export it from the scanner data."
+)
 #: A gzip stream cannot be more than 1032 times smaller than its data (DEFLATE's best case:
 #: a 258-byte match coded in 2 bits), so a ``.nii.gz`` declaring more cannot hold its image.
 MAX_DEFLATE_RATIO = 1032
@@ -96,9 +120,16 @@ class QsmRun:
     affine : tuple of tuple of float
         The magnitude's 4x4 NIfTI affine.
     phase_units : str
-        ``"rad"`` when the phase lies within [-pi, pi] (+1 %), else ``"scanner"``
-        (integer scanner units; rescaled by
-        :func:`qsmprep.qsm.echoes.scale_phase_to_radians` in the graph).
+        ``"rad"`` (within [-pi, pi] + 1 %, or [0, 2pi)), ``"scanner"`` (integer scanner units)
+        or ``"deg"``: converted by :func:`qsmprep.qsm.echoes.scale_phase_to_radians` in the
+        graph.  ``"rad"`` for ``real-imag`` runs (the phase is computed from the parts).
+    parts : str
+        ``"mag-phase"``, or ``"real-imag"`` for complex data stored as real and imaginary
+        parts (GE): then ``magnitude`` holds the ``part-real`` files and ``phase`` the
+        ``part-imag`` files, and the graph computes magnitude and phase from them.
+    b0_affine : tuple of tuple of float
+        The scanner-based 4x4 transform the B0 direction is read from (the sform, or the qform
+        when the sform is not scanner-based); ``b0_source`` says which.
     """
 
     entities: dict
@@ -111,6 +142,9 @@ class QsmRun:
     voxel_size: tuple
     affine: tuple
     phase_units: str = "rad"
+    parts: str = "mag-phase"
+    b0_affine: tuple | None = None
+    b0_source: str = "sform"
     t1w: Path | None = None
     """A T1w image of the same subject and session, used as an intermediate for registration."""
 
@@ -146,10 +180,10 @@ class QsmRun:
 
     @property
     def b0_dir(self) -> np.ndarray:
-        """Unit B0 vector in array axes (from the affine; never assumed along z)."""
+        """Unit B0 vector in array axes (from the scanner-based transform; never assumed along z)."""
         from qsmprep.qsm.geometry import b0_direction_from_affine
 
-        return b0_direction_from_affine(np.asarray(self.affine))
+        return b0_direction_from_affine(np.asarray(self.b0_affine if self.b0_affine is not None else self.affine))
 
     @property
     def obliquity_deg(self) -> float:
@@ -169,10 +203,12 @@ class QsmRun:
         vs = " x ".join(f"{v:.3g}" for v in self.voxel_size)
         sh = " x ".join(str(v) for v in self.shape)
         files = "4-D echo stack" if self.is_stack else f"{len(self.magnitude)} file(s) per part"
+        if self.parts != "mag-phase":
+            files += f", {self.parts} parts"
         return (
             f"{self.prefix} ({self.suffix}, {files})\n"
             f"    echoes: {self.n_echoes}  TE (ms): {te_ms}\n"
-            f"    B0: {self.b0_t:g} T  direction (array axes): ({b0})  obliquity: {self.obliquity_deg:.1f} deg\n"
+            f"    B0: {self.b0_t:g} T  direction (array axes, from the {self.b0_source}): ({b0})  obliquity: {self.obliquity_deg:.1f} deg\n"
             f"    grid: {sh} voxels of {vs} mm  phase units: {self.phase_units}"
         )
 
@@ -320,7 +356,7 @@ def _sidecar(path: Path) -> Path:
 
 
 def _swap_part(path: Path, part: str) -> Path:
-    return path.with_name(re.sub(r"_part-(mag|phase)_", f"_part-{part}_", path.name))
+    return path.with_name(re.sub(r"_part-(mag|phase|real|imag)_", f"_part-{part}_", path.name))
 
 
 def load_layout(bids_dir):
@@ -575,59 +611,85 @@ def _is_integer_valued(data: np.ndarray) -> bool:
     return bool(np.all(np.abs(sample - np.round(sample)) < 1e-3))
 
 
-def phase_units(lo: float, hi: float, integer_valued: bool) -> str:
-    """Units of a run's phase from the range of all its echoes: ``"rad"`` or ``"scanner"``, else why not.
+def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None = None) -> str:
+    """Units of a run's phase from the range of all its echoes (and the sidecar's ``Units``), else why not.
 
-    The graph rescales all echoes of a run together with
-    :func:`qsmprep.qsm.echoes.scale_phase_to_radians`, which accepts only the first two
-    kinds below; the others would crash there (or, for whole degrees, be taken for a
-    scanner turn of 360-361 codes), so they are refused before the graph.  In order:
+    Returns ``"rad"``, ``"scanner"`` or ``"deg"``, the units the graph converts
+    (:func:`qsmprep.qsm.echoes.scale_phase_to_radians` with this ``units``), or the reason to
+    refuse the run: ``"unknown"`` or ``"conflict"``.
 
-    * ``"rad"``: every value within +-:data:`PHASE_RAD_LIMIT` (pi + 1 %).
-    * ``"zero_to_2pi"``: within [-0.01 pi, 2 pi + 1 %]: radians in [0, 2 pi).
-    * ``"scanner"``: integer-valued, spanning (``hi - lo + 1``) at least 20 pi codes (what
-      ``scale_phase_to_radians`` converts), and either beyond +-:data:`PHASE_DEG_LIMIT`
-      (12-bit codes -4096..4095 or 0..4095, Philips -3142..3142, unsigned 8-bit 0..255) or
-      spanning 256 codes within 2 % (signed 8-bit -128..127).
-    * ``"degrees"``: a wrapped phase in degrees covers nearly the whole turn, so: within
-      +-:data:`PHASE_DEG_LIMIT` (181.8) and reaching beyond +-160, floats or whole degrees;
-      or non-integer values within [-3.6, 363.6] reaching beyond 320 (0..360 degrees).
-    * ``"unknown"``: anything else (unwrapped or rescaled phase, values just beyond +-pi,
-      integer data spanning fewer than 20 pi codes).
+    Without a ``declared`` unit, or with one that names neither radians nor degrees (e.g. BIDS's
+    ``"arbitrary"``), the range decides: :func:`qsmprep.qsm.echoes.classify_phase_range` (rad:
+    within +-pi + 1 % or [0, 2pi); scanner: integer codes spanning a turn; deg: within +-181.8
+    reaching beyond +-160, or non-integer 0..360; anything else ``"unknown"``: unwrapped or
+    rescaled phase).  A wrapped phase covers (nearly) a whole turn, which makes these ranges tell
+    the units apart; what they cannot tell is refused.
+
+    ``declared`` (the sidecar's ``Units``, case-insensitive): ``deg``/``degree``/``degrees`` makes
+    any range within +-181.8 (or 0..363.6) degrees, except one that also fits radians (within
+    +-pi + 1 %), which is a ``"conflict"``; ``rad``/``radian(s)`` with a range that looks like
+    degrees is a ``"conflict"`` too (integer scanner codes are accepted whatever the sidecar says:
+    the codes cannot be radians).
     """
-    m = max(abs(lo), abs(hi))
-    if m <= PHASE_RAD_LIMIT:
-        return "rad"
-    if lo >= -0.01 * np.pi and hi <= 2 * PHASE_RAD_LIMIT:
-        return "zero_to_2pi"
-    span = hi - lo + 1.0
-    if integer_valued and span >= 20.0 * np.pi and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0):
-        return "scanner"
-    if 160.0 < m <= PHASE_DEG_LIMIT:
-        return "degrees"
-    if not integer_valued and lo >= -0.01 * 360.0 and 320.0 < hi <= 2 * PHASE_DEG_LIMIT:
-        return "degrees"
-    return "unknown"
+    from qsmprep.qsm.echoes import classify_phase_range
+
+    kind = classify_phase_range(lo, hi, integer_valued)
+    unit = str(declared).strip().lower() if declared is not None else ""
+    if unit in DEGREE_UNITS:
+        m = max(abs(lo), abs(hi))
+        if m <= PHASE_RAD_LIMIT:
+            return "conflict"
+        if m <= PHASE_DEG_LIMIT or (lo >= -0.01 * 360.0 and hi <= 2 * PHASE_DEG_LIMIT):
+            return "deg"
+        return "conflict"
+    if unit in RADIAN_UNITS and kind == "deg":
+        return "conflict"
+    return kind
 
 
-_PHASE_UNITS_MESSAGES = {
-    "degrees": msg.PHASE_IN_DEGREES,
-    "zero_to_2pi": msg.PHASE_ZERO_TO_TWO_PI,
-    "unknown": msg.PHASE_UNITS_UNKNOWN,
-}
+_PHASE_UNITS_MESSAGES = {"unknown": msg.PHASE_UNITS_UNKNOWN, "conflict": PHASE_UNITS_CONFLICT}
+
+
+def b0_transform(path, img) -> tuple[np.ndarray, str]:
+    """``(scanner-based 4x4 transform, "sform" or "qform")`` of a NIfTI image; :class:`InputError` if none.
+
+    :func:`qsmprep.qsm.geometry.scanner_affine` on the header's coded sform and qform: a sform
+    aligned to a template (code 2-5) is passed over for a scanner qform; neither code set refuses.
+    """
+    from qsmprep.qsm.geometry import scanner_affine
+
+    hdr = img.header
+    try:
+        sform, scode = hdr.get_sform(coded=True)
+        qform, qcode = hdr.get_qform(coded=True)
+    except AttributeError:  # not a NIfTI header (e.g. Analyze): no codes
+        sform, scode, qform, qcode = None, 0, None, 0
+    try:
+        return scanner_affine(sform, int(scode or 0), qform, int(qcode or 0))
+    except ValueError as exc:
+        raise InputError(NO_SCANNER_TRANSFORM.format(path=path, why=str(exc))) from None
 
 
 def _build_run(layout, key, files) -> QsmRun:
-    """Pair magnitude and phase files of one run, read metadata and check the images."""
+    """Pair the two parts (magnitude and phase, or real and imaginary) of one run, read metadata and check the images."""
     entities, suffix = dict(key[0]), key[1]
-    mags = {f.entities.get("echo"): Path(f.path) for f in files if f.entities.get("part") == "mag"}
-    phases = {f.entities.get("echo"): Path(f.path) for f in files if f.entities.get("part") == "phase"}
+    present = {f.entities.get("part") for f in files}
+    parts = "mag-phase" if present & {"mag", "phase"} else "real-imag"
+    first, second = PART_PAIRS[parts]
+    mags = {f.entities.get("echo"): Path(f.path) for f in files if f.entities.get("part") == first}
+    phases = {f.entities.get("echo"): Path(f.path) for f in files if f.entities.get("part") == second}
     for echo, path in sorted(mags.items(), key=lambda kv: str(kv[0])):
         if echo not in phases:
-            raise InputError(msg.MISSING_PHASE.format(path=path, expected=_swap_part(path, "phase").name))
+            expected = _swap_part(path, second).name
+            raise InputError(msg.MISSING_PHASE.format(path=path, expected=expected) if parts == "mag-phase"
+                             else MISSING_PART.format(path=path, want=second, have=first, expected=expected))
     for echo, path in sorted(phases.items(), key=lambda kv: str(kv[0])):
         if echo not in mags:
-            raise InputError(msg.MISSING_MAGNITUDE.format(path=path, expected=_swap_part(path, "mag").name))
+            expected = _swap_part(path, first).name
+            raise InputError(msg.MISSING_MAGNITUDE.format(path=path, expected=expected) if parts == "mag-phase"
+                             else MISSING_PART.format(path=path, want=first, have=second, expected=expected))
+    declared_units = None
+    b0_affine = None
 
     echoes = []  # (te, mag, phase)
     b0 = None
@@ -644,16 +706,23 @@ def _build_run(layout, key, files) -> QsmRun:
         b0_here = _get_float(b0_meta, "MagneticFieldStrength", "T", b0_path)
         if b0 is None:
             b0 = b0_here
-        _, mag_data, grid = _check_image(mag, reference)
+        mag_img, mag_data, grid = _check_image(mag, reference)
         if reference is None:
             reference = (mag, grid)
+            b0_affine = b0_transform(mag, mag_img)
+        if declared_units is None and meta_ph.get("Units") is not None:
+            declared_units = str(meta_ph.get("Units"))
         _, pha_data, _ = _check_image(pha, reference)
         if mag_data.shape != pha_data.shape:
             raise InputError(
                 msg.GRID_MISMATCH.format(path=pha, what=f"shape {pha_data.shape} vs {mag_data.shape}", reference=mag)
             )
-        _check_not_constant(mag, mag_data, msg.MAG_NO_SIGNAL)
-        lo, hi = _check_not_constant(pha, pha_data, msg.PHASE_CONSTANT)
+        if parts == "mag-phase":
+            _check_not_constant(mag, mag_data, msg.MAG_NO_SIGNAL)
+            lo, hi = _check_not_constant(pha, pha_data, msg.PHASE_CONSTANT)
+        else:
+            _check_not_constant(mag, mag_data, PART_NO_SIGNAL.replace("{part}", "real"))
+            lo, hi = _check_not_constant(pha, pha_data, PART_NO_SIGNAL.replace("{part}", "imaginary"))
         phase_lo, phase_hi = min(phase_lo, float(lo.min())), max(phase_hi, float(hi.max()))
         phase_int = phase_int and _is_integer_valued(pha_data)
         m = max(abs(float(lo.min())), abs(float(hi.max())))
@@ -689,9 +758,10 @@ def _build_run(layout, key, files) -> QsmRun:
         magnitude, phase = tuple(e[1] for e in echoes), tuple(e[2] for e in echoes)
         tes = [e[0] for e in echoes]
 
-    units = phase_units(phase_lo, phase_hi, phase_int)
-    if units not in ("rad", "scanner"):
-        raise InputError(_PHASE_UNITS_MESSAGES[units].format(path=phase_extreme[1], lo=phase_lo, hi=phase_hi))
+    units = phase_units(phase_lo, phase_hi, phase_int, declared_units) if parts == "mag-phase" else "rad"
+    if units not in ("rad", "scanner", "deg"):
+        raise InputError(_PHASE_UNITS_MESSAGES[units].format(path=phase_extreme[1], lo=phase_lo, hi=phase_hi,
+                                                             declared=declared_units))
 
     shape, affine = reference[1]
     from qsmprep.qsm.geometry import voxel_sizes
@@ -707,6 +777,9 @@ def _build_run(layout, key, files) -> QsmRun:
         voxel_size=voxel_sizes(affine),
         affine=tuple(tuple(float(v) for v in row) for row in affine),
         phase_units=units,
+        parts=parts,
+        b0_affine=tuple(tuple(float(v) for v in row) for row in b0_affine[0]),
+        b0_source=b0_affine[1],
     )
 
 
@@ -769,7 +842,7 @@ def collect_runs(bids_dir, participant_label=None, session_label=None, layout=No
     session_label = _strip(session_label, "ses-")
 
     all_files = layout.get(
-        suffix=list(SUFFIXES), part=["mag", "phase"], extension=[".nii", ".nii.gz"], datatype="anat",
+        suffix=list(SUFFIXES), part=["mag", "phase", "real", "imag"], extension=[".nii", ".nii.gz"], datatype="anat",
     )
     by_suffix = {v: filters.get(k) for k, v in FILTER_QUERIES.items()}
     all_files = [f for f in all_files if _matches(f.entities, by_suffix.get(f.entities.get("suffix")))]

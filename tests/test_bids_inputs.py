@@ -86,36 +86,87 @@ def wrapped_bids(bids):
 def test_phase_units_rule_known_answers():
     assert phase_units(-np.pi, np.pi, False) == "rad"
     assert phase_units(-3.16, 3.17, False) == "rad"  # within pi + 1 %
-    assert phase_units(0.0, 2 * np.pi, False) == "zero_to_2pi"
+    assert phase_units(0.0, 2 * np.pi, False) == "rad"  # radians in [0, 2pi): the same phase once wrapped
     assert phase_units(-4096, 4095, True) == "scanner"  # Siemens 12-bit
     assert phase_units(0, 4095, True) == "scanner"
     assert phase_units(-3142, 3142, True) == "scanner"  # Philips mrad
     assert phase_units(-128, 127, True) == "scanner"  # signed 8-bit codes
     assert phase_units(0, 255, True) == "scanner"  # unsigned 8-bit codes
     assert phase_units(0, 359, True) == "scanner"  # whole degrees 0..359 ARE a 360-code turn: converted exactly
-    assert phase_units(-179.99, 179.98, False) == "degrees"
-    assert phase_units(-180, 180, True) == "degrees"  # whole degrees (would be taken for a 361-code turn)
-    assert phase_units(0.01, 359.9, False) == "degrees"
+    assert phase_units(-179.99, 179.98, False) == "deg"
+    assert phase_units(-180, 180, True) == "deg"  # whole degrees (would be taken for a 361-code turn)
+    assert phase_units(0.01, 359.9, False) == "deg"
     assert phase_units(-31.4, 30.2, False) == "unknown"  # unwrapped rad
     assert phase_units(-3.5, 3.5, False) == "unknown"  # just beyond pi
     assert phase_units(-20, 20, True) == "unknown"  # integers spanning < 20 pi codes
     assert phase_units(-1000.5, 2000.25, False) == "unknown"
 
 
-def test_phase_in_degrees_refused(wrapped_bids):
-    """Issue #15: a float phase in degrees passed the checks, then LoadEchoes crashed."""
+def test_phase_units_sidecar_known_answers():
+    """Issue #14: the sidecar's Units settles what the range alone cannot, and contradicts what it must not."""
+    assert phase_units(-120.0, 95.0, False, "deg") == "deg"  # a partial turn: degrees only because the sidecar says so
+    assert phase_units(-120.0, 95.0, False) == "unknown"
+    assert phase_units(-179.9, 179.9, False, "Degrees") == "deg"
+    assert phase_units(-3.1, 3.1, False, "deg") == "conflict"  # fits radians as well: refused, not guessed
+    assert phase_units(-179.9, 179.9, False, "rad") == "conflict"  # degrees-looking values declared rad
+    assert phase_units(-4096, 4095, True, "rad") == "scanner"  # integer codes cannot be radians
+    assert phase_units(-np.pi, np.pi, False, "arbitrary") == "rad"
+
+
+def _set_units(bids, value):
+    """Set (or, with None, remove) ``Units`` in the phase sidecars of every echo."""
+    for echo in (1, 2, 3):
+        side = bids / ECHO.format(echo=echo, part="phase").replace(".nii.gz", ".json")
+        meta = json.loads(side.read_text()) if side.exists() else {}
+        meta.pop("Units", None)
+        if value is not None:
+            meta["Units"] = value
+        side.write_text(json.dumps(meta))
+
+
+def _stack_phase(bids):
+    """The run's phase in radians as LoadEchoes makes it (echoes last)."""
+    import nibabel as nb
+
+    from qsmprep.qsm.echoes import magnitude_phase
+
+    (run,) = collect_runs(bids)
+    ph = np.stack([np.asarray(nb.load(str(p)).dataobj, np.float32) for p in run.phase], -1)
+    return run, magnitude_phase(ph, ph, run.parts, run.phase_units)[1]
+
+
+@pytest.mark.parametrize("name, fn, dtype", [
+    ("degrees", lambda d, e: np.rad2deg(d), None),
+    ("whole degrees", lambda d, e: np.round(np.rad2deg(d)), np.int16),
+    ("0..360 degrees", lambda d, e: np.mod(np.rad2deg(d), 360.0), None),
+    ("radians in [0, 2pi)", lambda d, e: np.mod(d, 2 * np.pi), None),
+])
+def test_phase_in_degrees_or_zero_to_two_pi_converted(wrapped_bids, name, fn, dtype):
+    """Issue #15 refused these; issue #14 converts them: the same radians as the canonical phase."""
+    _, want = _stack_phase(wrapped_bids)
+    _rewrite(wrapped_bids, "phase", fn, dtype=dtype)
+    if "pi" not in name:
+        _set_units(wrapped_bids, None)  # the fixture's sidecars say rad: a converter that wrote no Units
+    run, got = _stack_phase(wrapped_bids)
+    assert run.phase_units == ("rad" if "pi" in name else "deg")
+    tol = np.deg2rad(0.5) + 1e-6 if dtype is not None else 1e-5  # whole degrees round by up to half a degree
+    assert np.max(np.abs(np.angle(np.exp(1j * (got - want))))) <= tol
+
+
+def test_degrees_declared_in_sidecar_converted(wrapped_bids):
+    """A partial turn in degrees (the range alone cannot tell) is converted when the sidecar says Units deg."""
+    _rewrite(wrapped_bids, "phase", lambda d, e: 0.6 * np.rad2deg(d))
+    _set_units(wrapped_bids, None)
+    _refused(wrapped_bids, "neither wrapped radians", "part-phase_MEGRE.nii.gz")
+    _set_units(wrapped_bids, "deg")
+    (run,) = collect_runs(wrapped_bids)
+    assert run.phase_units == "deg"
+
+
+def test_units_conflicting_with_sidecar_refused(wrapped_bids):
     _rewrite(wrapped_bids, "phase", lambda d, e: np.rad2deg(d))
-    _refused(wrapped_bids, r"ranges from -1\d\d.* to 1\d\d.*looks like degrees.*pi/180", "part-phase_MEGRE.nii.gz")
-
-
-def test_phase_in_whole_degrees_refused(wrapped_bids):
-    _rewrite(wrapped_bids, "phase", lambda d, e: np.round(np.rad2deg(d)), dtype=np.int16)
-    _refused(wrapped_bids, "looks like degrees", "part-phase_MEGRE.nii.gz")
-
-
-def test_phase_zero_to_two_pi_refused(wrapped_bids):
-    _rewrite(wrapped_bids, "phase", lambda d, e: np.mod(d, 2 * np.pi))
-    _refused(wrapped_bids, r"radians in \[0, 2pi\)", "part-phase_MEGRE.nii.gz")
+    _set_units(wrapped_bids, "rad")
+    _refused(wrapped_bids, r"sidecar says Units 'rad'", "part-phase_MEGRE.nii.gz")
 
 
 def test_unwrapped_phase_refused(wrapped_bids):

@@ -49,9 +49,14 @@ def split_extension(path) -> tuple[str, str]:
 
 class _LoadEchoesInputSpec(BaseInterfaceInputSpec):
     in_magnitude = InputMultiObject(File(exists=True), mandatory=True,
-                                    desc="magnitude: one 3-D file per echo (TE order) or one 4-D stack")
+                                    desc="magnitude (or the real part, parts='real-imag'): one 3-D file per echo "
+                                         "(TE order) or one 4-D stack")
     in_phase = InputMultiObject(File(exists=True), mandatory=True,
-                                desc="phase (rad or integer scanner units), same layout as the magnitude")
+                                desc="phase in phase_units (or the imaginary part), same layout as the magnitude")
+    parts = traits.Enum("mag-phase", "real-imag", usedefault=True,
+                        desc="what the two inputs hold: magnitude and phase, or real and imaginary parts (GE)")
+    phase_units = traits.Enum("auto", "rad", "deg", "scanner", usedefault=True,
+                              desc="units of the phase (qsmprep.bids found them; auto: from the values' range)")
 
 
 class _LoadEchoesOutputSpec(TraitedSpec):
@@ -70,14 +75,15 @@ def _stack(paths):
 
 
 class LoadEchoes(SimpleInterface):
-    """Stack echoes to 4-D and convert the phase to radians."""
+    """Stack echoes to 4-D and make magnitude and phase in radians
+    (:func:`qsmprep.qsm.echoes.magnitude_phase`: phase units converted, or real/imaginary parts combined)."""
 
     input_spec = _LoadEchoesInputSpec
     output_spec = _LoadEchoesOutputSpec
 
     def _run_interface(self, runtime):
         from qsmprep.interfaces.qsm import save_volume
-        from qsmprep.qsm.echoes import combine_magnitude, scale_phase_to_radians
+        from qsmprep.qsm.echoes import combine_magnitude, magnitude_phase
 
         mag, img = _stack(self.inputs.in_magnitude)
         phase, _ = _stack(self.inputs.in_phase)
@@ -87,7 +93,7 @@ class LoadEchoes(SimpleInterface):
                 f"({self.inputs.in_phase[0]}, {phase.shape}) stacks differ in shape; give every echo "
                 "a magnitude and a phase image on the same grid."
             )
-        phase = scale_phase_to_radians(phase)
+        mag, phase = magnitude_phase(mag, phase, self.inputs.parts, self.inputs.phase_units)
         self._results["out_magnitude"] = save_volume(mag, img, "magnitude.nii.gz", runtime.cwd)
         self._results["out_phase"] = save_volume(phase, img, "phase_rad.nii.gz", runtime.cwd)
         self._results["out_combined"] = save_volume(combine_magnitude(mag), img, "magnitude_rss.nii.gz", runtime.cwd)

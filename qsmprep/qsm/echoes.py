@@ -36,54 +36,145 @@ def wrap_to_pi(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x) + np.pi) % TWO_PI - np.pi
 
 
-def scale_phase_to_radians(phase: np.ndarray) -> np.ndarray:
-    """Return the phase in radians (float32), converting integer scanner units.
+#: Phase units :func:`scale_phase_to_radians` converts (``"auto"`` detects them).
+PHASE_UNITS = ("rad", "deg", "scanner")
+#: Phase in rad when every value lies within +-pi + 1 %.
+PHASE_RAD_LIMIT = float(np.pi * 1.01)
+#: Limit of a wrapped phase in degrees, +-180 + 1 %.
+PHASE_DEG_LIMIT = 180.0 * 1.01
 
-    * Already radians (all finite values within +-pi*1.01): returned as float32,
-      unchanged.
-    * Integer-valued data whose range is much larger than 2*pi (e.g. Siemens
-      -4096..4095 or 0..4095, Philips milliradians -3142..3142): one full turn is
-      taken as the observed span ``max - min + 1`` codes, rounded to a power of two
-      when it is within 2 % of one (12-bit data need not reach the extremes), and
-      the values are mapped with ``wrap(value * 2*pi / span)`` to [-pi, pi].
-      No offset is subtracted, so apply this to all echoes of a run at once (the
-      4-D array) to keep them consistent; signed and unsigned codes give the same
-      radians modulo 2*pi.
-    * Anything else (non-integer values beyond +-pi*1.01, e.g. unwrapped phase or
-      degrees) raises ``ValueError``.
 
-    NaN/inf are set to 0.
+def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
+    """Units of a wrapped phase from its range (all echoes of a run): ``"rad"``, ``"scanner"``, ``"deg"`` or ``"unknown"``.
+
+    A wrapped phase covers (nearly) a whole turn, so its range tells its units, in this order:
+
+    * ``"rad"``: every value within +-:data:`PHASE_RAD_LIMIT` (pi + 1 %), or within
+      [-0.01 pi, 2 pi + 1 %] (radians stored in [0, 2 pi): wrapping makes them the same phase).
+    * ``"scanner"``: integer-valued, spanning (``hi - lo + 1``) at least 20 pi codes, and either
+      beyond +-:data:`PHASE_DEG_LIMIT` (12-bit codes -4096..4095 or 0..4095, Philips -3142..3142,
+      unsigned 8-bit 0..255) or spanning 256 codes within 2 % (signed 8-bit -128..127).  Whole
+      degrees 0..359 are a 360-code turn, converted exactly as degrees would be.
+    * ``"deg"``: within +-:data:`PHASE_DEG_LIMIT` (181.8) and reaching beyond +-160, floats or
+      whole degrees; or non-integer values within [-3.6, 363.6] reaching beyond 320 (0..360 degrees).
+    * ``"unknown"``: anything else (unwrapped or rescaled phase, values just beyond the limits,
+      integer data spanning fewer than 20 pi codes).
     """
+    m = max(abs(lo), abs(hi))
+    if m <= PHASE_RAD_LIMIT:
+        return "rad"
+    if lo >= -0.01 * np.pi and hi <= 2 * PHASE_RAD_LIMIT:
+        return "rad"
+    span = hi - lo + 1.0
+    if integer_valued and span >= 20.0 * np.pi and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0):
+        return "scanner"
+    if 160.0 < m <= PHASE_DEG_LIMIT:
+        return "deg"
+    if not integer_valued and lo >= -0.01 * 360.0 and 320.0 < hi <= 2 * PHASE_DEG_LIMIT:
+        return "deg"
+    return "unknown"
+
+
+def _integer_like(x: np.ndarray) -> bool:
+    if np.issubdtype(x.dtype, np.integer):
+        return True
+    sample = x.ravel()[:: max(1, x.size // 200_000)].astype(np.float64)
+    return bool(np.all(np.abs(sample - np.round(sample)) < 1e-3))
+
+
+def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray:
+    """Return the phase in radians (float32), wrapped to [-pi, pi], from ``units``.
+
+    ``units`` (one of :data:`PHASE_UNITS`, or ``"auto"``: :func:`classify_phase_range` of the
+    values, the rule :mod:`qsmprep.bids` also applies before anything runs):
+
+    * ``"rad"``: values within +-pi*1.01 are returned unchanged (float32); others are wrapped
+      (e.g. radians stored in [0, 2 pi)).
+    * ``"deg"``: ``wrap(value * pi / 180)``.
+    * ``"scanner"``: integer scanner units (e.g. Siemens -4096..4095 or 0..4095, Philips
+      milliradians -3142..3142): one full turn is taken as the observed span ``max - min + 1``
+      codes, rounded to a power of two when it is within 2 % of one (12-bit data need not reach
+      the extremes), and the values are mapped with ``wrap(value * 2*pi / span)`` to [-pi, pi].
+      No offset is subtracted, so apply this to all echoes of a run at once (the 4-D array) to
+      keep them consistent; signed and unsigned codes give the same radians modulo 2*pi.
+      Integer data spanning fewer than 20 pi codes are refused.
+
+    ``"auto"`` raises ``ValueError`` for a range it cannot tell (``"unknown"``, e.g. unwrapped
+    phase).  NaN/inf are set to 0.
+    """
+    if units not in ("auto",) + PHASE_UNITS:
+        raise ValueError(f"phase units must be 'auto' or one of {PHASE_UNITS}, got {units!r}.")
     x = np.asarray(phase)
     if x.size == 0:
         return x.astype(np.float32)
-    if np.issubdtype(x.dtype, np.integer):
-        lo, hi = float(x.min()), float(x.max())
-        integer_like = True
-    else:
+    if not np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32, copy=True)
         bad = ~np.isfinite(x)
         if bad.any():
             x[bad] = 0.0
-        lo, hi = float(x.min()), float(x.max())
-        if lo >= -np.pi * 1.01 and hi <= np.pi * 1.01:
-            return x
-        sample = x.ravel()[:: max(1, x.size // 200_000)].astype(np.float64)
-        integer_like = bool(np.all(np.abs(sample - np.round(sample)) < 1e-3))
-    span = hi - lo + 1.0
-    if not integer_like or span < 20.0 * np.pi:
-        raise ValueError(
-            f"Phase values range from {lo:.4g} to {hi:.4g}: neither radians within [-pi, pi] "
-            "nor integer scanner units; convert the phase image to radians (or to the "
-            "scanner's integer phase units) before running qsmprep."
-        )
-    p2 = 2.0 ** np.round(np.log2(span))
-    if abs(span - p2) / p2 < 0.02:
-        span = p2
-    out = x.astype(np.float32) * np.float32(TWO_PI / span)
+    lo, hi = float(x.min()), float(x.max())
+    integer_like = _integer_like(x)
+    if units == "auto":
+        units = classify_phase_range(lo, hi, integer_like)
+        if units == "unknown":
+            raise ValueError(
+                f"Phase values range from {lo:.4g} to {hi:.4g}: neither radians within [-pi, pi] "
+                "nor integer scanner units nor degrees; convert the phase image to radians (or to the "
+                "scanner's integer phase units) before running qsmprep."
+            )
+    if units == "rad":
+        if lo >= -PHASE_RAD_LIMIT and hi <= PHASE_RAD_LIMIT:
+            return x.astype(np.float32, copy=False)
+        scale = np.float32(1.0)
+    elif units == "deg":
+        scale = np.float32(np.pi / 180.0)
+    else:
+        span = hi - lo + 1.0
+        if not integer_like or span < 20.0 * np.pi:
+            raise ValueError(
+                f"Phase values range from {lo:.4g} to {hi:.4g}: not integer scanner units spanning a turn; "
+                "convert the phase image to radians (or to the scanner's integer phase units) before running qsmprep."
+            )
+        p2 = 2.0 ** np.round(np.log2(span))
+        if abs(span - p2) / p2 < 0.02:
+            span = p2
+        scale = np.float32(TWO_PI / span)
+    out = x.astype(np.float32) * scale
     out -= np.float32(TWO_PI) * np.rint(out * np.float32(1.0 / TWO_PI))
     np.clip(out, -np.float32(np.pi), np.float32(np.pi), out=out)
     return out
+
+
+def complex_to_magnitude_phase(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude and phase (rad, in (-pi, pi]) of complex data stored as real and imaginary parts (e.g. GE).
+
+    Any common scale of the two parts scales the magnitude only.  float32 out.
+    """
+    re = np.asarray(real, dtype=np.float32)
+    im = np.asarray(imag, dtype=np.float32)
+    if re.shape != im.shape:
+        raise ValueError(f"The real ({re.shape}) and imaginary ({im.shape}) parts differ in shape.")
+    return np.hypot(re, im).astype(np.float32), np.arctan2(im, re).astype(np.float32)
+
+
+#: How a run stores its complex signal: magnitude and phase, or real and imaginary parts (GE).
+PARTS = ("mag-phase", "real-imag")
+
+
+def magnitude_phase(first: np.ndarray, second: np.ndarray, parts: str = "mag-phase",
+                    units: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """The run's magnitude and wrapped phase (rad), float32, from its two stored parts.
+
+    ``parts``: ``"mag-phase"`` (``first`` magnitude, ``second`` phase in ``units``, see
+    :func:`scale_phase_to_radians`) or ``"real-imag"`` (:func:`complex_to_magnitude_phase`;
+    ``units`` unused).  Pass all echoes at once (4-D, echoes last) so that scanner units are
+    scaled consistently.
+    """
+    if parts == "real-imag":
+        return complex_to_magnitude_phase(first, second)
+    if parts != "mag-phase":
+        raise ValueError(f"parts must be one of {PARTS}, got {parts!r}.")
+    return np.asarray(first, dtype=np.float32), scale_phase_to_radians(second, units)
 
 
 def combine_magnitude(mag4d: np.ndarray) -> np.ndarray:

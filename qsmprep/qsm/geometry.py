@@ -58,3 +58,48 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
             return tuple(slice(0, 0) for _ in m.shape)
         sl.append(slice(max(0, int(hit[0]) - margins[ax]), min(m.shape[ax], int(hit[-1]) + 1 + margins[ax])))
     return tuple(sl)
+
+
+#: NIfTI ``xform_code`` values: 0 unknown, 1 scanner-based anatomical, 2 aligned to another
+#: anatomical image, 3 Talairach, 4 MNI152, 5 another template.
+XFORM_SCANNER, XFORM_ALIGNED = 1, 2
+_XFORM_NAMES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI152", 5: "template"}
+
+
+def scanner_affine(sform, sform_code: int, qform, qform_code: int) -> tuple[np.ndarray, str]:
+    """The voxel-to-world transform whose world z is the scanner's (B0): ``(affine, "sform" | "qform")``.
+
+    B0 lies along the world z axis only in scanner coordinates.  Preference: a scanner sform
+    (code 1), then a scanner qform, then an "aligned" sform, then an aligned qform (code 2: aligned
+    to another image of the session, e.g. by a rigid registration; still the best there is).  A
+    transform to a template or atlas space (codes 3-5) is never used: after resampling to a template
+    the image axes no longer say where B0 was.  ``ValueError`` (its message says what the header
+    has) when neither transform is usable, e.g. both codes 0: qsmprep does not assume that B0 is
+    along the third axis.
+
+    >>> a = np.diag([1.0, 1.0, 2.0, 1.0])
+    >>> scanner_affine(np.eye(4), 4, a, 1)[1]
+    'qform'
+    >>> scanner_affine(a, 1, np.eye(4), 1)[1]
+    'sform'
+    """
+    for code, aff, name in ((sform_code, sform, "sform"), (qform_code, qform, "qform")):
+        if code == XFORM_SCANNER and aff is not None:
+            return np.asarray(aff, dtype=float), name
+    for code, aff, name in ((sform_code, sform, "sform"), (qform_code, qform, "qform")):
+        if code == XFORM_ALIGNED and aff is not None:
+            return np.asarray(aff, dtype=float), name
+    why = (f"sform_code {sform_code} ({_XFORM_NAMES.get(sform_code, 'invalid')}) and qform_code {qform_code} "
+           f"({_XFORM_NAMES.get(qform_code, 'invalid')})")
+    if sform_code == 0 and qform_code == 0:
+        why = "neither a qform nor an sform code set (both 0)"
+    raise ValueError(why)
+
+
+def header_b0_geometry(header) -> tuple[tuple[float, float, float], np.ndarray, str]:
+    """``(voxel_size_mm, b0_dir, source)`` from a NIfTI header (anything with ``get_sform`` /
+    ``get_qform(coded=True)``), B0 from :func:`scanner_affine`; ``ValueError`` as there."""
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    aff, source = scanner_affine(sform, int(scode or 0), qform, int(qcode or 0))
+    return voxel_sizes(aff), b0_direction_from_affine(aff), source
