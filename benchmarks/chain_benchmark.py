@@ -252,6 +252,25 @@ def m_front(front: str, name: str, source: str = "chain", **kw) -> Callable:
     return run
 
 
+def m_nsidl_chain(true_total: bool = False, **kw) -> Callable:
+    """NSIDL for the chain (``qsmprep.dl.restore.invert_nsidl_chain``): local + total field, brain mask.
+    ``true_total``: oracle input, the noise-free true total field instead of the chain's."""
+    def run(case, chain):
+        from qsmprep.dl.restore import invert_nsidl_chain
+        from qsmprep.methods import reference_echo_time
+
+        tot = chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
+        if true_total:
+            tot = case["field_ppm"]
+        chi = invert_nsidl_chain(chain["local_ppm"], chain["eroded"], tot, chain["mask"], case["voxel_size"],
+                                 case["b0_dir"], weight=chain["weight"], b0_t=case["b0_t"],
+                                 te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
+        from qsmprep.dl.restore import support_mask
+
+        return _ref(chi, support_mask(chain["mask"]))
+    return run
+
+
 def _hz_per_ppm(b0_t):
     from qsmprep.qsm.constants import hz_per_ppm
 
@@ -290,6 +309,9 @@ METHODS: dict[str, Callable] = {
     "pdf:nsidl-strong-off": m_off(m_front("pdf", "nsidl", nsidl_data_fit="strong")),
     "pdf:nsidl-robust": m_front("pdf", "nsidl", nsidl_data_fit="robust"),
     "pdf:tkd": m_front("pdf", "tkd"),
+    "nsidl-chain": m_nsidl_chain(),
+    "nsidl-chain-off": m_off(m_nsidl_chain()),
+    "true-total:nsidl-chain": m_nsidl_chain(true_total=True),
 }
 
 
@@ -322,6 +344,47 @@ def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=Non
     return rows
 
 
+#: Parameter grids of ``--tune`` (classical anchors on the chain's local field, validation heads only).
+TUNE_GRID = {
+    "tkd": [{"threshold": t} for t in (0.1, 0.15, 0.2, 0.25, 0.3)],
+    "cgl2": [{"lam": lam, "max_iter": n} for lam in (0.001, 0.005, 0.02) for n in (5, 10, 30)],
+    "ndi": [{"n_iter": n, "step": 4.0} for n in (15, 30, 60, 120)],
+    "tv": [{"lam": lam, "n_iter": 60} for lam in (1e-4, 3e-4, 1e-3, 3e-3)],
+}
+
+
+def tune(names: list[str], voxel_mm: float, methods: list[str], cache=None, log=None) -> dict:
+    """Score every :data:`TUNE_GRID` setting on the validation heads; the best by mean
+    ``XSIM - NRMSE/100 - HFEN/100`` (one number that rewards all three) becomes the choice."""
+    scores: dict = {}
+    for n in names:
+        if hh.CASES[n].role != "validation":
+            raise SystemExit(f"--tune runs on validation heads only; {n} is a {hh.CASES[n].role} head.")
+        case = hh.load_case(n, voxel_mm, cache)
+        chain = chain_for(case)
+        for meth in methods:
+            for params in TUNE_GRID[meth]:
+                fn = m_classical(meth, params, physical_scale=meth == "ndi")
+                met = score(fn(case, chain), case)
+                key = json.dumps([meth, params])
+                scores.setdefault(key, []).append(met)
+                print(f"{n:22s} {meth:5s} {json.dumps(params):40s} XSIM {met['xsim']:.3f} NRMSE {met['nrmse']:.1f} "
+                      f"HFEN {met['hfen']:.1f}", flush=True)
+                if log:
+                    with open(log, "a") as fh:
+                        fh.write(json.dumps({"tune": True, "case": n, "voxel_mm": voxel_mm, "method": meth,
+                                             "params": params, **met}) + "\n")
+    best = {}
+    for key, mets in scores.items():
+        meth, params = json.loads(key)
+        val = float(np.mean([m["xsim"] - m["nrmse"] / 100 - m["hfen"] / 100 for m in mets]))
+        if meth not in best or val > best[meth][0]:
+            best[meth] = (val, params)
+    for meth, (val, params) in best.items():
+        print(f"best {meth}: {params} (mean XSIM - NRMSE/100 - HFEN/100 = {val:.3f})")
+    return {k: v[1] for k, v in best.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--role", default="validation", choices=["validation", "test", "all"])
@@ -330,8 +393,12 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", default=["tkd", "nsidl", "nsidl-off"])
     ap.add_argument("--log", default=None, help="append one JSON line per (case, method)")
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--tune", nargs="*", default=None, help="tune these classical methods (validation heads)")
     a = ap.parse_args(argv)
     names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]
+    if a.tune is not None:
+        tune(names, a.voxel, a.tune or list(TUNE_GRID), a.cache, a.log)
+        return
     for n in names:
         run_case(n, a.voxel, a.methods, a.cache, a.log)
     print(f"peak RSS {max_rss_mb():.0f} MB")

@@ -1,0 +1,239 @@
+"""NSIDL for fields that went through background removal: SMV-consistent fitting and field restoration.
+
+The shipped network was trained on *whole* local fields (the field of the sources inside the mask),
+and its strong data fits assume one; after background removal (iSMV, V-SHARP) the part of the local
+field that is harmonic inside the mask is gone, replaced by the removal's guess, and fitting that
+guess turns into large, smooth chi errors (``benchmarks/RESULTS.md``).  :func:`invert_nsidl_chain`
+therefore never fits the background-removed field strongly.  With ``f`` the total field and ``M`` the
+brain mask (before background removal)::
+
+    chi_0 = NSIDL_robust(f_local, E)                       the network on the chain's local field
+    chi_1 = SMV-fit(f, M, from chi_0)                      qsmprep.qsm.smvfit: the removal operator
+                                                           inside the forward model, chi on all of M
+    f_r   = D(chi_1 M) + iSMV(f - D(chi_1 M))              restored local field on M: the fitted
+                                                           chi's own field plus the data's residual
+                                                           with *its* harmonic part removed
+    chi_2 = NSIDL_robust(f_r, M)                           the network on a field like its training data
+    chi   = SMV-fit(f, M, from chi_2)                      final data consistency, exact for any
+                                                           harmonic background
+
+The SMV equations hold for every harmonic background, so no assumption about the removed harmonic
+part enters the data term; the susceptibility patterns they cannot see (those whose field is
+harmonic inside ``M``: constants, the magic-angle cone, some smooth patterns) keep the network's
+values.  chi covers the whole brain mask ``M`` (the SMV spheres of the eroded voxels reach into the
+rim that background removal erodes), so the chain's chi is no longer limited to the eroded mask.
+Settings chosen on the validation heads only (``benchmarks/RESULTS.md``).
+
+Units: fields in ppm, chi in ppm, voxel size in mm, B0 in T, TE in s, ``b0_dir`` in array axes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+LOG = logging.getLogger("qsmprep.dl.restore")
+
+#: Settings of :func:`invert_nsidl_chain` (validation heads; ``benchmarks/RESULTS.md``).
+CHAIN_RADII_MM = (8.0, 4.0, 2.0)
+CHAIN_FIT_ITER = 5
+CHAIN_REFIT_ITER = 3
+CHAIN_LOOPS = 1
+
+
+def support_mask(brain_mask: np.ndarray) -> np.ndarray:
+    """chi's support for a brain mask with holes: the mask with its enclosed holes filled (bool).
+
+    The brain mask leaves out signal voids (haemorrhage cores, calcifications, large veins: their
+    phase is noise); they are lesions, so they stay in the map, with no data of their own.
+    """
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(np.asarray(brain_mask) > 0)
+
+
+def inpaint_nearest(vol: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``vol`` with every voxel outside ``valid`` set to the value of its nearest valid voxel (float32)."""
+    from scipy import ndimage
+
+    valid = np.asarray(valid, bool)
+    if valid.all() or not valid.any():
+        return np.asarray(vol, np.float32).copy()
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return np.asarray(vol, np.float32)[tuple(idx)]
+
+
+#: Lesion step (:func:`fit_voids`): CG iterations, the unknowns' dilation of each void (voxels), the
+#: data box around it (voxels beyond the void's bounding box), the smallest void fitted (voxels).
+VOID_ITER = 30
+VOID_DILATE = 1
+VOID_MARGIN = 10
+VOID_MIN_VOXELS = 3
+
+
+def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray, voids: np.ndarray,
+              voxel_size: Sequence[float], b0_dir: Sequence[float], weight: np.ndarray | None = None,
+              n_iter: int = VOID_ITER, dilate: int = VOID_DILATE, margin: int = VOID_MARGIN,
+              min_voxels: int = VOID_MIN_VOXELS) -> np.ndarray:
+    """chi inside signal voids (lesions cut out of the data) from the field around them.
+
+    A source inside a void has no data of its own, but its dipole field in the voxels around it is
+    in a local field computed on the mask *with* the void (background removal then treats it as
+    local).  For each void (connected component of ``voids`` with >= ``min_voxels`` voxels, grown
+    by ``dilate`` voxels), in a box of ``margin`` voxels around it, conjugate gradients on
+    ``min_{x, c} || W (D x + c - r) ||^2`` over the data voxels of the box, ``r = local - D chi``
+    (the field ``chi`` leaves unexplained), ``x`` supported on the grown void, ``c`` a constant;
+    ``chi + x`` is returned.  The moment of the source (``sum x``) is what the field around it
+    determines best (RC-2's calcification moment).  ppm in and out, float32.
+    """
+    from scipy import ndimage
+
+    from qsmprep.qsm.dipole import dipole_kernel, forward_field, padded_shape
+
+    v = np.asarray(voids, bool)
+    out = np.asarray(chi_ppm, np.float32).copy()
+    if not v.any():
+        return out
+    dm = np.asarray(data_mask, bool)
+    w2 = dm.astype(np.float32) if weight is None else np.where(dm, np.asarray(weight, np.float32), 0) ** 2
+    if w2[dm].size:
+        w2 = w2 / max(float(np.percentile(w2[dm], 99)), 1e-30)
+    r_all = np.where(dm, np.asarray(local_ppm, np.float32) - forward_field(out, voxel_size, b0_dir), 0)
+    lab, n = ndimage.label(v)
+    sizes = np.bincount(lab.ravel())
+    for comp in range(1, n + 1):
+        if sizes[comp] < min_voxels:
+            continue
+        sl = ndimage.find_objects((lab == comp).astype(np.int8))[0]
+        box = tuple(slice(max(0, s.start - margin), min(N, s.stop + margin)) for s, N in zip(sl, v.shape))
+        unk = ndimage.binary_dilation(lab[box] == comp, iterations=int(dilate)) if dilate else lab[box] == comp
+        wb = np.where(dm[box] & ~unk, w2[box], 0).astype(np.float32)
+        if wb.sum() <= 0:
+            continue
+        rb = r_all[box]
+        shp = padded_shape(unk.shape, 1.5)
+        d = dipole_kernel(shp, voxel_size, b0_dir, rfft=True)
+        crop = tuple(slice(0, k) for k in unk.shape)
+
+        def conv(x):
+            import scipy.fft as sfft
+
+            return sfft.irfftn(sfft.rfftn(x, s=shp) * d, s=shp)[crop].astype(np.float32)
+
+        def apply(x, c):
+            res = wb * (conv(x) + c)
+            return unk * conv(res), float(res.sum())
+
+        bx, bc = unk * conv(wb * rb), float((wb * rb).sum())
+        x, c = np.zeros(unk.shape, np.float32), 0.0
+        px, pc = bx.copy(), bc
+        rr = float((bx * bx).sum()) + bc * bc
+        for _ in range(int(n_iter)):
+            ax, ac = apply(px, pc)
+            pap = float((px * ax).sum()) + pc * ac
+            if pap <= 0 or rr <= 1e-30:
+                break
+            a = rr / pap
+            x += np.float32(a) * px
+            c += a * pc
+            bx -= np.float32(a) * ax
+            bc -= a * ac
+            rn = float((bx * bx).sum()) + bc * bc
+            px = bx + np.float32(rn / rr) * px
+            pc = bc + (rn / rr) * pc
+            rr = rn
+        out[box] += np.where(unk, x, 0).astype(np.float32)
+    return out
+
+
+def restored_field(chi_ppm: np.ndarray, total_ppm: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float],
+                   b0_dir: Sequence[float], support: np.ndarray | None = None) -> np.ndarray:
+    """Local field (ppm) of ``chi`` on ``support`` plus the data's residual without its harmonic part.
+
+    ``D(chi S) + iSMV(f - D(chi S))`` on the iSMV-eroded data mask ``mask``, ``D(chi S)`` on the rest of
+    ``S = support`` (default ``mask``), demeaned in ``S`` (``qsmprep.qsm.background.ismv``,
+    ``qsmprep.qsm.dipole.forward_field``).  For the true chi the residual is the (harmonic)
+    background and the result is the true local field of the sources inside ``S``.  float32, zero
+    outside ``S``.
+    """
+    from qsmprep.qsm.background import ismv
+    from qsmprep.qsm.dipole import forward_field
+
+    m = np.asarray(mask) > 0
+    sup = m if support is None else (np.asarray(support) > 0) | m
+    model = forward_field(np.where(sup, chi_ppm, 0).astype(np.float32), voxel_size, b0_dir)
+    resid = np.where(m, np.asarray(total_ppm, np.float32) - model, 0).astype(np.float32)
+    rl, e = ismv(resid, m, voxel_size)
+    out = np.where(sup, model + np.where(e, rl, 0), 0).astype(np.float32)
+    out[sup] -= out[sup].mean()
+    return out
+
+
+def invert_nsidl_chain(
+    local_ppm: np.ndarray,
+    eroded_mask: np.ndarray,
+    total_ppm: np.ndarray,
+    brain_mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    weight: np.ndarray | None = None,
+    b0_t: float = 3.0,
+    te_s: float = 0.02,
+    device: str = "auto",
+    weights_path: str | None = None,
+    radii_mm: Sequence[float] = CHAIN_RADII_MM,
+    n_fit: int = CHAIN_FIT_ITER,
+    n_refit: int = CHAIN_REFIT_ITER,
+    loops: int = CHAIN_LOOPS,
+    model=None,
+) -> np.ndarray:
+    """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
+
+    Parameters
+    ----------
+    local_ppm, eroded_mask : the background-removed local field (ppm) and its (eroded) mask.
+    total_ppm, brain_mask : the total field (ppm, before background removal) and the brain mask the
+        removal started from (chi's support).
+    voxel_size : mm.  b0_dir : unit B0 vector in array axes.
+    weight : data weight (the multi-echo fit weight or a magnitude; any scale) or None.
+    b0_t, te_s : field strength (T) and reference echo time (s) of the network's data term.
+    device, weights_path, model : as :func:`qsmprep.dl.inference.invert_nsidl`.
+    radii_mm, n_fit, n_refit : SMV radii and CG iterations of the two SMV-consistent fits.
+    loops : restoration passes (network on the restored field, then a refit).
+
+    chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
+    in the map with zero data weight, their chi comes from the field around them and the network.
+    """
+    from qsmprep.dl.inference import invert_nsidl
+    from qsmprep.qsm.smvfit import smv_fit
+
+    m = np.asarray(brain_mask) > 0
+    e = np.asarray(eroded_mask) > 0
+    sup = support_mask(m)
+    tot = np.where(m, np.asarray(total_ppm, np.float32), 0).astype(np.float32)
+    w = None if weight is None else np.where(m, np.asarray(weight, np.float32), 0).astype(np.float32)
+    t0 = time.time()
+
+    def net(field, mask):
+        return invert_nsidl(field, mask, voxel_size, b0_dir, weight=w, b0_t=b0_t, te_s=te_s, device=device,
+                            weights_path=weights_path, model=model, data_fit="robust")
+
+    voids = sup & ~m
+    if voids.any():
+        # background removal on the mask *with* the voids (their sources then stay in the local
+        # field), void values inpainted from their neighbours (no data there: weight 0)
+        from qsmprep.qsm.background import ismv
+
+        local_ppm, e = ismv(inpaint_nearest(tot, m), sup, voxel_size)
+    chi = net(np.where(e & ~voids, local_ppm, 0).astype(np.float32) if voids.any() else local_ppm, e)
+    if voids.any():
+        chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w)
+    chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_fit, support=sup)
+    for _ in range(int(loops)):
+        chi = net(restored_field(chi, tot, m, voxel_size, b0_dir, support=sup), sup)
+        chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_refit, support=sup)
+    LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
+    return np.where(sup, chi, 0).astype(np.float32)

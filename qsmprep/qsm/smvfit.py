@@ -1,0 +1,185 @@
+"""SMV-consistent data fitting: the background-removal operator inside the forward model.
+
+Background-field removal by spherical mean values (SHARP, V-SHARP, iSMV) rests on one identity:
+a field ``b`` that is harmonic inside the brain mask ``M`` satisfies ``(delta - s_r) * b = 0`` at every
+voxel whose sphere of radius ``r`` lies in ``M`` (the eroded mask ``E_r``).  So for the *total* field
+``f`` (local + background) and chi supported on ``M``::
+
+    (delta - s_r) * (D chi - f) = 0    on E_r,   for every radius r,
+
+exactly, whatever the background, with no assumption about the part of the local field that is
+harmonic inside the mask -- the part every background-removal method has to guess, and the part
+whose wrong guess a strong data fit turns into large, smooth chi errors (``benchmarks/RESULTS.md``).
+This module fits chi to these equations (single-step QSM's data term: Chatnuntawech et al., NMR
+Biomed 2017;30:e3570; the V-SHARP radius assignment of Li et al., NeuroImage 2011)::
+
+    min_chi  sum_r || W P_r (delta - s_r) * (D chi - f) ||^2 + lam || chi - chi0 ||^2_M
+
+``P_r`` the voxels whose largest fitting sphere has radius ``r`` (``E_r`` minus the larger radii's
+``E``), ``W`` a data weight, chi supported on ``M`` (so the rim that background removal erodes keeps
+its chi: the spheres of the eroded voxels reach into it).  The operator has no inverse on
+susceptibility patterns whose field is harmonic inside ``M`` (constants, some low-order patterns,
+the magic-angle cone), so it is solved by conjugate gradients *from* ``chi0`` (e.g. NSIDL's output):
+those patterns keep ``chi0``'s values, the rest is fitted to the data.  ``(delta - s_r) * d``, the
+SMV-filtered dipole kernel, vanishes beyond the radius ``r`` (the dipole field is harmonic away
+from the source), so the grid only needs a margin of ``max(radii)``, not the usual 1.5x padding.
+
+Units: fields in ppm, chi in ppm, voxel size and radii in mm, ``b0_dir`` in array axes.  Cost per
+CG iteration: ``2 + 2 * len(radii)`` real FFTs on the mask's bounding box plus the margin.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+
+from qsmprep.qsm.dipole import dipole_kernel, fft_workers
+from qsmprep.qsm.geometry import bounding_box
+
+#: Default radii (mm; chosen on the validation heads, ``benchmarks/RESULTS.md``).
+SMV_RADII_MM = (8.0, 4.0, 2.0)
+SMV_N_ITER = 20
+SMV_LAMBDA = 0.0
+
+
+def _sphere_spectrum(shape, vs, r):
+    from qsmprep.qsm.background import sphere_kernel
+
+    return sfft.rfftn(sphere_kernel(shape, vs, r), workers=fft_workers()).real.astype(np.float32)
+
+
+def smv_operator_masks(mask: np.ndarray, voxel_size: Sequence[float], radii_mm: Sequence[float]):
+    """``[(r, P_r)]`` (largest radius first): the voxels of ``mask`` whose largest sphere inside the mask
+    has radius ``r`` (bool arrays of ``mask``'s shape).  Voxels with no sphere inside are in none."""
+    from qsmprep.qsm.background import EROSION_LEVEL
+
+    m = np.asarray(mask) > 0
+    vs = tuple(float(v) for v in voxel_size)
+    radii = sorted((float(r) for r in radii_mm), reverse=True)
+    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
+    box = bounding_box(m, margin)
+    mc = m[box]
+    # zero padding of the margin beyond the box even where the box meets the volume's edge
+    shape = tuple(int(sfft.next_fast_len(n + g, real=True)) for n, g in zip(mc.shape, margin))
+    pad = np.zeros(shape, np.float32)
+    pad[tuple(slice(0, n) for n in mc.shape)] = mc
+    mk = sfft.rfftn(pad, workers=fft_workers())
+    taken = np.zeros(mc.shape, bool)
+    out = []
+    for r in radii:
+        er = (sfft.irfftn(mk * _sphere_spectrum(shape, vs, r), s=shape, workers=fft_workers())
+              [tuple(slice(0, n) for n in mc.shape)] > EROSION_LEVEL) & mc
+        p = er & ~taken
+        taken |= er
+        full = np.zeros(m.shape, bool)
+        full[box] = p
+        out.append((r, full))
+    return out
+
+
+def smv_fit(
+    total_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    chi0: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    radii_mm: Sequence[float] = SMV_RADII_MM,
+    n_iter: int = SMV_N_ITER,
+    lam: float = SMV_LAMBDA,
+    support: np.ndarray | None = None,
+    callback=None,
+) -> np.ndarray:
+    """Fit chi (ppm, supported on ``mask``) to the SMV-filtered total field, from ``chi0`` (module docstring).
+
+    Parameters
+    ----------
+    total_ppm : 3-D total field in ppm (background included; a local field works too, then only
+        the voxels whose spheres lie where it is valid should be in ``mask``).
+    mask : 3-D mask ``M`` where the field is data (the equations sit on its erosions: every voxel
+        whose sphere lies in ``M``).
+    support : chi's support (default ``mask``).  A larger support, e.g. ``M`` with its holes filled,
+        keeps signal voids (haemorrhage cores, calcifications, large veins) in the map with no data
+        of their own: their chi is what the field around them says (the SMV spheres of the voxels
+        around a void see its sources) plus ``chi0`` there.
+    voxel_size : mm.  b0_dir : unit B0 vector in array axes.
+    chi0 : starting chi (ppm), e.g. a network's estimate; default zeros.
+    weight : data weight (magnitude or 1/noise, any scale; normalised to its 99th percentile in the
+        mask), default the mask.
+    radii_mm : SMV radii (mm); each voxel uses the largest one whose sphere lies in the mask.
+    n_iter : conjugate-gradient iterations (early stopping regularises).
+    lam : weight of ``||chi - chi0||^2`` (0: early stopping only).
+    callback : ``callback(iteration, current)``, ``current()`` the full-size chi.
+
+    Returns chi in ppm (float32, zero outside ``support``).
+    """
+    f = np.asarray(total_ppm, np.float32)
+    m = np.asarray(mask) > 0
+    sup = m if support is None else (np.asarray(support) > 0) | m
+    if f.ndim != 3 or f.shape != m.shape:
+        raise ValueError(f"smv_fit needs a 3-D field and a mask of the same shape, got {f.shape} and {m.shape}.")
+    if not m.any():
+        raise ValueError("smv_fit got an empty mask.")
+    vs = tuple(float(v) for v in voxel_size)
+    radii = sorted((float(r) for r in radii_mm), reverse=True)
+    parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
+    if not parts:
+        raise ValueError(f"smv_fit: no sphere of radius {min(radii)} mm fits in the mask.")
+    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
+    box = bounding_box(sup, margin)
+    crop = tuple(slice(0, s.stop - s.start) for s in box)
+    # zero padding of the margin beyond the box even where the box meets the volume's edge
+    shape = tuple(int(sfft.next_fast_len(s.stop - s.start + g, real=True)) for s, g in zip(box, margin))
+    wk = fft_workers()
+
+    def pad(a):
+        out = np.zeros(shape, np.float32)
+        out[crop] = a[box]
+        return out
+
+    mp = pad(sup.astype(np.float32))
+    if weight is None:
+        w2 = mp
+    else:
+        w = np.where(m, np.abs(np.nan_to_num(np.asarray(weight, np.float32))), 0)
+        scale = float(np.percentile(w[m], 99))
+        w2 = pad((np.clip(w / max(scale, 1e-30), 0, 1) ** 2).astype(np.float32))
+    d = dipole_kernel(shape, vs, b0_dir, rfft=True).astype(np.float32)
+    ops = []
+    for r, p in parts:
+        one_minus_s = (1.0 - _sphere_spectrum(shape, vs, r)).astype(np.float32)
+        ops.append((one_minus_s, (one_minus_s * d).astype(np.float32), pad(p.astype(np.float32)) * w2))
+    fk = sfft.rfftn(pad(np.where(m, f, 0).astype(np.float32)), workers=wk)  # data only where it is data
+    # data: P_r W^2 (1 - S_r) f, pulled back through the adjoint once
+    rhs_k = 0
+    for oms, k_r, pw2 in ops:
+        rhs_k = rhs_k + k_r * sfft.rfftn(pw2 * sfft.irfftn(oms * fk, s=shape, workers=wk), workers=wk)
+    del fk
+    rhs = mp * sfft.irfftn(rhs_k, s=shape, workers=wk).astype(np.float32)
+    del rhs_k
+
+    def apply_a(x):
+        xk = sfft.rfftn(x, workers=wk)
+        acc = 0
+        for _oms, k_r, pw2 in ops:
+            acc = acc + k_r * sfft.rfftn(pw2 * sfft.irfftn(k_r * xk, s=shape, workers=wk), workers=wk)
+        out = mp * sfft.irfftn(acc, s=shape, workers=wk).astype(np.float32)
+        if lam:
+            out += np.float32(lam) * mp * x
+        return out
+
+    x0 = np.zeros(shape, np.float32) if chi0 is None else pad(np.where(sup, np.asarray(chi0, np.float32), 0))
+    if lam:
+        rhs = rhs + np.float32(lam) * x0
+    from qsmprep.qsm.solvers import conjugate_gradient
+
+    def to_full(x):
+        out = np.zeros(m.shape, np.float32)
+        out[box] = np.where(sup[box], x[crop], 0)
+        return out
+
+    mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
+    x, _ = conjugate_gradient(apply_a, rhs, x0, tol=0.0, max_iter=n_iter, callback=mon)
+    return to_full(x)
