@@ -208,7 +208,8 @@ class QsmRun:
         return (
             f"{self.prefix} ({self.suffix}, {files})\n"
             f"    echoes: {self.n_echoes}  TE (ms): {te_ms}\n"
-            f"    B0: {self.b0_t:g} T  direction (array axes, from the {self.b0_source}): ({b0})  obliquity: {self.obliquity_deg:.1f} deg\n"
+            f"    B0: {self.b0_t:g} T  direction (array axes): ({b0})  obliquity: {self.obliquity_deg:.1f} deg"
+            + (f"  (from the {self.b0_source}: the sform is not scanner-based)" if self.b0_source == "qform" else "") + "\n"
             f"    grid: {sh} voxels of {vs} mm  phase units: {self.phase_units}"
         )
 
