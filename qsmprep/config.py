@@ -205,6 +205,16 @@ class WorkflowSettings:
     sloppy: bool = option(
         False, flags=("--sloppy",), action="store_true",
         help="coarse, low-accuracy registration (testing parameters): for demos and tests only")
+    phase_sign: str = option(
+        "auto", flags=("--phase-sign",), choices=("auto", "1", "-1"),
+        help="sign convention of the input phase: 1 = as stored (a positive field gives a positive phase), "
+             "-1 = negated (the other handedness), auto = the sign that makes veins and iron-rich nuclei "
+             "paramagnetic (logged and recorded in the QC JSON; +1 with a warning when it cannot tell)")
+    single_echo_offset: str = option(
+        "auto", flags=("--single-echo-offset",), choices=("auto", "0", "2", "3", "4"),
+        help="single-echo runs only (several echoes fit the offset): polynomial degree of the receive-phase "
+             "offset whose background-removal residual is removed before the inversion; auto = 2, or 4 when a "
+             "smooth residual remains; 0 = off")
 
 
 @dataclass

@@ -53,10 +53,19 @@ def save_volume(data, ref_img, fname, newpath, dtype=np.float32) -> str:
 
 
 def geometry(img):
-    """``(voxel_size_mm, b0_dir)`` from a NIfTI image's affine."""
-    from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
+    """``(voxel_size_mm, b0_dir)`` from a NIfTI image's scanner-based transform
+    (:func:`qsmprep.qsm.geometry.header_b0_geometry`: the sform, or the qform when the sform is
+    aligned to a template); RuntimeError when the header has neither."""
+    from qsmprep.qsm.geometry import header_b0_geometry
 
-    return voxel_sizes(img.affine), b0_direction_from_affine(img.affine)
+    try:
+        voxel_size, b0_dir, _ = header_b0_geometry(img.header)
+    except ValueError as exc:
+        raise RuntimeError(
+            f"{img.get_filename()} has {exc}, so the direction of B0 is unknown; write the scanner transform "
+            "into the header (qform_code or sform_code 1)."
+        ) from None
+    return voxel_size, b0_dir
 
 
 def _mask(path):
@@ -214,6 +223,151 @@ class BackgroundRemoval(SimpleInterface):
                                               method=self.inputs.method)
         self._results["out_field"] = save_volume(local_ppm, img, "local_field_ppm.nii.gz", runtime.cwd)
         self._results["out_mask"] = save_volume(eroded, img, "mask_eroded.nii.gz", runtime.cwd, dtype=np.uint8)
+        return runtime
+
+
+# --------------------------------------------------------------------------- single-echo offset
+
+
+class _OffsetResidualInputSpec(BaseInterfaceInputSpec):
+    in_field = File(exists=True, mandatory=True, desc="local field (ppm) from background removal")
+    in_mask = File(exists=True, mandatory=True, desc="mask where it is valid (background removal's)")
+    in_brain_mask = File(exists=True, mandatory=True, desc="the brain mask background removal was given")
+    method = traits.Enum(*BACKGROUND_REMOVALS, usedefault=True, desc="the background-removal method used")
+    order = traits.Enum("auto", "0", "2", "3", "4", usedefault=True,
+                        desc="polynomial degree of the offset model (qsmprep.qsm.offsets.remove_offset_residual)")
+
+
+class _OffsetResidualOutputSpec(TraitedSpec):
+    out_field = File(exists=True, desc="local field (ppm) without the offset's residual")
+    out_record = File(exists=True, desc="JSON: order used, share of the local field removed, coefficients")
+
+
+class OffsetResidual(SimpleInterface):
+    """Single echo: remove what background removal left of the receive-phase offset
+    (:func:`qsmprep.qsm.offsets.remove_offset_residual`)."""
+
+    input_spec = _OffsetResidualInputSpec
+    output_spec = _OffsetResidualOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.offsets import remove_offset_residual
+
+        local, img = load_volume(self.inputs.in_field)
+        mask = _mask(self.inputs.in_mask)
+        brain = _mask(self.inputs.in_brain_mask)
+        voxel_size, _ = geometry(img)
+        order = self.inputs.order if self.inputs.order == "auto" else int(self.inputs.order)
+        out, record = remove_offset_residual(local, mask, brain, voxel_size, method=self.inputs.method, order=order)
+        record["requested"] = self.inputs.order
+        self._results["out_field"] = save_volume(out, img, "local_field_ppm.nii.gz", runtime.cwd)
+        self._results["out_record"] = _write_json(record, "offset_residual.json", runtime.cwd)
+        return runtime
+
+
+def _write_json(data, fname, newpath) -> str:
+    path = os.path.join(newpath, fname)
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    return path
+
+
+# --------------------------------------------------------------------------- phase sign
+
+
+class _PhaseSignInputSpec(BaseInterfaceInputSpec):
+    in_local = File(exists=True, mandatory=True, desc="local field (ppm) computed with the phase as stored")
+    in_total = File(exists=True, mandatory=True, desc="total field (Hz) computed with the phase as stored")
+    in_mask = File(exists=True, mandatory=True, desc="mask where the local field is valid")
+    in_magnitude = File(exists=True, mandatory=True, desc="magnitude (3-D or 4-D) on the same grid")
+    phase_sign = traits.Enum("auto", "1", "-1", usedefault=True,
+                             desc="1: as stored; -1: negate; auto: the sign that makes veins and iron paramagnetic")
+
+
+class _PhaseSignOutputSpec(TraitedSpec):
+    out_local = File(exists=True, desc="local field (ppm) with qsmprep's sign")
+    out_total = File(exists=True, desc="total field (Hz) with qsmprep's sign")
+    out_record = File(exists=True, desc="JSON: the sign, who decided, the evidence, one sentence for the log")
+
+
+class PhaseSign(SimpleInterface):
+    """Apply the phase sign to the fields (:func:`qsmprep.qsm.phase_sign.choose_phase_sign`); logs what it chose."""
+
+    input_spec = _PhaseSignInputSpec
+    output_spec = _PhaseSignOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from qsmprep.qsm.phase_sign import choose_phase_sign
+
+        local, img = load_volume(self.inputs.in_local)
+        total, timg = load_volume(self.inputs.in_total)
+        mask = _mask(self.inputs.in_mask)
+        mag, _ = load_volume(self.inputs.in_magnitude)
+        voxel_size, b0_dir = geometry(img)
+        sign, record = choose_phase_sign(local, mask, mag, voxel_size, b0_dir, self.inputs.phase_sign)
+        logger = logging.getLogger("nipype.interface")
+        (logger.info if record["consistent"] else logger.warning)(record["message"])
+        self._results["out_local"] = save_volume(np.float32(sign) * local, img, "local_field_ppm.nii.gz", runtime.cwd)
+        self._results["out_total"] = save_volume(np.float32(sign) * total, timg, "total_field_hz.nii.gz", runtime.cwd)
+        self._results["out_record"] = _write_json(record, "phase_sign.json", runtime.cwd)
+        return runtime
+
+
+# --------------------------------------------------------------------------- quality control
+
+
+class _QualityControlInputSpec(BaseInterfaceInputSpec):
+    in_brain_mask = File(exists=True, mandatory=True, desc="brain mask")
+    in_mask = File(exists=True, mandatory=True, desc="final mask (background removal's)")
+    in_local = File(exists=True, mandatory=True, desc="local field (ppm) as inverted")
+    in_chi = File(exists=True, mandatory=True, desc="chi (ppm), referenced")
+    in_magnitude = File(exists=True, mandatory=True, desc="magnitude (3-D or 4-D)")
+    in_phase_unwrapped = File(exists=True, desc="unwrapped phase (rad), 4-D: for the echo disagreement")
+    in_field = File(exists=True, desc="fitted total field (Hz), as the fit gave it")
+    in_offset = File(exists=True, desc="fitted phase offset (rad)")
+    echo_times = traits.List(traits.Float, desc="echo times (s)")
+    in_records = traits.List(File(exists=True), desc="JSON records of the steps (phase sign, offset residual)")
+
+
+class _QualityControlOutputSpec(TraitedSpec):
+    out_qc = File(exists=True, desc="JSON: measures, thresholds, failed checks, warnings, passed")
+
+
+class QualityControl(SimpleInterface):
+    """Per-run QC measures and flags (:func:`qsmprep.qsm.qc.measures` / :func:`qsmprep.qsm.qc.assess`);
+    each failed check is logged as a warning (the run still succeeds)."""
+
+    input_spec = _QualityControlInputSpec
+    output_spec = _QualityControlOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from qsmprep.qsm.qc import assess, measures
+
+        brain = load_volume(self.inputs.in_brain_mask)[0] > 0.5
+        final, img = load_volume(self.inputs.in_mask)
+        voxel_size, _ = geometry(img)
+        extra = {}
+        if isdefined(self.inputs.in_phase_unwrapped) and isdefined(self.inputs.in_field) and isdefined(self.inputs.in_offset):
+            extra = dict(phase_uw=load_volume(self.inputs.in_phase_unwrapped)[0],
+                         field_hz=load_volume(self.inputs.in_field)[0], offset_rad=load_volume(self.inputs.in_offset)[0])
+        values = measures(brain_mask=brain, final_mask=final > 0.5, local_ppm=load_volume(self.inputs.in_local)[0],
+                          chi_ppm=load_volume(self.inputs.in_chi)[0], magnitude=load_volume(self.inputs.in_magnitude)[0],
+                          voxel_size=voxel_size, te_s=list(self.inputs.echo_times) if isdefined(self.inputs.echo_times) else (),
+                          **extra)
+        report = assess(values)
+        steps = {}
+        for path in (self.inputs.in_records if isdefined(self.inputs.in_records) else []):
+            name = os.path.splitext(os.path.basename(path))[0]
+            steps[name] = json.loads(open(path).read())
+        report["steps"] = steps
+        logger = logging.getLogger("nipype.interface")
+        for line in report["warnings"]:
+            logger.warning(line)
+        self._results["out_qc"] = _write_json(report, "qc.json", runtime.cwd)
         return runtime
 
 

@@ -49,6 +49,10 @@ def init_qsm_wf(
     use_gpu: bool = False,
     omp_nthreads: int = 1,
     volume_gb: float = 0.01,
+    phase_sign: str = "auto",
+    single_echo_offset: str = "auto",
+    parts: str = "mag-phase",
+    phase_units: str = "auto",
     name: str = "qsm_wf",
 ):
     """Build the QSM graph of one run (nothing runs).
@@ -74,6 +78,17 @@ def init_qsm_wf(
         Threads per node (``n_procs``).
     volume_gb : float
         Size of one float32 3-D volume of this run in GB (for ``mem_gb``).
+    phase_sign : str
+        ``auto`` (default: :func:`qsmprep.qsm.phase_sign.choose_phase_sign` checks that veins and
+        iron come out paramagnetic), ``1`` (phase as stored) or ``-1`` (negated).
+    single_echo_offset : str
+        One echo only: degree of the receive-phase offset whose background-removal residual is
+        removed (:func:`qsmprep.qsm.offsets.remove_offset_residual`): ``auto`` (default), ``2``,
+        ``3``, ``4``, or ``0`` (none).  Several echoes fit the offset instead (no node).
+    parts : str
+        ``mag-phase`` or ``real-imag`` (the inputs are the real and imaginary parts).
+    phase_units : str
+        Units of the phase input (``auto``, ``rad``, ``deg``, ``scanner``; :attr:`qsmprep.bids.QsmRun.phase_units`).
 
     Inputs
     ------
@@ -84,8 +99,10 @@ def init_qsm_wf(
     -------
     magnitude : echo-RSS magnitude (3-D).  magnitude4d : echoes stacked (4-D).
     brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final mask (eroded by background removal).
-    total_field : Hz.  local_field : ppm.  weight : fit weight [0, 1].
+    total_field : Hz.  local_field : ppm (both with the chosen phase sign).  weight : fit weight [0, 1].
     chi : ppm, mean over ``mask`` = 0.  inversion_meta : JSON (algorithm, device, weights).
+    qc : JSON of the run's quality control (:mod:`qsmprep.qsm.qc`: measures, thresholds, failed
+    checks, warnings, ``passed``; ``steps`` holds the phase-sign and single-echo offset records).
     """
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
@@ -96,6 +113,9 @@ def init_qsm_wf(
         BrainMask,
         DipoleInversion,
         FitField,
+        OffsetResidual,
+        PhaseSign,
+        QualityControl,
         ReferenceChi,
         UnwrapEchoes,
     )
@@ -115,10 +135,10 @@ def init_qsm_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=["magnitude", "phase"]), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["magnitude", "magnitude4d", "brain_mask", "mask", "total_field",
-                                      "local_field", "weight", "chi", "inversion_meta"]),
+                                      "local_field", "weight", "chi", "inversion_meta", "qc"]),
         name="outputnode",
     )
-    load_echoes = pe.Node(LoadEchoes(), name="load_echoes", mem_gb=mem("load_echoes"))
+    load_echoes = pe.Node(LoadEchoes(parts=parts, phase_units=phase_units), name="load_echoes", mem_gb=mem("load_echoes"))
     brain_mask = pe.Node(BrainMask(), name="brain_mask", mem_gb=mem("brain_mask"))
     unwrap = pe.Node(UnwrapEchoes(echo_times=tes, method=unwrapping), name="unwrap",
                      mem_gb=mem("unwrap"), n_procs=omp_nthreads)
@@ -135,6 +155,15 @@ def init_qsm_wf(
         # leading spaces: SLURMGraph/SGEGraph append a node's args to the plugin's with no separator
         inversion_node.plugin_args = {"sbatch_args": " --gres=gpu:1", "qsub_args": " -l gpu=1"}
     reference = pe.Node(ReferenceChi(), name="reference", mem_gb=mem("reference"))
+    sign = pe.Node(PhaseSign(phase_sign=str(phase_sign)), name="phase_sign", mem_gb=mem("background"))
+    qc = pe.Node(QualityControl(echo_times=tes), name="qc", mem_gb=mem("fit_field"))
+    records = pe.Node(niu.Merge(2), name="qc_records", run_without_submitting=True)
+    # one echo: the phase offset cannot be fitted; remove what background removal left of it
+    offset = None
+    if n_echoes == 1 and str(single_echo_offset) != "0":
+        offset = pe.Node(OffsetResidual(method=background_removal, order=str(single_echo_offset)),
+                         name="offset_residual", mem_gb=mem("background"), n_procs=omp_nthreads)
+    local_source = offset if offset is not None else background
 
     workflow.connect([
         (inputnode, load_echoes, [("magnitude", "in_magnitude"), ("phase", "in_phase")]),
@@ -146,15 +175,37 @@ def init_qsm_wf(
         (brain_mask, fit_field, [("out_mask", "in_mask")]),
         (fit_field, background, [("out_field", "in_field")]),
         (brain_mask, background, [("out_mask", "in_mask")]),
-        (background, inversion_node, [("out_field", "in_field"), ("out_mask", "in_mask")]),
+        (local_source, sign, [("out_field", "in_local")]),
+        (fit_field, sign, [("out_field", "in_total")]),
+        (background, sign, [("out_mask", "in_mask")]),
+        (load_echoes, sign, [("out_combined", "in_magnitude")]),
+        (sign, inversion_node, [("out_local", "in_field")]),
+        (background, inversion_node, [("out_mask", "in_mask")]),
         (fit_field, inversion_node, [("out_weight", "in_weight")]),
         (inversion_node, reference, [("out_chi", "in_chi")]),
         (background, reference, [("out_mask", "in_mask")]),
+        (brain_mask, qc, [("out_mask", "in_brain_mask")]),
+        (background, qc, [("out_mask", "in_mask")]),
+        (sign, qc, [("out_local", "in_local")]),
+        (reference, qc, [("out_chi", "in_chi")]),
+        (load_echoes, qc, [("out_combined", "in_magnitude")]),
+        (unwrap, qc, [("out_phase", "in_phase_unwrapped")]),
+        (fit_field, qc, [("out_field", "in_field"), ("out_offset", "in_offset")]),
+        (sign, records, [("out_record", "in1")]),
+        (records, qc, [("out", "in_records")]),
         (load_echoes, outputnode, [("out_combined", "magnitude"), ("out_magnitude", "magnitude4d")]),
         (brain_mask, outputnode, [("out_mask", "brain_mask")]),
-        (background, outputnode, [("out_mask", "mask"), ("out_field", "local_field")]),
-        (fit_field, outputnode, [("out_field", "total_field"), ("out_weight", "weight")]),
+        (background, outputnode, [("out_mask", "mask")]),
+        (sign, outputnode, [("out_local", "local_field"), ("out_total", "total_field")]),
+        (fit_field, outputnode, [("out_weight", "weight")]),
         (reference, outputnode, [("out_chi", "chi")]),
         (inversion_node, outputnode, [("out_meta", "inversion_meta")]),
+        (qc, outputnode, [("out_qc", "qc")]),
     ])  # fmt:skip
+    if offset is not None:
+        workflow.connect([
+            (background, offset, [("out_field", "in_field"), ("out_mask", "in_mask")]),
+            (brain_mask, offset, [("out_mask", "in_brain_mask")]),
+            (offset, records, [("out_record", "in2")]),
+        ])  # fmt:skip
     return workflow

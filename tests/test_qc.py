@@ -1,0 +1,96 @@
+"""Issue #14: the per-run QC flags a run that went wrong, with known answers for each measure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_acquisitions import _bowl, _chain, _head, _signal
+
+from qsmprep.qsm import qc
+
+
+def _measures(out, vs, te):
+    extra = {}
+    if len(te) > 1:
+        extra = dict(phase_uw=out["uw"], field_hz=out["fit"].field_hz, offset_rad=out["fit"].offset_rad)
+    return qc.measures(brain_mask=out["mask"], final_mask=out["eroded"], local_ppm=out["local"], chi_ppm=out["chi"],
+                       magnitude=out["mag"], voxel_size=vs, te_s=te, **extra)
+
+
+@pytest.fixture(scope="module")
+def single_echo_offset_runs():
+    chi, brain, m0 = _head()
+    vs, te = (3.0, 3.0, 3.0), (0.020,)
+    mag, ph = _signal(chi, brain, m0, vs, te, offset=_bowl(chi.shape, vs, brain))
+    bad = _chain(mag, ph, vs, te, single_echo_offset="0")  # the chain of issue #14: the offset reaches chi
+    good = _chain(mag, ph, vs, te)
+    return bad, good, vs, te
+
+
+def test_qc_flags_the_single_echo_offset_run(single_echo_offset_runs):
+    """Issue #14: single echo + receive-phase offset finished with exit 0 and no warning; the QC flags it."""
+    bad, good, vs, te = single_echo_offset_runs
+    report = qc.assess(_measures(bad, vs, te))
+    assert "lowfreq_share" in report["failed"] and not report["passed"]
+    assert any("phase offset or background field is left" in w for w in report["warnings"])
+    assert "lowfreq_share" not in qc.assess(_measures(good, vs, te))["failed"]
+
+
+def test_qc_flags_a_wrong_phase_sign():
+    chi, brain, m0 = _head()
+    vs, te = (3.0, 3.0, 3.0), (0.005, 0.011, 0.017)
+    mag, ph = _signal(chi, brain, m0, vs, te)
+    wrong = _chain(mag, -ph, vs, te, phase_sign="1")  # other handedness, taken as stored
+    right = _chain(mag, -ph, vs, te, phase_sign="auto")
+    assert _measures(wrong, vs, te)["sign_evidence"] == -1
+    assert "sign_evidence" in qc.assess(_measures(wrong, vs, te))["failed"]
+    assert "sign_evidence" not in qc.assess(_measures(right, vs, te))["failed"]
+    assert right["records"]["phase_sign"]["sign"] == -1
+
+
+def test_echo_disagreement_known_answer():
+    rng = np.random.default_rng(0)
+    shape, te = (10, 10, 10), np.array([0.005, 0.010, 0.015])
+    f = rng.normal(0, 20, shape)
+    ph = (0.2 + 2 * np.pi * f[..., None] * te).astype(np.float32)
+    mask = np.ones(shape, bool)
+    assert qc.echo_disagreement(ph, f, np.full(shape, 0.2), te, mask) == 0.0
+    bad = rng.random(shape) < 0.1
+    ph[bad, 2] += 2 * np.pi  # one echo unwrapped one turn off in 10 % of the voxels
+    assert abs(qc.echo_disagreement(ph, f, np.full(shape, 0.2), te, mask) - bad.mean()) < 1e-9
+    assert qc.echo_disagreement(ph[..., :1], f, f, te[:1], mask) is None
+
+
+def test_mask_kept_and_lowfreq_share_known_answers():
+    m = np.zeros((20, 20, 20), bool)
+    m[2:18, 2:18, 2:18] = True
+    e = np.zeros_like(m)
+    e[2:18, 2:18, 2:10] = True
+    assert qc.mask_kept(e, m) == 0.5
+    g = np.meshgrid(*[np.arange(20.0)] * 3, indexing="ij")
+    assert qc.lowfreq_share(0.01 * g[0] ** 2, m, (1, 1, 1)) > 0.999  # a quadratic is all low-order
+    noise = np.random.default_rng(1).normal(0, 1, m.shape)
+    assert qc.lowfreq_share(noise, m, (1, 1, 1)) < 0.01
+
+
+def test_dgm_contrast_sign_known_answer():
+    chi = np.zeros((10, 10, 10), np.float32)
+    labels = np.zeros(chi.shape, np.int16)
+    labels[2:4, 2:4, 2:4] = 5
+    chi[labels == 5] = 0.1
+    names = {5: "pallidum_L", 9: "thalamus_L"}
+    mask = np.ones(chi.shape, bool)
+    assert qc.dgm_contrast(chi, labels, names, mask) > 0
+    assert qc.dgm_contrast(-chi, labels, names, mask) < 0
+    assert qc.dgm_contrast(chi, labels, {9: "thalamus_L"}, mask) is None
+
+
+def test_assess_rule_and_messages():
+    values = {"mask_kept": 0.5, "lowfreq_share": 0.01, "echo_disagreement": None, "chi_range": float("nan"),
+              "sign_evidence": 1}
+    report = qc.assess(values, {"mask_kept": ("min", 0.8), "lowfreq_share": ("max", 0.3), "echo_disagreement": ("max", 0.02),
+                                "chi_range": ("max", 1.0), "sign_evidence": ("min", 0)})
+    assert report["failed"] == ["mask_kept"] and not report["passed"]
+    (line,) = report["warnings"]
+    assert line.startswith("QC: only 50% of the brain mask") and line.endswith(".") and "\n" not in line
+    assert qc.assess({"mask_kept": 0.95})["passed"]
