@@ -43,6 +43,14 @@ CITATIONS: dict[str, Citation] = {
                     "10.1002/mrm.22135"),
     "cgl2": Citation("Bilgic B, Chatnuntawech I, Fan AP, et al. Fast image reconstruction with L2-regularization. "
                      "J Magn Reson Imaging. 2014;40:181-191.", "10.1002/jmri.24365"),
+    "smvqsm": Citation("Chatnuntawech I, McDaniel P, Cauley SF, et al. Single-step quantitative susceptibility mapping "
+                       "with variational penalties. NMR Biomed. 2017;30:e3570.", "10.1002/nbm.3570"),
+    "tv": Citation("Bilgic B, Fan AP, Polimeni JR, et al. Fast quantitative susceptibility mapping with L1-regularization "
+                   "and automatic parameter selection. Magn Reson Med. 2014;72:1444-1459.", "10.1002/mrm.25029"),
+    "fansi": Citation("Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear susceptibility inversion "
+                      "with variational regularization. Magn Reson Med. 2018;80:814-821.", "10.1002/mrm.27073"),
+    "pdf": Citation("Liu T, Khalidov I, de Rochefort L, et al. A novel background field removal method for MRI using "
+                    "projection onto dipole fields (PDF). NMR Biomed. 2011;24:1129-1136.", "10.1002/nbm.1670"),
     "ismv": Citation("Wen Y, Zhou D, Liu T, Spincemaille P, Wang Y. An iterative spherical mean value method for "
                      "background field removal in MRI. Magn Reson Med. 2014;72:1065-1071.", "10.1002/mrm.24816"),
     "vsharp": Citation("Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain reflects spatial "
@@ -123,7 +131,10 @@ class Inversion:
     ``options``: the method's own options (keyword -> choices), passed through by the app's node and
     ``qsmprep invert``.  ``weights``: the method runs trained weights (``weights_path`` option).
     ``preflight``: called before anything runs (e.g. the weights file must exist); raises
-    FileNotFoundError with a sentence naming what is missing.
+    FileNotFoundError with a sentence naming what is missing.  ``total_field``: the method also takes
+    the total field (ppm, before background removal) and the brain mask the removal started from
+    (``total_ppm``, ``brain_mask`` of :func:`invert`); its chi then covers the brain mask with its
+    holes filled (``qsmprep.dl.restore.support_mask``), not only the eroded mask.
     """
 
     name: str
@@ -137,6 +148,7 @@ class Inversion:
     options: dict = field(default_factory=dict)
     weights: bool = False
     preflight: Callable[[], object] | None = None
+    total_field: bool = False
 
 
 def _run_classical(name: str):
@@ -159,27 +171,61 @@ def _nsidl_weights_present():
     return weights_info()
 
 
+#: NSIDL data fits of the app and ``qsmprep invert`` (option ``nsidl_data_fit``).  ``auto`` (the
+#: default): ``chain`` when the total field and the brain mask are given, else ``robust``.
+#: ``chain``: ``qsmprep.dl.restore.invert_nsidl_chain`` (the network on the local field, signal voids
+#: fitted from the field around them, then a TV-regularised SMV-consistent fit of the total field
+#: from the network's chi; issue #13).  ``robust`` / ``strong``: ``qsmprep.dl.inference.DATA_FIT``
+#: (``strong`` is for clean local fields: simulations, challenge data, total-field methods).
+NSIDL_DATA_FITS = ("auto", "chain", "robust", "strong")
+
+
 def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
-               nsidl_data_fit: str = "robust", weights_path: str | None = None):
+               nsidl_data_fit: str = "auto", weights_path: str | None = None, total_ppm=None, brain_mask=None):
     from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
     from qsmprep.dl.weights import weights_info
     from qsmprep.qsm.constants import rad_per_ppm
 
     info = weights_info(weights_path)
-    fit = data_fit_settings(nsidl_data_fit, local_ppm, mask)
-    chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
-                       weights_path=weights_path, data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
+    name = str(nsidl_data_fit).lower()
+    if name not in NSIDL_DATA_FITS:
+        raise ValueError(f"NSIDL data fit must be one of {NSIDL_DATA_FITS}, got {nsidl_data_fit!r}.")
+    have_total = total_ppm is not None and brain_mask is not None
+    if name == "auto":
+        name = "chain" if have_total else "robust"
     import torch
 
-    record = {
-        "WeightsName": info["name"],
-        "WeightsSHA256": info["sha256"],
-        "DataFit": data_fit_record(fit),
-        "KSpaceDataConsistency": {"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH},
-        "PhaseScaleRadPerPpm": rad_per_ppm(b0_t, te_s),
-        "TorchVersion": torch.__version__,
-    }
+    record = {"WeightsName": info["name"], "WeightsSHA256": info["sha256"],
+              "PhaseScaleRadPerPpm": rad_per_ppm(b0_t, te_s), "TorchVersion": torch.__version__}
+    if name == "chain":
+        if not have_total:
+            raise ValueError("The NSIDL 'chain' data fit needs the total field (total_ppm) and the brain mask (brain_mask).")
+        from qsmprep.dl import restore
+
+        chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
+                                         b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path)
+        record["DataFit"] = {
+            "Preset": "chain", "NetworkDataFit": "robust",
+            "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
+            "FinalFit": {"Method": "TV-regularised SMV-consistent fit of the total field (ADMM)",
+                         "RadiiMm": list(restore.FINAL_RADII_MM), "TVWeight": restore.FINAL_TV_LAMBDA,
+                         "Iterations": restore.FINAL_ITER, "SupportPenalty": restore.FINAL_SUPPORT_MU},
+        }
+        record["OutputMask"] = "brain mask with its holes filled"
+        return chi, record
+    fit = data_fit_settings(name, local_ppm, mask)
+    chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
+                       weights_path=weights_path, data_fit=fit["name"], dc_threshold=fit["dc_threshold"])
+    record["DataFit"] = data_fit_record(fit)
+    record["KSpaceDataConsistency"] = {"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH}
     return chi, record
+
+
+def _run_tv(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=None, te_s=None, device="cpu"):
+    from qsmprep.qsm import tv
+
+    chi = tv.tv_admm(local_ppm, mask, voxel_size, b0_dir, weight=weight)
+    return chi, {"TVWeight": tv.TV_LAMBDA, "Iterations": tv.TV_N_ITER}
 
 
 #: Dipole inversions by command-line name (the default first).
@@ -187,14 +233,17 @@ INVERSIONS: dict[str, Inversion] = {
     "nsidl": Inversion(
         "nsidl", "NSIDL",
         "NSIDL (unrolled proximal gradient network, nonlinear NDI data term)",
-        _run_nsidl, citations=("nsidl", "lpcnn", "ndi"), uses_torch=True, mem_volumes=260, needs_phase_scale=True,
-        options={"nsidl_data_fit": ("robust", "strong")}, weights=True, preflight=_nsidl_weights_present,
+        _run_nsidl, citations=("nsidl", "lpcnn", "ndi", "smvqsm", "tv"), uses_torch=True, mem_volumes=260,
+        needs_phase_scale=True, options={"nsidl_data_fit": NSIDL_DATA_FITS}, weights=True,
+        preflight=_nsidl_weights_present, total_field=True,
     ),
     "tkd": Inversion("tkd", "TKD", "TKD (truncated k-space division)", _run_classical("tkd"), citations=("tkd",)),
     "cgl2": Inversion("cgl2", "CG-L2", "CG-L2 (weighted Tikhonov, conjugate gradient)", _run_classical("cgl2"),
                       citations=("cgl2",)),
     "ndi": Inversion("ndi", "NDI", "NDI (nonlinear dipole inversion, gradient descent)", _run_classical("ndi"),
                      citations=("ndi",)),
+    "tv": Inversion("tv", "TV", "TV (total variation, weighted linear data term, ADMM)", _run_tv,
+                    citations=("tv", "fansi"), mem_volumes=80),
 }
 DEFAULT_INVERSION = "nsidl"
 
@@ -228,6 +277,8 @@ def invert(
     b0_t: float | None = None,
     te_s: float | None = None,
     device: str = "cpu",
+    total_ppm: np.ndarray | None = None,
+    brain_mask: np.ndarray | None = None,
     **options,
 ) -> tuple[np.ndarray, dict]:
     """Run the inversion ``method``; returns ``(chi, record)``.
@@ -241,6 +292,9 @@ def invert(
         ``needs_phase_scale``.
     device : ``auto``, ``cpu`` or ``cuda`` for torch methods (resolved by
         :func:`qsmprep.utils.gpu.resolve_device`); classical methods always run on the CPU.
+    total_ppm, brain_mask : the total field (ppm, before background removal) and the brain mask the
+        removal started from; used by the methods with ``total_field`` (NSIDL's default data fit),
+        ignored by the others.  With them chi covers the brain mask with its holes filled.
     options : method options (e.g. ``nsidl_data_fit``, ``weights_path`` for NSIDL).
 
     Returns chi in ppm (float32, zero outside the mask, not referenced) and the sidecar record:
@@ -257,6 +311,12 @@ def invert(
     dev = resolve_device(device) if inv.uses_torch else "cpu"
     m = np.asarray(mask) > 0
     kwargs = dict(weight=weight, b0_t=b0_t, te_s=te_s, device=dev)
+    out_mask = m
+    if inv.total_field and total_ppm is not None and brain_mask is not None:
+        from qsmprep.dl.restore import support_mask
+
+        kwargs.update(total_ppm=np.asarray(total_ppm, dtype=np.float32), brain_mask=np.asarray(brain_mask) > 0)
+        out_mask = m | support_mask(brain_mask)
     chi, own = inv.run(np.asarray(local_ppm, dtype=np.float32), m, tuple(float(v) for v in voxel_size),
                        tuple(float(v) for v in b0_dir), **kwargs, **options)
     record = {
@@ -272,4 +332,4 @@ def invert(
     if te_s is not None:
         record["ReferenceEchoTime"] = float(te_s)
     record.update(own)
-    return np.where(m, np.asarray(chi, dtype=np.float32), np.float32(0.0)).astype(np.float32), record
+    return np.where(out_mask, np.asarray(chi, dtype=np.float32), np.float32(0.0)).astype(np.float32), record

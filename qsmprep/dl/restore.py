@@ -42,6 +42,12 @@ CHAIN_RADII_MM = (8.0, 4.0, 2.0)
 CHAIN_FIT_ITER = 5
 CHAIN_REFIT_ITER = 3
 CHAIN_LOOPS = 1
+#: The final TV-regularised SMV-consistent fit (``qsmprep.qsm.smvfit.smv_tv``): radii, TV weight,
+#: ADMM iterations and support penalty; ``None`` radii skip it.
+FINAL_RADII_MM = (8.0, 4.0, 2.0)
+FINAL_TV_LAMBDA = 3e-5
+FINAL_ITER = 60
+FINAL_SUPPORT_MU = 0.01
 
 
 def support_mask(brain_mask: np.ndarray) -> np.ndarray:
@@ -189,6 +195,10 @@ def invert_nsidl_chain(
     n_refit: int = CHAIN_REFIT_ITER,
     loops: int = CHAIN_LOOPS,
     model=None,
+    final_radii_mm: Sequence[float] | None = FINAL_RADII_MM,
+    final_lam: float = FINAL_TV_LAMBDA,
+    final_iter: int = FINAL_ITER,
+    final_support_mu: float = FINAL_SUPPORT_MU,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
 
@@ -231,9 +241,15 @@ def invert_nsidl_chain(
     chi = net(np.where(e & ~voids, local_ppm, 0).astype(np.float32) if voids.any() else local_ppm, e)
     if voids.any():
         chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w)
-    chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_fit, support=sup)
+    if loops:
+        chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_fit, support=sup)
     for _ in range(int(loops)):
         chi = net(restored_field(chi, tot, m, voxel_size, b0_dir, support=sup), sup)
         chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_refit, support=sup)
+    if final_radii_mm:
+        from qsmprep.qsm.smvfit import smv_tv
+
+        chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
+                     n_iter=final_iter, support=sup, support_mu=final_support_mu)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)

@@ -58,6 +58,8 @@ def tv_admm(
     mu_ratio: float = TV_MU_RATIO,
     mu2: float = TV_MU2,
     pad_factor: float = 1.5,
+    chi_prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
 ) -> np.ndarray:
     """Weighted-linear TV inversion by ADMM (module docstring); chi in ppm, float32, zero outside the mask.
 
@@ -67,6 +69,8 @@ def tv_admm(
     weight : data weight (magnitude or 1/noise; normalised to [0, 1]), default the mask.
     lam : TV weight.  n_iter : ADMM iterations.  mu_ratio, mu2 : ADMM penalties
         (``mu1 = mu_ratio * lam``).  pad_factor : zero padding.
+    chi_prior, prior_weight : adds ``prior_weight/2 ||chi - chi_prior||^2`` (e.g. a network's
+        estimate, which then fills what neither the data nor TV determine); also the start.
     """
     if lam <= 0 or mu2 <= 0:
         raise ValueError(f"tv_admm needs lam > 0 and mu2 > 0, got {lam}, {mu2}.")
@@ -77,21 +81,33 @@ def tv_admm(
     d = g.d
     mu1 = np.float32(mu_ratio * lam)
     mu2 = np.float32(mu2)
-    denom = (mu1 * g.gradient_kernel() + mu2 * d * d).astype(np.float32)
-    denom.flat[0] = 1.0  # k = 0: gradient and D both vanish; chi's mean stays 0
+    pw = np.float32(prior_weight)
+    denom = (mu1 * g.gradient_kernel() + mu2 * d * d + pw).astype(np.float32)
+    if not pw:
+        denom.flat[0] = 1.0  # k = 0: gradient and D both vanish; chi's mean stays 0
     w2p = g.pad(w2)
     fp = g.pad(f)
     w2f = w2p * fp
     x = np.zeros(g.shape, np.float32)
+    prior_k = None
+    if chi_prior is not None:
+        x = g.pad(np.where(m, np.asarray(chi_prior, np.float32), 0))
+        prior_k = g.rfft(x) * pw if pw else None
     z = [np.zeros_like(x) for _ in range(3)]
     s = [np.zeros_like(x) for _ in range(3)]
     y = np.zeros_like(x)
     t = np.zeros_like(x)
     thr = np.float32(lam / mu1)
+    if chi_prior is not None:  # warm start: the splits at the prior
+        z = _grad(x, vs)
+        y = g.irfft(d * g.rfft(x))
     for _ in range(int(n_iter)):
         num = mu1 * g.rfft(_grad_t([zi - si for zi, si in zip(z, s)], vs)) + mu2 * d * g.rfft(y - t)
+        if prior_k is not None:
+            num = num + prior_k
         xk = num / denom
-        xk.flat[0] = 0.0
+        if not pw:
+            xk.flat[0] = 0.0
         x = g.irfft(xk)
         dx = g.irfft(d * xk)
         gx = _grad(x, vs)
