@@ -148,14 +148,23 @@ def _ref(chi, mask):
 
 
 def m_app(name: str, **kw) -> Callable:
-    """The app's inversion dispatch (``methods.invert``) on the chain's local field, referenced."""
+    """The app's inversion dispatch (``methods.invert``) as the app calls it once wired for issue #13:
+    the chain's local field, final mask and fit weight, plus the total field and the brain mask
+    (used by the methods with ``total_field``, i.e. NSIDL's default data fit); referenced in the
+    mask the chi covers."""
     def run(case, chain):
-        from qsmprep.methods import invert, reference_echo_time
+        from qsmprep.methods import get_inversion, invert, reference_echo_time
 
+        tot = chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
         chi, _ = invert(name, chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
                         weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
-                        device="cpu", **kw)
-        return _ref(chi, chain["eroded"])
+                        device="cpu", total_ppm=tot, brain_mask=chain["mask"], **kw)
+        out = chain["eroded"]
+        if get_inversion(name).total_field and kw.get("nsidl_data_fit", "auto") in ("auto", "chain"):
+            from qsmprep.dl.restore import support_mask
+
+            out = out | support_mask(chain["mask"])
+        return _ref(chi, out)
     return run
 
 
@@ -201,6 +210,15 @@ def m_true_local(name: str, **kw) -> Callable:
                         weight=np.sqrt((case["mag"] ** 2).sum(-1)), b0_t=case["b0_t"],
                         te_s=reference_echo_time(case["te_s"]), device="cpu", **kw)
         return _ref(chi, m)
+    return run
+
+
+def m_true_local_classical(name: str) -> Callable:
+    """A tuned classical anchor fed the true local field with the true brain mask (clean-field rows)."""
+    def run(case, chain):
+        m = case["brain_mask"]
+        fake = dict(chain, local_ppm=case["local_field_ppm"], eroded=m, weight=np.sqrt((case["mag"] ** 2).sum(-1)))
+        return m_classical(name, physical_scale=name == "ndi")(case, fake)
     return run
 
 
@@ -295,6 +313,10 @@ METHODS: dict[str, Callable] = {
     "true-local:nsidl-strong": m_true_local("nsidl", nsidl_data_fit="strong"),
     "true-local:nsidl-strong-off": m_off(m_true_local("nsidl", nsidl_data_fit="strong")),
     "true-local:tkd": m_true_local("tkd"),
+    "true-local:tkd-tuned": m_true_local_classical("tkd"),
+    "true-local:cgl2-tuned": m_true_local_classical("cgl2"),
+    "true-local:ndi-phys-tuned": m_true_local_classical("ndi"),
+    "true-local:tv-tuned": m_true_local_classical("tv"),
     "true-local-final:nsidl-strong": m_true_local_in_final("nsidl", nsidl_data_fit="strong"),
     "true-local-final:nsidl-robust": m_true_local_in_final("nsidl", nsidl_data_fit="robust"),
     "true-local-final:tkd": m_true_local_in_final("tkd"),
@@ -346,10 +368,10 @@ def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=Non
 
 #: Parameter grids of ``--tune`` (classical anchors on the chain's local field, validation heads only).
 TUNE_GRID = {
-    "tkd": [{"threshold": t} for t in (0.1, 0.15, 0.2, 0.25, 0.3)],
-    "cgl2": [{"lam": lam, "max_iter": n} for lam in (0.001, 0.005, 0.02) for n in (5, 10, 30)],
-    "ndi": [{"n_iter": n, "step": 4.0} for n in (15, 30, 60, 120)],
-    "tv": [{"lam": lam, "n_iter": 60} for lam in (1e-4, 3e-4, 1e-3, 3e-3)],
+    "tkd": [{"threshold": t} for t in (0.1, 0.15, 0.2)],
+    "cgl2": [{"lam": lam, "max_iter": n} for lam in (0.001, 0.005, 0.02) for n in (5, 10)],
+    "ndi": [{"n_iter": n, "step": 4.0} for n in (15, 30, 60)],
+    "tv": [{"lam": lam, "n_iter": 60} for lam in (1e-5, 3e-5, 1e-4)],
 }
 
 
@@ -385,6 +407,62 @@ def tune(names: list[str], voxel_mm: float, methods: list[str], cache=None, log=
     return {k: v[1] for k, v in best.items()}
 
 
+def _timed_chain(name: str, voxel_mm: float, method: str, cache, q) -> None:
+    """Child process: the app's chain from phase to referenced chi with ``method`` (wall, CPU, peak RSS)."""
+    import resource
+
+    case = hh.load_case(name, voxel_mm, cache)
+    phase, mag = case.pop("phase"), case.pop("mag")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.time()
+    chain = app_chain_field(phase, mag, case["te_s"], case["voxel_size"], case["b0_t"])
+    t1 = time.time()
+    chi = METHODS[method](case, chain)
+    t2 = time.time()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    q.put({"case": name, "method": method, "chain_wall_s": t1 - t0, "inversion_wall_s": t2 - t1, "wall_s": t2 - t0,
+           "cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), "peak_rss_mb": max_rss_mb(),
+           "load1": os.getloadavg()[0], "nonzero": int((chi != 0).sum())})
+
+
+def time_chain(name: str, voxel_mm: float, method: str, cache=None) -> dict:
+    """Whole chain (mask -> unwrap -> fit -> background removal -> inversion -> reference) in a fresh process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_timed_chain, args=(name, voxel_mm, method, cache, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def render(log: str, methods: list[str] | None = None, role: str = "test") -> str:
+    """Markdown tables (one row per case and method) from a ``--log`` JSONL file (the last row of
+    each (case, method) wins)."""
+    rows = {}
+    for line in open(log):
+        r = json.loads(line)
+        if r.get("tune") or r.get("timing") or r.get("role") != role:
+            continue
+        rows[(r["case"], r["method"])] = r
+    cases_ = [c.name for c in hh.cases(role) if any(k[0] == c.name for k in rows)]
+    meths = methods or sorted({k[1] for k in rows})
+    out = ["| case | method | NRMSE % | HFEN % | XSIM | coverage | ROI slope | ROI MAE (ppm) | calc. moment err | "
+           "haem. dNRMSE % | time (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, nd: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{nd}f}"  # noqa: E731
+    for c in cases_:
+        for m in meths:
+            r = rows.get((c, m))
+            if r is None:
+                continue
+            out.append(f"| {c} | {m} | {f(r['nrmse'], 1)} | {f(r['hfen'], 1)} | {f(r['xsim'], 3)} | "
+                       f"{f(r['coverage'], 3)} | {f(r['roi_slope'], 3)} | {f(r['roi_mae'], 4)} | "
+                       f"{f(r.get('calc_moment_rel'), 2)} | {f(r.get('haem_dnrmse'), 1)} | {f(r['time_s'], 0)} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--role", default="validation", choices=["validation", "test", "all"])
@@ -394,10 +472,24 @@ def main(argv=None):
     ap.add_argument("--log", default=None, help="append one JSON line per (case, method)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--tune", nargs="*", default=None, help="tune these classical methods (validation heads)")
+    ap.add_argument("--time", action="store_true", help="time each method's whole chain in a fresh process")
+    ap.add_argument("--render", default=None, help="print markdown tables from this --log file and exit")
     a = ap.parse_args(argv)
     names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]
+    if a.render:
+        print(render(a.render, a.methods if a.methods != ["tkd", "nsidl", "nsidl-off"] else None, a.role))
+        return
     if a.tune is not None:
         tune(names, a.voxel, a.tune or list(TUNE_GRID), a.cache, a.log)
+        return
+    if a.time:
+        for n in names:
+            for meth in a.methods:
+                row = time_chain(n, a.voxel, meth, a.cache)
+                print(json.dumps(row), flush=True)
+                if a.log:
+                    with open(a.log, "a") as fh:
+                        fh.write(json.dumps({"timing": True, **row}) + "\n")
         return
     for n in names:
         run_case(n, a.voxel, a.methods, a.cache, a.log)

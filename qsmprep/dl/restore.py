@@ -41,7 +41,7 @@ LOG = logging.getLogger("qsmprep.dl.restore")
 CHAIN_RADII_MM = (8.0, 4.0, 2.0)
 CHAIN_FIT_ITER = 5
 CHAIN_REFIT_ITER = 3
-CHAIN_LOOPS = 1
+CHAIN_LOOPS = 0
 #: The final TV-regularised SMV-consistent fit (``qsmprep.qsm.smvfit.smv_tv``): radii, TV weight,
 #: ADMM iterations and support penalty; ``None`` radii skip it.
 FINAL_RADII_MM = (8.0, 4.0, 2.0)
