@@ -30,7 +30,7 @@ import numpy as np
 from qsmprep.qsm.inversion import _check_inputs, _Grid, _normalised_weight
 
 #: Defaults (validation heads, ``benchmarks/chain_benchmark.py --tune``).
-TV_LAMBDA = 3e-4
+TV_LAMBDA = 3e-5
 TV_MU_RATIO = 100.0  # mu1 = ratio * lam (FANSI's choice)
 TV_MU2 = 1.0
 TV_N_ITER = 60
