@@ -236,10 +236,13 @@ class _OffsetResidualInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*BACKGROUND_REMOVALS, usedefault=True, desc="the background-removal method used")
     order = traits.Enum("auto", "0", "2", "3", "4", usedefault=True,
                         desc="polynomial degree of the offset model (qsmprep.qsm.offsets.remove_offset_residual)")
+    in_total = File(exists=True, desc="total field (Hz): the fitted offset model is subtracted from it too")
+    b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T), for the total field's Hz")
 
 
 class _OffsetResidualOutputSpec(TraitedSpec):
     out_field = File(exists=True, desc="local field (ppm) without the offset's residual")
+    out_total = File(desc="total field (Hz) without the offset model's non-harmonic part (when in_total is given)")
     out_record = File(exists=True, desc="JSON: order used, share of the local field removed, coefficients")
 
 
@@ -261,6 +264,14 @@ class OffsetResidual(SimpleInterface):
         out, record = remove_offset_residual(local, mask, brain, voxel_size, method=self.inputs.method, order=order)
         record["requested"] = self.inputs.order
         self._results["out_field"] = save_volume(out, img, "local_field_ppm.nii.gz", runtime.cwd)
+        if isdefined(self.inputs.in_total):
+            from qsmprep.qsm.constants import hz_per_ppm
+            from qsmprep.qsm.offsets import offset_model
+
+            total, timg = load_volume(self.inputs.in_total)
+            model = offset_model(total.shape, voxel_size, brain, record) * np.float32(hz_per_ppm(self.inputs.b0_t))
+            self._results["out_total"] = save_volume(np.where(brain, total - model, 0.0), timg, "total_field_hz.nii.gz",
+                                                     runtime.cwd)
         self._results["out_record"] = _write_json(record, "offset_residual.json", runtime.cwd)
         return runtime
 

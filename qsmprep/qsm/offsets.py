@@ -188,3 +188,21 @@ def polynomial_share(values: np.ndarray, mask: np.ndarray, voxel_size: Sequence[
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     r = y - a @ coef
     return float(np.clip(1.0 - (r @ r) / energy, 0.0, 1.0))
+
+
+def offset_model(shape: Sequence[int], voxel_size: Sequence[float], brain_mask: np.ndarray, record: dict) -> np.ndarray:
+    """The non-harmonic offset model ``sum_i c_i r^2 m_i`` that :func:`remove_offset_residual` fitted (its
+    ``record``), on the whole grid, in the local field's unit (float32; zeros for order 0).
+
+    Background removal turns it into exactly what was subtracted from the local field (the removal is
+    linear and takes out harmonic fields), so subtracting it from the TOTAL field gives a total field
+    consistent with the corrected local field: for steps that use the total field over the brain mask
+    (e.g. an SMV-consistent data fit), and for the total field map written for a single-echo run.
+    """
+    coef = list(record.get("coefficients") or [])
+    out = np.zeros(tuple(shape), np.float32)
+    if not coef or int(record.get("order", 0)) < 2:
+        return out
+    for c, b in zip(coef, nonharmonic_basis(shape, voxel_size, brain_mask, int(record["order"]))):
+        out += np.float32(c) * b
+    return out

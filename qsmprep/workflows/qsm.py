@@ -161,7 +161,7 @@ def init_qsm_wf(
     # one echo: the phase offset cannot be fitted; remove what background removal left of it
     offset = None
     if n_echoes == 1 and str(single_echo_offset) != "0":
-        offset = pe.Node(OffsetResidual(method=background_removal, order=str(single_echo_offset)),
+        offset = pe.Node(OffsetResidual(method=background_removal, order=str(single_echo_offset), b0_t=b0_t),
                          name="offset_residual", mem_gb=mem("background"), n_procs=omp_nthreads)
     local_source = offset if offset is not None else background
 
@@ -176,7 +176,6 @@ def init_qsm_wf(
         (fit_field, background, [("out_field", "in_field")]),
         (brain_mask, background, [("out_mask", "in_mask")]),
         (local_source, sign, [("out_field", "in_local")]),
-        (fit_field, sign, [("out_field", "in_total")]),
         (background, sign, [("out_mask", "in_mask")]),
         (load_echoes, sign, [("out_combined", "in_magnitude")]),
         (sign, inversion_node, [("out_local", "in_field")]),
@@ -203,9 +202,14 @@ def init_qsm_wf(
         (qc, outputnode, [("out_qc", "qc")]),
     ])  # fmt:skip
     if offset is not None:
+        # one echo: the total field loses the offset model too, so it stays consistent with the local field
         workflow.connect([
             (background, offset, [("out_field", "in_field"), ("out_mask", "in_mask")]),
             (brain_mask, offset, [("out_mask", "in_brain_mask")]),
+            (fit_field, offset, [("out_field", "in_total")]),
+            (offset, sign, [("out_total", "in_total")]),
             (offset, records, [("out_record", "in2")]),
         ])  # fmt:skip
+    else:
+        workflow.connect(fit_field, "out_field", sign, "in_total")
     return workflow
