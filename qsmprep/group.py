@@ -682,6 +682,7 @@ class _Study:
     covariate: str | None = None
     design_g: dict | None = None  # check_group_by
     design_c: dict | None = None  # check_covariate
+    out_dir: Path | None = None  # the derivatives folder (the runs' sources are relative to it)
 
     @property
     def n_part(self) -> int:
@@ -719,7 +720,8 @@ def _read_study(tables, bids_dir: Path, out_dir: Path, *, group_by, covariate) -
                 if group_by else None)
     design_c = (check_covariate(participants, covariate, with_outputs, path=ppath, meta=pmeta)
                 if covariate else None)
-    return _Study(long_df, runs, participants, pmeta, with_outputs, group_by, covariate, design_g, design_c)
+    return _Study(long_df, runs, participants, pmeta, with_outputs, group_by, covariate, design_g, design_c,
+                  out_dir=Path(out_dir))
 
 
 def _joined_tables(study: _Study):
@@ -728,12 +730,15 @@ def _joined_tables(study: _Study):
     long_df, participants = study.long_df, study.participants
     wide = long_to_wide(long_df)
     wide = wide.merge(_runs_frame(study.runs), on=list(RUN_KEYS), how="left")
+    qc = qc_frame(study.out_dir, wide["source"])
+    for col in QC_COLUMNS:
+        wide[col] = qc[col].to_numpy()
     long_j = join_participants(long_df, participants)
     wide_j = join_participants(wide, participants)
     pcols = [c for c in (participants.columns if participants is not None else [])
              if c != "participant_id" and c not in long_df.columns and c not in ("source", "status")]
-    region_cols = [c for c in wide.columns if c not in RUN_KEYS and c not in ("source", "status")]
-    wide_j = wide_j[list(RUN_KEYS) + ["source", "status"] + pcols + region_cols]
+    region_cols = [c for c in wide.columns if c not in RUN_KEYS and c not in ("source", "status", *QC_COLUMNS)]
+    wide_j = wide_j[list(RUN_KEYS) + ["source", "status", *QC_COLUMNS] + pcols + region_cols]
     return long_j, wide_j, pcols, region_cols
 
 
@@ -760,6 +765,7 @@ def _write_study_tables(out: _StagedWriter, study: _Study, long_j, wide_j, pcols
                                   "derivatives folder."},
         "status": {"Description": "Whether the run's table has a mean chi for its regions.",
                    "Levels": STATUS_LEVELS},
+        **QC_SIDECAR,
         **{c: {"Description": f"Mean chi in {c.rsplit('_', 1)[0].replace('_', ' ')} "
                               f"({'left' if c.endswith('_L') else 'right'}).", "Units": "ppm"}
            for c in region_cols},
@@ -990,6 +996,55 @@ def _write_group_report(out: _StagedWriter, study: _Study, sections: list, conf:
     ])
     out.put("group_desc-dgm_report.html", rep.build_group_html, [overview] + sections + [runs_found],
             title="qsmprep group report: deep-gray-matter susceptibility")
+
+
+#: Quality-control columns of the wide table, from each run's ``_desc-qc.json`` (``qsmprep.qsm.qc``).
+QC_COLUMNS = ("qc_passed", "qc_failed", "mask_kept", "lowfreq_share", "echo_disagreement", "chi_range",
+              "sign_evidence", "phase_sign", "offset_order")
+QC_SIDECAR = {
+    "qc_passed": {"Description": "Whether every quality-control check of the run passed (n/a: no QC file).",
+                  "Levels": {"True": "passed", "False": "a check failed: see qc_failed and the report"}},
+    "qc_failed": {"Description": "The failed quality-control checks, comma-separated."},
+    "mask_kept": {"Description": "Final mask / brain mask (share of the brain with a chi value)."},
+    "lowfreq_share": {"Description": "Share of the local field explained by a degree-2 polynomial."},
+    "echo_disagreement": {"Description": "Share of brain voxels where an echo misses the fitted phase line."},
+    "chi_range": {"Description": "99.5th minus 0.5th percentile of chi in the final mask.", "Units": "ppm"},
+    "sign_evidence": {"Description": "Sign the map's veins and iron-rich tissue show (+1 paramagnetic, 0 unclear)."},
+    "phase_sign": {"Description": "Phase sign applied to the input (--phase-sign)."},
+    "offset_order": {"Description": "Degree of the single-echo offset residual removed (0: none)."},
+}
+
+
+def qc_frame(out_dir, sources):
+    """The :data:`QC_COLUMNS` of each run (its ROI table's ``source``), from the ``_desc-qc.json`` beside it."""
+    import json
+
+    import pandas as pd
+
+    from qsmprep.naming import OUTPUTS
+
+    rows = []
+    tail_roi, tail_qc = OUTPUTS["roi_tsv"].tail, OUTPUTS["qc"].tail
+    for src in sources:
+        row = dict.fromkeys(QC_COLUMNS)
+        path = Path(out_dir) / str(src)
+        qc_path = path.with_name(path.name[: -len(tail_roi)] + tail_qc) if str(src).endswith(tail_roi) else None
+        if qc_path is not None and qc_path.is_file():
+            try:
+                qc = json.loads(qc_path.read_text())
+            except ValueError:
+                qc = {}
+            meas, steps = qc.get("measures") or {}, qc.get("steps") or {}
+            row.update({k: meas.get(k) for k in QC_COLUMNS if k in meas})
+            row["qc_passed"] = qc.get("passed")
+            row["qc_failed"] = ",".join(qc.get("failed") or []) or None
+            for step in steps.values():
+                if isinstance(step, dict):
+                    for key in ("phase_sign", "offset_order"):
+                        if key in step:
+                            row[key] = step[key]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(QC_COLUMNS))
 
 
 def _runs_frame(runs):

@@ -102,7 +102,8 @@ class Step:
 
 #: Background-field removal (``qsmprep.qsm.background.remove_background(method=name)``).
 BACKGROUND_REMOVALS: dict[str, Step] = {
-    "ismv": Step("ismv", "iSMV (iterative spherical mean value, radius 2 x the largest voxel edge, CG-solved)",
+    "ismv": Step("ismv", "iSMV (iterative spherical mean value, radius max(2 x the smallest voxel edge, the largest "
+                         "voxel edge), moment-corrected sphere, CG-solved)",
                  ("ismv",)),
     "vsharp": Step("vsharp", "V-SHARP (radii 12 mm down to the voxel size, TSVD threshold 0.05, one rim refinement)",
                    ("vsharp",)),

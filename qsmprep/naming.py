@@ -33,7 +33,7 @@ def bids_stem(prefix: str, suffix: str, **entities) -> str:
     if unknown:
         raise ValueError(f"Unknown derivative entities {sorted(unknown)}; use {DERIVATIVE_ENTITIES}.")
     parts = [prefix] + [f"{k}-{entities[k]}" for k in DERIVATIVE_ENTITIES if entities.get(k)]
-    return "_".join(parts + [suffix])
+    return "_".join(parts + ([suffix] if suffix else []))
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ OUTPUTS: dict[str, Output] = {
     "xfm_from_mni": Output("xfm", ".h5", entities={"from": TEMPLATE, "to": "T2starw", "mode": "image"}, sidecar=False),
     "roi_tsv": Output("stats", ".tsv", entities={"desc": "dgm"}, sidecar=False),
     "roi_json": Output("stats", ".json", entities={"desc": "dgm"}, sidecar=False),
+    #: the run's quality control (``qsmprep.qsm.qc``): measures, thresholds, failed checks, warnings
+    "qc": Output("", ".json", entities={"desc": "qc"}, sidecar=False),
 }
 
 #: Per-run figures of the subject report, in ``sub-<l>/figures/`` (key -> name after the prefix).

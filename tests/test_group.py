@@ -76,9 +76,13 @@ def test_run_group_long_wide_and_join(study):
     wide["session_id"] = wide["session_id"].fillna("n/a")
     assert len(wide) == len(RUNS)  # one row per run
     regions = [lab.name for lab in DGM_LABELS]
-    assert list(wide.columns[:9]) == ["participant_id", "session_id", "acquisition", "run", "source", "status",
-                                      "age", "sex", "group"]
-    assert list(wide.columns[9:]) == regions
+    from qsmprep.group import QC_COLUMNS
+
+    n = 6 + len(QC_COLUMNS)
+    assert list(wide.columns[:n + 3]) == ["participant_id", "session_id", "acquisition", "run", "source", "status",
+                                          *QC_COLUMNS, "age", "sex", "group"]
+    assert list(wide.columns[n + 3:]) == regions
+    assert wide["qc_passed"].isna().all()  # these runs have no QC file
     assert set(wide.status) == {"ok"} and wide.source.str.endswith("_desc-dgm_stats.tsv").all()
     for sub, ses, run, offset in RUNS:
         row = wide[(wide.participant_id == f"sub-{sub}") & (wide.session_id == (f"ses-{ses}" if ses else "n/a"))]
@@ -586,3 +590,22 @@ def test_all_or_none_with_statistics(cohort, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         run_group(bids, out, group_by="group", covariate="age")
     assert _snapshot(out / "group") == before and not list(out.glob(".group.*"))
+
+
+def test_wide_table_lists_each_runs_qc(study):
+    """The run's _desc-qc.json (written beside its tables) reaches the wide table: passed, failed checks, measures."""
+    import pandas as pd
+
+    bids, out = study
+    roi = next(out.glob("sub-01/anat/*_desc-dgm_stats.tsv"))
+    qc = {"passed": False, "failed": ["lowfreq_share"], "warnings": ["QC: ..."],
+          "measures": {"mask_kept": 0.9, "lowfreq_share": 0.5, "chi_range": 0.3, "sign_evidence": 1},
+          "steps": {"phase_sign": {"phase_sign": -1, "message": "phase sign -1 chosen"}}}
+    roi.with_name(roi.name.replace("_desc-dgm_stats.tsv", "_desc-qc.json")).write_text(json.dumps(qc))
+    run_group(bids, out)
+    wide = pd.read_csv(out / "group" / "group_desc-dgm_wide.tsv", sep="\t", dtype=str, keep_default_na=False)
+    row = wide[wide.participant_id == "sub-01"].iloc[0]
+    assert (row.qc_passed, row.qc_failed, row.lowfreq_share, row.phase_sign) == ("False", "lowfreq_share", "0.5", "-1")
+    assert set(wide[wide.participant_id != "sub-01"].qc_passed) == {"n/a"}
+    side = json.loads((out / "group" / "group_desc-dgm_wide.json").read_text())
+    assert "qc_passed" in side and side["chi_range"]["Units"] == "ppm"

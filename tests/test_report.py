@@ -170,3 +170,23 @@ def test_report_renders_in_chromium(report, tmp_path):
     sizes = [tuple(int(v) for v in s.split("x")) for s in m.group(1).split(",")]
     assert len(sizes) == 10
     assert all(w > 100 and h > 100 for w, h in sizes), sizes
+
+
+def test_report_shows_the_qc_banner(tmp_path):
+    """A run whose QC failed gets a red banner with its warnings; a clean run a green line; the phase-sign note shows."""
+    from qsmprep.reports.subject import build_subject_report
+
+    out = tmp_path / "out"
+    _derivatives(out, "sub-01_run-1", "sub-01/anat", seed=0)
+    _derivatives(out, "sub-01_run-2", "sub-01/anat", seed=1)
+    anat = out / "sub-01" / "anat"
+    (anat / "sub-01_run-1_desc-qc.json").write_text(json.dumps({
+        "passed": False, "failed": ["lowfreq_share"],
+        "warnings": ["QC: the local field is dominated by a smooth component (0.52)."],
+        "steps": {"phase_sign": {"message": "Phase sign: +1 (as stored)."}}}))
+    (anat / "sub-01_run-2_desc-qc.json").write_text(json.dumps({"passed": True, "failed": [], "warnings": []}))
+    text = build_subject_report(out, "01").read_text()
+    run1 = text.split('id="sub-01_run-1"')[1].split('id="sub-01_run-2"')[0]
+    run2 = text.split('id="sub-01_run-2"')[1]
+    assert 'class="qc-fail"' in run1 and "dominated by a smooth component" in run1 and "Phase sign: +1" in run1
+    assert 'class="qc-pass"' in run2 and 'class="qc-fail"' not in run2

@@ -24,7 +24,7 @@ BIDS_VERSION = "1.10.0"
 #: statistics tables, the group level and the methods text.  The official validator matches folders
 #: without a trailing slash (``sub-*/log``, not ``*/log/``).
 BIDSIGNORE = ["*.html", "*.lock", "sub-*/log", "sub-*/figures", "*_xfm.*", "*_stats.tsv", "*_stats.json", "group",
-              "logs"]
+              "logs", "*_desc-qc.json"]
 README_TEXT = """# qsmprep derivatives
 
 Quantitative susceptibility maps (chi, ppm) and deep-gray-matter tables written by qsmprep {version}

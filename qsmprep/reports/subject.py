@@ -31,6 +31,8 @@ table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px sol
 th{background:#eef} .prov td{text-align:left} pre{background:#f6f6f8;padding:8px;font-size:11px;overflow-x:auto}
 .note{color:#666;font-size:12px} nav a{margin-right:12px}
 .qsmprep-methods{max-width:900px;line-height:1.45} .qsmprep-methods code{word-break:break-all}
+.qc-fail{background:#fde8e8;border:2px solid #c0392b;color:#7b1d14;padding:8px 12px;margin:8px 0}
+.qc-pass{background:#e9f6ec;border:1px solid #3c8d4f;color:#1d4d28;padding:6px 12px;margin:8px 0}
 """
 
 
@@ -229,11 +231,35 @@ def _run_section(out_dir: Path, sub: str, prefix: str, base: Path, bids_dir: Pat
 
     run = _load_run(out_dir, prefix, base, bids_dir)
     sec = [f'<h2 id="{prefix}">{html.escape(prefix)}</h2>']
+    sec += _qc_html(_run_file(out_dir, prefix, base, "qc"))
     sec += _mask_html(run, fig, n_slices)
     sec += _maps_html(run, fig, n_slices)
     sec += _roi_html(_run_file(out_dir, prefix, base, "roi_tsv"), fig("roi_bars"))
     sec += _provenance_html(run.chi_path)
     return "\n".join(sec)
+
+
+def _qc_html(qc_path: Path | None) -> list[str]:
+    """The run's quality-control banner (``_desc-qc.json``): red with every warning when a check
+    failed, green otherwise; the phase-sign decision in either case."""
+    if qc_path is None:
+        return []
+    try:
+        qc = json.loads(qc_path.read_text())
+    except ValueError:
+        return [f'<div class="qc-fail">The quality-control file {html.escape(qc_path.name)} cannot be read.</div>']
+    steps = qc.get("steps") or {}
+    notes = [str(s.get("message")) for s in steps.values() if isinstance(s, dict) and s.get("message")]
+    if qc.get("passed", True):
+        body = "<strong>Quality control: every check passed.</strong>"
+        css = "qc-pass"
+    else:
+        items = "".join(f"<li>{html.escape(str(w))}</li>" for w in qc.get("warnings", []))
+        body = (f"<strong>Quality control: this run may not be trustworthy.</strong> Check the map before using "
+                f"it.<ul>{items}</ul>")
+        css = "qc-fail"
+    body += "".join(f'<br><span class="note">{html.escape(n)}</span>' for n in notes)
+    return [f'<div class="{css}" id="qc-{qc_path.name}">{body}</div>']
 
 
 def _mask_html(run: _RunImages, fig, n_slices: int) -> list[str]:

@@ -31,6 +31,8 @@ def run_metadata(run, *, unwrapping: str, inversion: str, background_removal: st
         "PhaseUnwrapping": UNWRAPPINGS[unwrapping].description,
         "BackgroundFieldRemoval": BACKGROUND_REMOVALS[background_removal].description,
         "DipoleInversion": INVERSIONS[inversion].description,
+        "InputParts": run.parts,
+        "B0TransformSource": run.b0_source,
     }
     first = Path(run.magnitude[0])
     if bids_dir is not None and first.is_relative_to(Path(bids_dir)):
@@ -105,6 +107,7 @@ def init_single_subject_wf(
                 ("outputnode.magnitude", "inputnode.magnitude"),
                 ("outputnode.chi", "inputnode.chi"),
                 ("outputnode.inversion_meta", "inputnode.inversion_meta"),
+                ("outputnode.qc", "inputnode.qc"),
             ]),
         ])  # fmt:skip
         written.append(ds_wf)

@@ -59,7 +59,7 @@ def init_ds_qsm_wf(*, output_dir, prefix, base_dir, source_files=(), run_metadat
 
     Inputs
     ------
-    mask, total_field, local_field, magnitude, chi, inversion_meta
+    mask, total_field, local_field, magnitude, chi, inversion_meta, qc (the QC JSON)
 
     Outputs
     -------
@@ -71,15 +71,18 @@ def init_ds_qsm_wf(*, output_dir, prefix, base_dir, source_files=(), run_metadat
     common = dict(run_metadata or {})
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["mask", "total_field", "local_field", "magnitude", "chi", "inversion_meta"]),
+        niu.IdentityInterface(fields=["mask", "total_field", "local_field", "magnitude", "chi", "inversion_meta", "qc"]),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    keys = ("mask", "total_field", "local_field", "magnitude", "chi")
+    keys = ("mask", "total_field", "local_field", "magnitude", "chi", "qc")
     merge = pe.Node(niu.Merge(len(keys)), name="merge_written", run_without_submitting=True)
     for i, key in enumerate(keys, 1):
-        sink = _sink(f"ds_{key}", output_dir, run_stem(key, prefix, base_dir), source_files,
-                     {**common, **_METHOD_DESCRIPTIONS[key]})
+        if key == "qc":  # a JSON of its own, no sidecar
+            sink = _sink("ds_qc", output_dir, run_stem(key, prefix, base_dir), (), sidecar=False)
+        else:
+            sink = _sink(f"ds_{key}", output_dir, run_stem(key, prefix, base_dir), source_files,
+                         {**common, **_METHOD_DESCRIPTIONS[key]})
         workflow.connect([(inputnode, sink, [(key, "in_file")]), (sink, merge, [("out_file", f"in{i}")])])
         if key == "chi":
             workflow.connect(inputnode, "inversion_meta", sink, "meta_file")
