@@ -267,6 +267,17 @@ def get_inversion(name: str) -> Inversion:
         raise ValueError(f"Unknown inversion {name!r}; choose one of {', '.join(INVERSIONS)}.") from None
 
 
+def chi_mask(method: str, mask: np.ndarray, brain_mask: np.ndarray | None = None) -> np.ndarray:
+    """Where :func:`invert` gives chi: the local field's mask, or, for a method that uses the total
+    field when it and the brain mask are given, also the brain mask with its holes filled."""
+    m = np.asarray(mask) > 0
+    if get_inversion(method).total_field and brain_mask is not None:
+        from qsmprep.dl.restore import support_mask
+
+        return m | support_mask(brain_mask)
+    return m
+
+
 def invert(
     method: str,
     local_ppm: np.ndarray,
@@ -312,12 +323,9 @@ def invert(
     dev = resolve_device(device) if inv.uses_torch else "cpu"
     m = np.asarray(mask) > 0
     kwargs = dict(weight=weight, b0_t=b0_t, te_s=te_s, device=dev)
-    out_mask = m
+    out_mask = chi_mask(method, m, brain_mask if total_ppm is not None else None)
     if inv.total_field and total_ppm is not None and brain_mask is not None:
-        from qsmprep.dl.restore import support_mask
-
         kwargs.update(total_ppm=np.asarray(total_ppm, dtype=np.float32), brain_mask=np.asarray(brain_mask) > 0)
-        out_mask = m | support_mask(brain_mask)
     chi, own = inv.run(np.asarray(local_ppm, dtype=np.float32), m, tuple(float(v) for v in voxel_size),
                        tuple(float(v) for v in b0_dir), **kwargs, **options)
     record = {

@@ -230,3 +230,42 @@ def test_strong_preset_with_a_mask_without_interior_fails_cleanly(tmp_path, caps
     text = _refused(capsys, ["--local-field", fp, "--mask", sp, "--b0", "3", "--te", "0.02", "--device", "cpu",
                              "--nsidl-data-fit", "strong", "--out", out], tmp_path)
     assert str(sp) in text and "--nsidl-data-fit robust" in text
+
+
+def test_chain_fit_same_chi_as_the_app_node(tmp_path):
+    """With the total field and the brain mask, the app's node runs NSIDL's chain data fit (its default);
+    qsmprep invert with --total-field / --brain-mask gives the same chi bit for bit, on the brain mask
+    with its holes filled (a void cut out of the mask keeps a chi value)."""
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.interfaces.qsm import DipoleInversion
+    from qsmprep.qsm.background import remove_background
+
+    fp, mp, chi, mask = _write_case(tmp_path, sidecar={"MagneticFieldStrength": 3.0, "EchoTime": [0.01, 0.02]})
+    img = nb.load(fp)
+    aff = img.affine
+    brain = mask.copy()
+    brain[15:17, 14:16, 13:15] = False  # a signal void
+    total = np.asarray(img.dataobj, np.float32) + 0.05 * (np.indices(mask.shape)[0] / 30.0).astype(np.float32)
+    total = np.where(brain, total, 0).astype(np.float32)
+    local, eroded = remove_background(total, brain, (1.0, 1.0, 1.2))
+    paths = {}
+    for name, arr in (("local", local), ("eroded", eroded.astype(np.uint8)), ("brain", brain.astype(np.uint8)),
+                      ("total_hz", total * np.float32(hz_per_ppm(3.0)))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nb.save(nb.Nifti1Image(np.asarray(arr), aff), paths[name])
+    (tmp_path / "total_hz.json").write_text(json.dumps({"Units": "Hz"}))
+    (tmp_path / "local.json").write_text(json.dumps({"MagneticFieldStrength": 3.0, "EchoTime": 0.015}))
+    node = pe.Node(DipoleInversion(method="nsidl", in_field=str(paths["local"]), in_mask=str(paths["eroded"]),
+                                   in_total=str(paths["total_hz"]), in_brain_mask=str(paths["brain"]), b0_t=3.0,
+                                   te_s=0.015, device="cpu"), name="inv", base_dir=str(tmp_path / "work"))
+    res = node.run()
+    out = tmp_path / "chi.nii.gz"
+    assert invert.main(["--local-field", str(paths["local"]), "--mask", str(paths["eroded"]), "--total-field",
+                        str(paths["total_hz"]), "--brain-mask", str(paths["brain"]), "--device", "cpu",
+                        "--out", str(out)]) == 0
+    app = np.asarray(nb.load(res.outputs.out_chi).dataobj)
+    assert np.array_equal(app, np.asarray(nb.load(out).dataobj))
+    chi_mask = np.asarray(nb.load(res.outputs.out_mask).dataobj) > 0
+    assert chi_mask[15:17, 14:16, 13:15].all() and (chi_mask | ~brain).all()
+    assert json.loads((tmp_path / "chi.json").read_text())["DataFit"]["Preset"] == "chain"

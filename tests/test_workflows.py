@@ -95,7 +95,10 @@ def test_qsm_node_settings(datasets, tmp_path):
     for node in ("unwrap", "fit_field", "background"):
         assert ("brain_mask", node, "out_mask", "in_mask") in edges
     assert ("background", "inversion", "out_mask", "in_mask") in edges
-    assert ("background", "reference", "out_mask", "in_mask") in edges
+    # NSIDL's chain fit sees the total field and the brain mask; chi's own mask feeds the referencing
+    assert ("phase_sign", "inversion", "out_total", "in_total") in edges
+    assert ("brain_mask", "inversion", "out_mask", "in_brain_mask") in edges
+    assert ("inversion", "reference", "out_mask", "in_mask") in edges
     # every node declares memory; the nsidl node the most
     mems = {name: n.mem_gb for name, n in nodes.items() if name not in ("inputnode", "outputnode")}
     assert all(m >= 0.2 for m in mems.values()) and max(mems, key=mems.get) == "inversion"

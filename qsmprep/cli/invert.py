@@ -2,7 +2,8 @@
 
     qsmprep invert --local-field F.nii.gz --mask M.nii.gz [--magnitude MAG.nii.gz]
                    [--b0 T --te S] [--field-units ppm|hz] --method {nsidl,tkd,cgl2,ndi} --out chi.nii.gz
-                   [--device auto|cpu|cuda] [--weights W.pt] [--nsidl-data-fit robust|strong]
+                   [--device auto|cpu|cuda] [--weights W.pt] [--total-field T --brain-mask B]
+                   [--nsidl-data-fit auto|chain|robust|strong]
 
 It runs the same code as the app's inversion node (:func:`qsmprep.methods.invert`), so the same
 field, mask and weight give the same chi, bit for bit, and the same sidecar vocabulary.  Every
@@ -143,7 +144,7 @@ def _check_out(args) -> Path:
     out = Path(args.out)
     if not out.name.endswith((".nii", ".nii.gz")):
         raise InvertError(f"--out {out} must name a NIfTI file (.nii.gz or .nii).")
-    inputs = [p for p in (args.local_field, args.mask, args.magnitude, args.weights) if p]
+    inputs = [p for p in (args.local_field, args.mask, args.magnitude, args.weights, args.total_field, args.brain_mask) if p]
     taken = {Path(p).resolve() for p in inputs} | {sidecar_of(p).resolve() for p in inputs}
     for target in (out, sidecar_of(out)):
         if target.resolve() in taken:
@@ -158,6 +159,8 @@ class Inputs:
     field: object
     mask: object
     weight: object
+    total: object
+    brain_mask: object
     img: object
     voxel_size: tuple
     b0_dir: tuple
@@ -192,6 +195,15 @@ def check_inputs(args) -> Inputs:
         gimg, mag = _load(args.magnitude, "magnitude")
         _same_grid(args.magnitude, gimg, mag, args.local_field, fimg, field, "magnitude")
         weight = np.sqrt(np.sum(mag.astype(np.float64) ** 2, axis=3)).astype(np.float32) if mag.ndim == 4 else mag
+    total = brain = None
+    if bool(args.total_field) != bool(args.brain_mask):
+        raise InvertError("--total-field and --brain-mask go together (NSIDL's chain data fit needs both); pass both or neither.")
+    if args.total_field:
+        timg, total = _load(args.total_field, "total field")
+        _same_grid(args.total_field, timg, total, args.local_field, fimg, field, "total field")
+        bimg, brain = _load(args.brain_mask, "brain mask")
+        _same_grid(args.brain_mask, bimg, brain, args.local_field, fimg, field, "brain mask")
+        brain = brain.reshape(field.shape) > 0
     if not np.all(np.isfinite(field[mask])):
         raise InvertError(f"{args.local_field} has NaN/Inf values inside the mask {args.mask}; fix the field or the mask.")
 
@@ -205,6 +217,13 @@ def check_inputs(args) -> Inputs:
     field = np.where(mask, field, np.float32(0.0)).astype(np.float32)
     if units == "hz":
         field = (field / hz_per_ppm(b0_t)).astype(np.float32)
+    if total is not None:
+        tunits = str(read_sidecar(args.total_field).get("Units", "ppm")).lower()
+        if tunits == "hz":
+            if b0_t is None:
+                raise InvertError(f"{args.total_field} is in Hz; pass --b0 (or MagneticFieldStrength in the field's sidecar).")
+            total = (total / hz_per_ppm(b0_t)).astype(np.float32)
+        total = np.nan_to_num(total).astype(np.float32)
     vals = field[mask]
     spread = float(np.percentile(np.abs(vals - np.median(vals)), 99))
     if spread > MAX_LOCAL_FIELD_PPM:
@@ -212,7 +231,7 @@ def check_inputs(args) -> Inputs:
             f"{args.local_field}: the field inside the mask reaches {spread:.3g} (99th percentile of |field - median|), "
             f"implausible for a local field in ppm (below {MAX_LOCAL_FIELD_PPM:g}); if it is in Hz pass --field-units hz, "
             "if it is a total field remove the background field first.")
-    return Inputs(field, mask, weight, fimg, voxel_sizes(fimg.affine), tuple(float(v) for v in b0_direction_from_affine(fimg.affine)),
+    return Inputs(field, mask, weight, total, brain, fimg, voxel_sizes(fimg.affine), tuple(float(v) for v in b0_direction_from_affine(fimg.affine)),
                   b0_t, te_s, units, out)
 
 
@@ -226,15 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--te", type=float, help="reference echo time in s (default: sidecar EchoTime, mean if several)")
     ap.add_argument("--field-units", choices=FIELD_UNITS, type=str.lower,
                     help="units of the field (default: the sidecar's Units, else ppm)")
+    ap.add_argument("--total-field", help="total field before background removal (NIfTI; Hz if its sidecar says so, "
+                                          "else ppm) with --brain-mask: NSIDL's default data fit then fits it (the app's)")
+    ap.add_argument("--brain-mask", help="the brain mask background removal started from (with --total-field)")
     ap.add_argument("--method", choices=tuple(INVERSIONS), default="nsidl",
                     help="; ".join(f"{i.name}: {i.description}" for i in INVERSIONS.values()))
     ap.add_argument("--out", required=True, help="output chi map (NIfTI, ppm); its sidecar is written beside it")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of torch methods (nsidl)")
     ap.add_argument("--weights", help="NSIDL weights file (default: the shipped weights)")
-    ap.add_argument("--nsidl-data-fit", choices=INVERSIONS["nsidl"].options["nsidl_data_fit"], default="robust",
-                    help="NSIDL data-fit preset: robust (default) for local fields from background removal, whose "
-                         "errors near the brain edge strong fitting would amplify; strong for clean local fields "
-                         "(simulations, challenge platforms): more data fitting and the field extrapolated beyond the mask")
+    ap.add_argument("--nsidl-data-fit", choices=INVERSIONS["nsidl"].options["nsidl_data_fit"], default="auto",
+                    help="NSIDL data fit: auto (default) = chain with --total-field and --brain-mask (the app's: the "
+                         "network on the local field, then a TV-regularised SMV-consistent fit of the total field; "
+                         "signal voids kept in the map), else robust (for a local field from background removal "
+                         "alone); strong for clean local fields (simulations, challenge platforms)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -268,7 +291,7 @@ def run(args) -> dict:
                               "the brain mask of this field or use --nsidl-data-fit robust.") from None
     t0 = time.time()
     chi, record = invert(args.method, inp.field, inp.mask, inp.voxel_size, inp.b0_dir, weight=inp.weight, b0_t=inp.b0_t,
-                         te_s=inp.te_s, device=device, **options)
+                         te_s=inp.te_s, device=device, total_ppm=inp.total, brain_mask=inp.brain_mask, **options)
     side = {"Units": "ppm", "Referenced": False, "VoxelSize": list(inp.voxel_size), **record,
             "InputFieldUnits": "Hz" if inp.units == "hz" else "ppm",
             "Sources": [str(args.local_field), str(args.mask)] + ([str(args.magnitude)] if args.magnitude else []),

@@ -22,7 +22,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from qsmprep.methods import BACKGROUND_REMOVALS, INVERSIONS, UNWRAPPINGS
+from qsmprep.methods import BACKGROUND_REMOVALS, INVERSIONS, NSIDL_DATA_FITS, UNWRAPPINGS
 
 
 # --------------------------------------------------------------------------- helpers
@@ -389,12 +389,14 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     in_mask = File(exists=True, mandatory=True, desc="mask where the local field is valid")
     in_weight = File(exists=True, desc="data weight in [0, 1] (optional)")
+    in_total = File(exists=True, desc="total field (Hz) before background removal (methods that use it: NSIDL's chain fit)")
+    in_brain_mask = File(exists=True, desc="the brain mask background removal started from (with in_total)")
     method = traits.Enum(*INVERSIONS, usedefault=True, desc="inversion method (qsmprep.methods.INVERSIONS)")
     b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T)")
     te_s = traits.Float(0.02, usedefault=True, desc="reference echo time (s) for the nonlinear data term")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True, desc="torch device (torch methods)")
-    nsidl_data_fit = traits.Enum("robust", "strong", usedefault=True,
-                                 desc="NSIDL data-fit preset (qsmprep.dl.inference.DATA_FIT); robust for the app's chain")
+    nsidl_data_fit = traits.Enum(*NSIDL_DATA_FITS, usedefault=True,
+                                 desc="NSIDL data fit (qsmprep.methods.NSIDL_DATA_FITS); auto: chain with the total field")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="scheduled on a GPU (Nipype's GPU slots)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads")
 
@@ -402,6 +404,7 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
 class _InversionOutputSpec(TraitedSpec):
     out_chi = File(exists=True, desc="susceptibility (ppm), not referenced")
     out_meta = File(exists=True, desc="JSON: the inversion's sidecar record (qsmprep.methods.invert)")
+    out_mask = File(exists=True, desc="where chi is defined (qsmprep.methods.chi_mask): the final mask")
 
 
 class DipoleInversion(SimpleInterface):
@@ -427,10 +430,19 @@ class DipoleInversion(SimpleInterface):
             import torch
 
             torch.set_num_threads(max(1, int(self.inputs.num_threads)))
+        from qsmprep.methods import chi_mask
+        from qsmprep.qsm.constants import hz_per_ppm
+
         options = {key: getattr(self.inputs, key) for key in inv.options}
+        total = brain = None
+        if inv.total_field and isdefined(self.inputs.in_total) and isdefined(self.inputs.in_brain_mask):
+            total = load_volume(self.inputs.in_total)[0] / np.float32(hz_per_ppm(self.inputs.b0_t))
+            brain = _mask(self.inputs.in_brain_mask)
         chi, meta = invert(self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight, b0_t=self.inputs.b0_t,
-                           te_s=self.inputs.te_s, device=self.inputs.device, **options)
+                           te_s=self.inputs.te_s, device=self.inputs.device, total_ppm=total, brain_mask=brain, **options)
         self._results["out_chi"] = save_volume(chi, img, "chi_raw.nii.gz", runtime.cwd)
+        self._results["out_mask"] = save_volume(chi_mask(self.inputs.method, mask, brain), img, "chi_mask.nii.gz",
+                                                runtime.cwd, dtype=np.uint8)
         path = os.path.join(runtime.cwd, "inversion.json")
         with open(path, "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True)

@@ -98,7 +98,7 @@ def init_qsm_wf(
     Outputs
     -------
     magnitude : echo-RSS magnitude (3-D).  magnitude4d : echoes stacked (4-D).
-    brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final mask (eroded by background removal).
+    brain_mask : mask from the magnitude, without signal voids and incoherent-phase voxels.  mask : final mask, where chi is defined (the mask of background removal; with NSIDL's chain fit also the brain mask with its holes filled).
     total_field : Hz.  local_field : ppm (both with the chosen phase sign).  weight : fit weight [0, 1].
     chi : ppm, mean over ``mask`` = 0.  inversion_meta : JSON (algorithm, device, weights).
     qc : JSON of the run's quality control (:mod:`qsmprep.qsm.qc`: measures, thresholds, failed
@@ -178,11 +178,11 @@ def init_qsm_wf(
         (local_source, sign, [("out_field", "in_local")]),
         (background, sign, [("out_mask", "in_mask")]),
         (load_echoes, sign, [("out_combined", "in_magnitude")]),
-        (sign, inversion_node, [("out_local", "in_field")]),
+        (sign, inversion_node, [("out_local", "in_field"), ("out_total", "in_total")]),
         (background, inversion_node, [("out_mask", "in_mask")]),
+        (brain_mask, inversion_node, [("out_mask", "in_brain_mask")]),
         (fit_field, inversion_node, [("out_weight", "in_weight")]),
-        (inversion_node, reference, [("out_chi", "in_chi")]),
-        (background, reference, [("out_mask", "in_mask")]),
+        (inversion_node, reference, [("out_chi", "in_chi"), ("out_mask", "in_mask")]),
         (brain_mask, qc, [("out_mask", "in_brain_mask")]),
         (background, qc, [("out_mask", "in_mask")]),
         (sign, qc, [("out_local", "in_local")]),
@@ -194,7 +194,7 @@ def init_qsm_wf(
         (records, qc, [("out", "in_records")]),
         (load_echoes, outputnode, [("out_combined", "magnitude"), ("out_magnitude", "magnitude4d")]),
         (brain_mask, outputnode, [("out_mask", "brain_mask")]),
-        (background, outputnode, [("out_mask", "mask")]),
+        (inversion_node, outputnode, [("out_mask", "mask")]),
         (sign, outputnode, [("out_local", "local_field"), ("out_total", "total_field")]),
         (fit_field, outputnode, [("out_weight", "weight")]),
         (reference, outputnode, [("out_chi", "chi")]),
