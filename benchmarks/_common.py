@@ -131,7 +131,8 @@ def fmt(v, nd=3) -> str:
 
 
 def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = None, unwrapping: str = "romeo",
-                    mask_kwargs: dict | None = None, stage: "Stage | None" = None) -> dict:
+                    mask_kwargs: dict | None = None, stage: "Stage | None" = None, b0_dir=None,
+                    phase_sign: str = "auto", single_echo_offset: str = "auto") -> dict:
     """The app's per-run chain up to the local field, with the same functions and defaults as the
     Nipype graph (``workflows.qsm.init_qsm_wf`` -> ``interfaces.qsm``):
 
@@ -144,6 +145,10 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     ``mask_kwargs`` (studies only) go to ``brain_mask``; ``stage`` (a :class:`Stage`) times each step
     as ``mask``, ``unwrap_<unwrapping>``, ``fit``, ``bfr``.  Returns a dict with ``mask`` (brain
     mask), ``field_hz``, ``weight``, ``local_ppm``, ``eroded`` (final mask).
+
+    With ``b0_dir`` the graph's two later steps follow, as in the app: ``OffsetResidual`` (one echo:
+    ``offsets.remove_offset_residual``, and the offset model out of the total field) and ``PhaseSign``
+    (``phase_sign.choose_phase_sign``, applied to both fields); ``records`` holds their records.
     """
     from qsmprep.qsm.background import DEFAULT_METHOD, remove_background
     from qsmprep.qsm.constants import hz_per_ppm
@@ -165,13 +170,29 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     fit = run("fit", fit_field, uw, mag, te, mask, demean_echoes=unwrapping == "laplacian")
     # the echoes are not needed any more (the app's later nodes do not hold them either); callers that
     # pass their only reference (e.g. ``d.pop("phase")``) get the memory back here
-    del uw, phase, mag
+    del uw, phase
     field_hz = np.where(np.isfinite(fit.field_hz), fit.field_hz, 0.0).astype(np.float32)
     weight = np.where(np.isfinite(fit.weight), fit.weight, 0.0).astype(np.float32)
     del fit
     method = bfr or DEFAULT_METHOD
     local, eroded = run("bfr", remove_background, field_hz / np.float32(hz_per_ppm(b0_t)), mask, voxel_size=vs, method=method)
-    return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method)
+    records = {}
+    if b0_dir is not None:
+        from qsmprep.qsm.echoes import combine_magnitude
+        from qsmprep.qsm.offsets import offset_model, remove_offset_residual
+        from qsmprep.qsm.phase_sign import choose_phase_sign
+
+        if len(te) == 1 and str(single_echo_offset) != "0":
+            order = single_echo_offset if single_echo_offset == "auto" else int(single_echo_offset)
+            local, rec = run("offset", remove_offset_residual, local, eroded, mask, vs, method=method, order=order)
+            model = offset_model(field_hz.shape, vs, mask, rec) * np.float32(hz_per_ppm(b0_t))
+            field_hz = np.where(mask, field_hz - model, 0.0).astype(np.float32)
+            records["offset_residual"] = rec
+        sign, records["phase_sign"] = choose_phase_sign(local, eroded, combine_magnitude(mag), vs, b0_dir, phase_sign)
+        local = (np.float32(sign) * local).astype(np.float32)
+        field_hz = (np.float32(sign) * field_hz).astype(np.float32)
+    del mag
+    return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method, records=records)
 
 
 #: Benchmark method names that are an app inversion with options: name -> (method, ``methods.invert`` options).
@@ -198,10 +219,15 @@ def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_
     def run(name, fn, *a, **k):
         return stage.run(name, fn, *a, **k) if stage is not None else fn(*a, **k)
 
+    from qsmprep.methods import chi_mask
+    from qsmprep.qsm.constants import hz_per_ppm
+
     em = chain["eroded"]
     base, kw = app_method(method)
+    total = chain["field_hz"] / np.float32(hz_per_ppm(b0_t))  # the node gets the total field and the brain mask
     chi, _ = run(f"inv_{method}", invert, base, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
                  tuple(float(b) for b in b0_dir), weight=chain["weight"], b0_t=float(b0_t),
-                 te_s=reference_echo_time(te_s), device=device, **kw)
-    chi, _ = run(f"ref_{method}", reference_mean, chi, em)
-    return np.where(em, chi, 0.0).astype(np.float32)
+                 te_s=reference_echo_time(te_s), device=device, total_ppm=total, brain_mask=chain["mask"], **kw)
+    out = chi_mask(base, em, chain["mask"])  # where chi is defined: the final mask of the app
+    chi, _ = run(f"ref_{method}", reference_mean, chi, out)
+    return np.where(out, chi, 0.0).astype(np.float32)

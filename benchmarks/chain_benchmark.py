@@ -340,7 +340,8 @@ METHODS: dict[str, Callable] = {
 
 def chain_for(case: dict) -> dict:
     t0 = time.time()
-    ch = app_chain_field(case["phase"], case["mag"], case["te_s"], case["voxel_size"], case["b0_t"])
+    ch = app_chain_field(case["phase"], case["mag"], case["te_s"], case["voxel_size"], case["b0_t"],
+                         b0_dir=case["b0_dir"])  # with the graph's offset-residual and phase-sign steps
     ch["time_s"] = time.time() - t0
     return ch
 

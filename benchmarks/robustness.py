@@ -259,8 +259,6 @@ def run_app(inputs: dict, d: dict, method: str = "nsidl", phase_sign: str = "aut
     """
     from qsmprep.qsm.echoes import combine_magnitude, fit_field, magnitude_phase
     from qsmprep.qsm.geometry import b0_direction_from_affine, voxel_sizes
-    from qsmprep.qsm.offsets import remove_offset_residual
-    from qsmprep.qsm.phase_sign import choose_phase_sign
     from qsmprep.qsm.qc import assess, measures
 
     vs = voxel_sizes(d["affine"])
@@ -268,15 +266,9 @@ def run_app(inputs: dict, d: dict, method: str = "nsidl", phase_sign: str = "aut
     te = d["te_s"]
     t0 = time.perf_counter()
     mag, phase = magnitude_phase(inputs["first"], inputs["second"], inputs["parts"], inputs["units"])
-    ch = app_chain_field(phase, mag, te, vs, d["b0_t"])
-    records = {}
-    local = ch["local_ppm"]
-    if len(te) == 1 and str(single_echo_offset) != "0":
-        order = single_echo_offset if single_echo_offset == "auto" else int(single_echo_offset)
-        local, records["offset_residual"] = remove_offset_residual(local, ch["eroded"], ch["mask"], vs, method=ch["bfr"],
-                                                                   order=order)
-    sign, records["phase_sign"] = choose_phase_sign(local, ch["eroded"], combine_magnitude(mag), vs, b0_dir, phase_sign)
-    ch["local_ppm"] = (np.float32(sign) * local).astype(np.float32)
+    ch = app_chain_field(phase, mag, te, vs, d["b0_t"], b0_dir=b0_dir, phase_sign=phase_sign,
+                         single_echo_offset=single_echo_offset)  # with OffsetResidual and PhaseSign, as the graph
+    records = ch["records"]
     chi = app_inversion(method, ch, vs, b0_dir, d["b0_t"], te)
     wall = time.perf_counter() - t0
     out = dict(chi=chi, chain=ch, records=records, wall_s=wall)
