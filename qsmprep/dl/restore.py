@@ -5,24 +5,26 @@ and its strong data fits assume one; after background removal (iSMV, V-SHARP) th
 field that is harmonic inside the mask is gone, replaced by the removal's guess, and fitting that
 guess turns into large, smooth chi errors (``benchmarks/RESULTS.md``).  :func:`invert_nsidl_chain`
 therefore never fits the background-removed field strongly.  With ``f`` the total field and ``M`` the
-brain mask (before background removal)::
+brain mask (before background removal), ``S`` = ``M`` with its enclosed holes filled
+(:func:`support_mask`: signal voids are lesions and stay in the map), the default is::
 
-    chi_0 = NSIDL_robust(f_local, E)                       the network on the chain's local field
-    chi_1 = SMV-fit(f, M, from chi_0)                      qsmprep.qsm.smvfit: the removal operator
-                                                           inside the forward model, chi on all of M
-    f_r   = D(chi_1 M) + iSMV(f - D(chi_1 M))              restored local field on M: the fitted
-                                                           chi's own field plus the data's residual
-                                                           with *its* harmonic part removed
-    chi_2 = NSIDL_robust(f_r, M)                           the network on a field like its training data
-    chi   = SMV-fit(f, M, from chi_2)                      final data consistency, exact for any
-                                                           harmonic background
+    f_loc = iSMV(f inpainted into the holes, S)            local field, the voids' sources kept
+                                                           (the given local field if M has no holes)
+    chi_0 = NSIDL_robust(f_loc, eroded S without voids)    the network on a local field
+    chi_0 = fit_voids(chi_0, ...)                          voids fitted from the field around them
+    chi   = SMV-TV(f, M, support S, from chi_0)            qsmprep.qsm.smvfit.smv_tv: the removal
+                                                           operator inside the forward model, TV,
+                                                           chi on all of S
 
-The SMV equations hold for every harmonic background, so no assumption about the removed harmonic
-part enters the data term; the susceptibility patterns they cannot see (those whose field is
-harmonic inside ``M``: constants, the magic-angle cone, some smooth patterns) keep the network's
-values.  chi covers the whole brain mask ``M`` (the SMV spheres of the eroded voxels reach into the
-rim that background removal erodes), so the chain's chi is no longer limited to the eroded mask.
-Settings chosen on the validation heads only (``benchmarks/RESULTS.md``).
+With ``loops`` > 0 a restoration pass runs first (``smv_fit``, then the network on the restored
+field ``D(chi S) + iSMV(f - D(chi S))``, then ``smv_fit`` again); on the validation heads it gave
+the same accuracy in twice the time, so the default is 0.  The SMV equations hold for every
+harmonic background, so no assumption about the removed harmonic part enters the data term; the
+susceptibility patterns they cannot see (those whose field is harmonic inside ``M``: constants, the
+magic-angle cone, some smooth patterns) keep the network's values.  chi covers the whole support
+(the SMV spheres of the eroded voxels reach into the rim that background removal erodes), so the
+chain's chi is no longer limited to the eroded mask.  Settings chosen on the validation heads only
+(``benchmarks/RESULTS.md``).
 
 Units: fields in ppm, chi in ppm, voxel size in mm, B0 in T, TE in s, ``b0_dir`` in array axes.
 """
@@ -93,7 +95,9 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
     ``min_{x, c} || W (D x + c - r) ||^2`` over the data voxels of the box, ``r = local - D chi``
     (the field ``chi`` leaves unexplained), ``x`` supported on the grown void, ``c`` a constant;
     ``chi + x`` is returned.  The moment of the source (``sum x``) is what the field around it
-    determines best (RC-2's calcification moment).  ppm in and out, float32.
+    determines best (RC-2's calcification moment).  ppm in and out, float32; the small per-void
+    solve runs in float64 (in float32 the CG's rounding made chi in a void differ by up to 0.009 ppm
+    between inputs that differ by rounding, e.g. phase stored in degrees).
     """
     from scipy import ndimage
 
@@ -116,10 +120,10 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
         sl = ndimage.find_objects((lab == comp).astype(np.int8))[0]
         box = tuple(slice(max(0, s.start - margin), min(N, s.stop + margin)) for s, N in zip(sl, v.shape))
         unk = ndimage.binary_dilation(lab[box] == comp, iterations=int(dilate)) if dilate else lab[box] == comp
-        wb = np.where(dm[box] & ~unk, w2[box], 0).astype(np.float32)
+        wb = np.where(dm[box] & ~unk, w2[box], 0).astype(np.float64)
         if wb.sum() <= 0:
             continue
-        rb = r_all[box]
+        rb = r_all[box].astype(np.float64)
         shp = padded_shape(unk.shape, 1.5)
         d = dipole_kernel(shp, voxel_size, b0_dir, rfft=True)
         crop = tuple(slice(0, k) for k in unk.shape)
@@ -127,14 +131,14 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
         def conv(x):
             import scipy.fft as sfft
 
-            return sfft.irfftn(sfft.rfftn(x, s=shp) * d, s=shp)[crop].astype(np.float32)
+            return sfft.irfftn(sfft.rfftn(x, s=shp) * d, s=shp)[crop]
 
         def apply(x, c):
             res = wb * (conv(x) + c)
             return unk * conv(res), float(res.sum())
 
         bx, bc = unk * conv(wb * rb), float((wb * rb).sum())
-        x, c = np.zeros(unk.shape, np.float32), 0.0
+        x, c = np.zeros(unk.shape, np.float64), 0.0
         px, pc = bx.copy(), bc
         rr = float((bx * bx).sum()) + bc * bc
         for _ in range(int(n_iter)):
@@ -143,12 +147,12 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
             if pap <= 0 or rr <= 1e-30:
                 break
             a = rr / pap
-            x += np.float32(a) * px
+            x += a * px
             c += a * pc
-            bx -= np.float32(a) * ax
+            bx -= a * ax
             bc -= a * ac
             rn = float((bx * bx).sum()) + bc * bc
-            px = bx + np.float32(rn / rr) * px
+            px = bx + (rn / rr) * px
             pc = bc + (rn / rr) * pc
             rr = rn
         out[box] += np.where(unk, x, 0).astype(np.float32)
