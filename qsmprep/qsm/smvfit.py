@@ -79,6 +79,28 @@ def smv_operator_masks(mask: np.ndarray, voxel_size: Sequence[float], radii_mm: 
     return out
 
 
+def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str):
+    """The SMV fits' shared set-up: ``parts`` (:func:`smv_operator_masks` of ``m``, the non-empty ones),
+    the bounding box of ``sup`` with a margin of the largest radius, the crop and FFT shape of the
+    padded grid (zero padding of the margin beyond the box even where the box meets the volume's
+    edge) and ``pad(a)`` (``a``'s box on that grid, float32)."""
+    radii = sorted((float(r) for r in radii_mm), reverse=True)
+    parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
+    if not parts:
+        raise ValueError(f"{who}: no sphere of radius {min(radii)} mm fits in the mask.")
+    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
+    box = bounding_box(sup, margin)
+    crop = tuple(slice(0, s.stop - s.start) for s in box)
+    shape = tuple(int(sfft.next_fast_len(s.stop - s.start + g, real=True)) for s, g in zip(box, margin))
+
+    def pad(a):
+        out = np.zeros(shape, np.float32)
+        out[crop] = a[box]
+        return out
+
+    return parts, box, crop, shape, pad
+
+
 def smv_fit(
     total_ppm: np.ndarray,
     mask: np.ndarray,
@@ -123,21 +145,8 @@ def smv_fit(
     if not m.any():
         raise ValueError("smv_fit got an empty mask.")
     vs = tuple(float(v) for v in voxel_size)
-    radii = sorted((float(r) for r in radii_mm), reverse=True)
-    parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
-    if not parts:
-        raise ValueError(f"smv_fit: no sphere of radius {min(radii)} mm fits in the mask.")
-    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
-    box = bounding_box(sup, margin)
-    crop = tuple(slice(0, s.stop - s.start) for s in box)
-    # zero padding of the margin beyond the box even where the box meets the volume's edge
-    shape = tuple(int(sfft.next_fast_len(s.stop - s.start + g, real=True)) for s, g in zip(box, margin))
+    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_fit")
     wk = fft_workers()
-
-    def pad(a):
-        out = np.zeros(shape, np.float32)
-        out[crop] = a[box]
-        return out
 
     mp = pad(sup.astype(np.float32))
     if weight is None:
@@ -223,20 +232,8 @@ def smv_tv(
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
     vs = tuple(float(v) for v in voxel_size)
-    radii = sorted((float(r) for r in radii_mm), reverse=True)
-    parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
-    if not parts:
-        raise ValueError(f"smv_tv: no sphere of radius {min(radii)} mm fits in the mask.")
-    margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
-    box = bounding_box(sup, margin)
-    crop = tuple(slice(0, s.stop - s.start) for s in box)
-    shape = tuple(int(sfft.next_fast_len(s.stop - s.start + g, real=True)) for s, g in zip(box, margin))
+    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_tv")
     wk = fft_workers()
-
-    def pad(a):
-        out = np.zeros(shape, np.float32)
-        out[crop] = a[box]
-        return out
 
     def rfft(x):
         return sfft.rfftn(x, workers=wk)
