@@ -63,6 +63,27 @@ def score_chi(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray, seg: np.nd
     return met
 
 
+def roi_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
+    """DGM ROI means of both maps (demeaned in ``mask``; labels with >= 3 voxels there): least-squares
+    slope (recon vs truth) and mean absolute error (ppm); NaN with fewer than 3 labels."""
+    from qsmprep.sim.phantom import DGM_INDICES
+
+    m = mask > 0
+    r = np.where(m, chi - chi[m].mean(), 0)
+    t = np.where(m, truth - truth[m].mean(), 0)
+    rm, tm = [], []
+    for i in DGM_INDICES:
+        s = (labels == i) & m
+        if s.sum() >= 3:
+            rm.append(float(r[s].mean()))
+            tm.append(float(t[s].mean()))
+    rm, tm = np.asarray(rm), np.asarray(tm)
+    if rm.size < 3:
+        return {"roi_slope": math.nan, "roi_mae": math.nan}
+    slope = float(np.polyfit(tm, rm, 1)[0])
+    return {"roi_slope": slope, "roi_mae": float(np.abs(rm - tm).mean())}
+
+
 def cpu_s() -> float:
     """User + system CPU time of this process so far (s), all threads."""
     r = resource.getrusage(resource.RUSAGE_SELF)

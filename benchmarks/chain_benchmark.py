@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import app_chain_field, app_inversion, max_rss_mb, qsmci_seg, score_chi  # noqa: E402
+from _common import app_chain_field, app_inversion, max_rss_mb, qsmci_seg, roi_stats, score_chi  # noqa: E402
 import honest_heads as hh  # noqa: E402
 
 #: Classical parameters chosen on the validation heads (``--tune``); see benchmarks/RESULTS.md.
@@ -56,26 +56,6 @@ TUNED: dict[str, dict] = {
 # ------------------------------------------------------------------------------------------
 # scoring
 # ------------------------------------------------------------------------------------------
-
-
-def roi_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
-    """DGM ROI means of both maps (demeaned in ``mask``): slope (recon vs truth), MAE (ppm)."""
-    from qsmprep.sim.phantom import DGM_INDICES
-
-    m = mask > 0
-    r = np.where(m, chi - chi[m].mean(), 0)
-    t = np.where(m, truth - truth[m].mean(), 0)
-    rm, tm = [], []
-    for i in DGM_INDICES:
-        s = (labels == i) & m
-        if s.sum() >= 3:
-            rm.append(float(r[s].mean()))
-            tm.append(float(t[s].mean()))
-    rm, tm = np.asarray(rm), np.asarray(tm)
-    if rm.size < 3:
-        return {"roi_slope": math.nan, "roi_mae": math.nan}
-    slope = float(np.polyfit(tm, rm, 1)[0])
-    return {"roi_slope": slope, "roi_mae": float(np.abs(rm - tm).mean())}
 
 
 def lesion_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray, met: dict) -> dict:

@@ -169,23 +169,11 @@ def simulate_qsmforward(case: Case) -> dict:
 
 
 def dgm_slope(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, brain: np.ndarray) -> float:
-    """Least-squares slope of the ROI means of ``chi`` against those of ``truth`` over the DGM labels.
+    """Least-squares slope of the DGM ROI means of ``chi`` against those of ``truth``, both
+    mean-referenced in ``brain`` (``_common.roi_stats``, as the chain benchmark scores it)."""
+    from _common import roi_stats
 
-    Both maps are mean-referenced in ``brain`` first; labels without voxels are skipped.
-    """
-    from qsmprep.sim.phantom import DGM_INDICES
-
-    c = np.where(brain, chi - chi[brain].mean(), 0.0)
-    t = np.where(brain, truth - truth[brain].mean(), 0.0)
-    xs, ys = [], []
-    for i in DGM_INDICES:
-        sel = (labels == i) & brain
-        if sel.sum() >= 3:
-            xs.append(float(t[sel].mean()))
-            ys.append(float(c[sel].mean()))
-    x, y = np.asarray(xs), np.asarray(ys)
-    xc = x - x.mean()
-    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    return roi_stats(chi, truth, labels, brain)["roi_slope"]
 
 
 def score(chi: np.ndarray, d: dict) -> dict:
@@ -396,6 +384,8 @@ def data_for(case: Case, cache: Path) -> dict:
 def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
     """One row on one head: the app's chain, the plain chain, scores, QC and (conventions) the chi difference."""
     case = case_for(row, seed)
+    from qsmprep.methods import chi_mask
+
     convention = ROWS[row].get("convention", "canonical")
     d = data_for(case, cache)
     if convention == "scanner":  # the canonical input is the quantised phase, in rad
@@ -406,7 +396,8 @@ def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
     res = {"row": row, "seed": seed, "sim": case.sim, "echoes": len(case.te_s), "voxel_size": list(case.voxel_size),
            "b0_t": case.b0_t, "convention": convention, "app": score(app["chi"], d), "plain": score(plain, d),
            "qc": app["qc"], "records": app["records"], "app_wall_s": round(app["wall_s"], 1),
-           "coverage": float((app["chain"]["eroded"] & d["brain"]).sum() / d["brain"].sum())}
+           "coverage": float((chi_mask("nsidl", app["chain"]["eroded"], app["chain"]["mask"]) & d["brain"]).sum()
+                             / d["brain"].sum())}  # where the app's chi is defined (methods.chi_mask)
     if convention != "canonical":
         ref_key = (json.dumps({k: v for k, v in ROWS[row].items() if k != "convention"}, sort_keys=True), seed)
         ref = canon.get(ref_key)
