@@ -397,7 +397,8 @@ def _timed_chain(name: str, voxel_mm: float, method: str, cache, q) -> None:
     phase, mag = case.pop("phase"), case.pop("mag")
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.time()
-    chain = app_chain_field(phase, mag, case["te_s"], case["voxel_size"], case["b0_t"])
+    chain = app_chain_field(phase, mag, case["te_s"], case["voxel_size"], case["b0_t"],
+                            b0_dir=case["b0_dir"])  # with the offset-residual and phase-sign steps, as the graph
     t1 = time.time()
     chi = METHODS[method](case, chain)
     t2 = time.time()
