@@ -94,3 +94,19 @@ def test_assess_rule_and_messages():
     (line,) = report["warnings"]
     assert line.startswith("QC: only 50% of the brain mask") and line.endswith(".") and "\n" not in line
     assert qc.assess({"mask_kept": 0.95})["passed"]
+
+
+def test_edge_coverage_known_answer_flags_a_slab():
+    """A brain inside the field of view scores 0; the same brain cut to a slab touches two faces and is flagged."""
+    g = np.meshgrid(*[np.arange(48) - 23.5] * 3, indexing="ij")
+    brain = (g[0] / 15) ** 2 + (g[1] / 17) ** 2 + (g[2] / 14) ** 2 <= 1
+    assert qc.edge_coverage(brain, (2.0, 2.0, 2.0)) == 0.0
+    slab = brain[:, :, 18:30]  # 24 mm about the middle: its faces cut the brain near its widest
+    val = qc.edge_coverage(slab, (2.0, 2.0, 2.0))
+    assert val > 0.9
+    report = qc.assess({"edge_coverage": val})
+    assert report["failed"] == ["edge_coverage"] and "covers part of the brain" in report["warnings"][0]
+    # one cut face (a field of view that misses the top of the head) counts too
+    top_cut = brain[:, :, :34]
+    assert qc.edge_coverage(top_cut, (2.0, 2.0, 2.0)) > 0.25
+    assert qc.edge_coverage(np.zeros((4, 4, 4), bool)) == 0.0
