@@ -238,3 +238,12 @@ def test_from_config_with_runs():
     for needle in ("`sub-07_acq-fast`", "2 echoes (TE = 5, 10 ms)", "0.8 × 0.8 × 1.5 mm",
                    "integer scanner units", "(7.5 ms)"):
         assert needle in md, needle
+
+
+def test_chain_data_fit_text_names_the_noise_set_tv_weight():
+    """The chain record's final fit (TV weight from the local-field noise) is in the methods text."""
+    rec = {"DataFit": {"Preset": "chain", "NetworkDataFit": "robust",
+                       "FinalFit": {"TVWeight": 6.1e-05, "LocalFieldNoisePpm": 0.00122, "RadiiMm": [8, 4, 2]}}}
+    text = M._data_fit_text(rec)
+    assert "*chain*" in text and "SMV-consistent fit of the total field" in text
+    assert "TV weight 6.1e-05" in text and "noise of 0.0012 ppm" in text

@@ -125,3 +125,41 @@ def test_smv_tv_ignores_harmonic_background_and_recovers_spheres():
     ca, ct = a[mask] - a[mask].mean(), chi[mask] - chi[mask].mean()
     assert np.corrcoef(ca, ct)[0, 1] > 0.9
     assert np.all(a[~mask] == 0)
+
+
+def test_field_noise_known_sigma_on_smooth_field_with_edges():
+    """White noise of known sigma on a quadratic field with piecewise-constant spheres: the
+    Laplacian-residual MAD estimate finds sigma (edges and the smooth field do not count)."""
+    from qsmprep.qsm.noise import field_noise
+
+    rng = np.random.default_rng(3)
+    n = 64
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float64) - n / 2,) * 3, indexing="ij")
+    smooth = 1e-3 * (0.5 * x + 0.02 * x * y - 0.01 * z * z)
+    edges = 0.05 * ((x - 8) ** 2 + y ** 2 + z ** 2 < 64) - 0.03 * ((x + 10) ** 2 + (y - 5) ** 2 + z ** 2 < 36)
+    mask = x ** 2 + y ** 2 + z ** 2 < 28 ** 2
+    for sigma in (1e-3, 4e-3):
+        est = field_noise(smooth + edges + sigma * rng.standard_normal(x.shape), mask)
+        assert abs(est - sigma) < 0.05 * sigma, (sigma, est)
+    # a noise-free smooth field has (almost) none
+    assert field_noise(smooth, mask) < 1e-6
+    assert np.isnan(field_noise(smooth, np.zeros_like(mask)))
+
+
+def test_chain_tv_weight_follows_the_noise():
+    """The chain's final TV weight is proportional to the local field's noise, within its range."""
+    from qsmprep.dl import restore
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((40, 40, 40), bool)
+    mask[5:35, 5:35, 5:35] = True
+    lams = []
+    for sigma in (5e-4, 1e-3, 2e-3):
+        lam, est = restore.final_tv_lambda(sigma * rng.standard_normal(mask.shape), mask)
+        assert abs(est - sigma) < 0.05 * sigma
+        lams.append(lam)
+    assert abs(lams[1] / lams[0] - 2) < 0.15 and abs(lams[2] / lams[1] - 2) < 0.15
+    assert lams[1] == pytest.approx(restore.FINAL_TV_PER_NOISE * 1e-3, rel=0.06)
+    lo, hi = restore.FINAL_TV_RANGE
+    assert restore.final_tv_lambda(np.zeros(mask.shape), mask)[0] == lo
+    assert restore.final_tv_lambda(rng.standard_normal(mask.shape), mask)[0] == hi

@@ -47,9 +47,32 @@ CHAIN_LOOPS = 0
 #: The final TV-regularised SMV-consistent fit (``qsmprep.qsm.smvfit.smv_tv``): radii, TV weight,
 #: ADMM iterations and support penalty; ``None`` radii skip it.
 FINAL_RADII_MM = (8.0, 4.0, 2.0)
-FINAL_TV_LAMBDA = 3e-5
+#: TV weight of the final fit, ``"auto"`` by default: proportional to the local field's noise
+#: (:func:`final_tv_lambda`).  A fixed weight cannot serve both a 1 mm head at SNR 100 and a 2 mm
+#: head at SNR 30 (validation heads: the best fixed weight differs 4x between them).
+FINAL_TV_LAMBDA = "auto"
+#: ``lam = FINAL_TV_PER_NOISE * sigma`` (sigma: the local field's noise in ppm,
+#: :func:`qsmprep.qsm.noise.field_noise`), clipped to :data:`FINAL_TV_RANGE`.  Chosen on the
+#: validation heads (``benchmarks/RESULTS.md``, "TV weight of the chain's final fit").
+FINAL_TV_PER_NOISE = 0.05
+FINAL_TV_RANGE = (1e-5, 3e-4)
 FINAL_ITER = 60
 FINAL_SUPPORT_MU = 0.01
+
+
+def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray) -> tuple[float, float]:
+    """TV weight of the chain's final fit for this local field: ``(lam, sigma_ppm)``.
+
+    ``sigma_ppm`` is the field's noise per voxel (:func:`qsmprep.qsm.noise.field_noise` in the
+    eroded mask, ppm); ``lam = FINAL_TV_PER_NOISE * sigma_ppm`` within :data:`FINAL_TV_RANGE`
+    (the lower limit also when no noise can be measured).
+    """
+    from qsmprep.qsm.noise import field_noise
+
+    sigma = field_noise(local_ppm, eroded_mask)
+    lo, hi = FINAL_TV_RANGE
+    lam = lo if not np.isfinite(sigma) else float(np.clip(FINAL_TV_PER_NOISE * sigma, lo, hi))
+    return lam, float(sigma)
 
 
 def support_mask(brain_mask: np.ndarray) -> np.ndarray:
@@ -200,7 +223,7 @@ def invert_nsidl_chain(
     loops: int = CHAIN_LOOPS,
     model=None,
     final_radii_mm: Sequence[float] | None = FINAL_RADII_MM,
-    final_lam: float = FINAL_TV_LAMBDA,
+    final_lam: float | str = FINAL_TV_LAMBDA,
     final_iter: int = FINAL_ITER,
     final_support_mu: float = FINAL_SUPPORT_MU,
 ) -> np.ndarray:
@@ -217,6 +240,8 @@ def invert_nsidl_chain(
     device, weights_path, model : as :func:`qsmprep.dl.inference.invert_nsidl`.
     radii_mm, n_fit, n_refit : SMV radii and CG iterations of the two SMV-consistent fits.
     loops : restoration passes (network on the restored field, then a refit).
+    final_radii_mm, final_lam, final_iter, final_support_mu : the final TV fit's radii, TV weight
+        (``"auto"``: :func:`final_tv_lambda` of ``local_ppm``), ADMM iterations, support penalty.
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -235,6 +260,10 @@ def invert_nsidl_chain(
         return invert_nsidl(field, mask, voxel_size, b0_dir, weight=w, b0_t=b0_t, te_s=te_s, device=device,
                             weights_path=weights_path, model=model, data_fit="robust")
 
+    if isinstance(final_lam, str):
+        if final_lam != "auto":
+            raise ValueError(f"final_lam must be a number or 'auto', got {final_lam!r}.")
+        final_lam, _ = final_tv_lambda(local_ppm, e)
     voids = sup & ~m
     if voids.any():
         # background removal on the mask *with* the voids (their sources then stay in the local

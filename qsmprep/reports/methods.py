@@ -412,6 +412,16 @@ def _data_fit_text(record: dict) -> str:
         details.append("a final k-space data-consistency step with a threshold set from the measured field noise")
     if fit.get("FieldExtrapolation"):
         details.append("the chi offset fitted to the field")
+    final = fit.get("FinalFit") or {}
+    if final:
+        lam = final.get("TVWeight")
+        noise = final.get("LocalFieldNoisePpm")
+        words = "a final total-variation-regularised, SMV-consistent fit of the total field"
+        if isinstance(lam, (int, float)):
+            words += f" (TV weight {lam:.2g}"
+            words += (f", set from the local field's noise of {noise:.2g} ppm)" if isinstance(noise, (int, float))
+                      else ")")
+        details.append(words)
     return text + (" (" + "; ".join(details) + ")" if details else "")
 
 
