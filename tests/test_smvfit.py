@@ -163,3 +163,40 @@ def test_chain_tv_weight_follows_the_noise():
     lo, hi = restore.FINAL_TV_RANGE
     assert restore.final_tv_lambda(np.zeros(mask.shape), mask)[0] == lo
     assert restore.final_tv_lambda(rng.standard_normal(mask.shape), mask)[0] == hi
+
+
+def test_smv_tv_torch_iterations_match_numpy():
+    """The torch ADMM loop (the GPU path) gives numpy's chi on the same problem (torch on the CPU here)."""
+    pytest.importorskip("torch")
+    from qsmprep.qsm.smvfit import smv_tv
+
+    n = 40
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
+    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < 17 ** 2
+    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 25, 0.2, 0.0) - np.where(x ** 2 + (y + 6) ** 2 + z ** 2 < 9, 0.1, 0.0)
+    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
+    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)  # plus a harmonic background
+    kw = dict(radii_mm=(4.0, 2.0), lam=5e-5, n_iter=20, chi_prior=0.5 * chi)
+    a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), **kw)
+    b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device="cpu", **kw)
+    assert np.abs(a).max() > 0.05
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+
+
+@pytest.mark.gpu
+def test_smv_tv_on_cuda_matches_numpy():
+    """The chain's SMV-TV fit on a GPU (where the network ran) gives numpy's chi."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from qsmprep.qsm.smvfit import smv_tv
+
+    n = 48
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
+    mask = x ** 2 + y ** 2 + z ** 2 < 20 ** 2
+    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 25, 0.2, 0.0).astype(np.float32)
+    field = np.where(mask, forward_field(chi, (1, 1, 1), (0, 0, 1)), 0).astype(np.float32)
+    kw = dict(radii_mm=(4.0, 2.0), lam=5e-5, n_iter=30)
+    a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), **kw)
+    b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device="cuda", **kw)
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6

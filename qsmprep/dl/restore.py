@@ -282,7 +282,11 @@ def invert_nsidl_chain(
     if final_radii_mm:
         from qsmprep.qsm.smvfit import smv_tv
 
+        from qsmprep.utils.gpu import resolve_device
+
+        dev = resolve_device(device)  # the fit's ADMM runs where the network ran (numpy on the CPU)
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
+                     device=None if str(dev) == "cpu" else dev,
                      n_iter=final_iter, support=sup, support_mu=final_support_mu)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)

@@ -210,6 +210,7 @@ def smv_tv(
     support: np.ndarray | None = None,
     prior_band: tuple[float, float] | None = None,
     support_mu: float = 1.0,
+    device: str | None = None,
 ) -> np.ndarray:
     """TV-regularised SMV-consistent fit, by ADMM::
 
@@ -225,6 +226,9 @@ def smv_tv(
     weighted average of ``P_r (1 - S_r) f`` and the model), so the chi update is one division in
     k-space.  ``2 + 2 len(radii)`` real FFTs per iteration on the support's box plus ``max(radii)``.
     Units as :func:`smv_fit`.  Returns chi (ppm, float32, zero outside ``support``).
+
+    ``device``: None runs the iterations in numpy; a torch device (``"cuda"``, ``"cpu"``) runs the
+    same iterations in torch there (the set-up stays numpy; float32 rounding differs slightly).
     """
     from qsmprep.qsm.tv import _grad, _grad_t
 
@@ -284,6 +288,12 @@ def smv_tv(
     msup = pad(sup.astype(np.float32))
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
+    if device is not None:
+        x = _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, grad_k, denom, msup, vs, shape, float(lam), float(mu1),
+                               float(mu2), float(mu3), int(n_iter), device)
+        out = np.zeros(m.shape, np.float32)
+        out[box] = np.where(sup[box], x[crop], 0)
+        return out
     # splits: z = grad chi (TV), y_r = K_r chi (data), u = chi on the support (support constraint)
     z = _grad(x, vs)
     sz = [np.zeros_like(x) for _ in range(3)]
@@ -316,3 +326,66 @@ def smv_tv(
     out = np.zeros(m.shape, np.float32)
     out[box] = np.where(sup[box], x[crop], 0)
     return out
+
+
+def _smv_tv_admm_torch(x0, prior_k, ks, pw2, g_r, grad_k, denom, msup, vs, shape, lam, mu1, mu2, mu3, n_iter,
+                       device) -> np.ndarray:
+    """:func:`smv_tv`'s ADMM iterations in torch on ``device`` (same updates as the numpy loop)."""
+    import torch
+
+    dev = torch.device(device)
+
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), device=dev)
+
+    def rfft(a):
+        return torch.fft.rfftn(a, dim=(0, 1, 2))
+
+    def irfft(a):
+        return torch.fft.irfftn(a, s=shape, dim=(0, 1, 2))
+
+    def grad(a):
+        return [(torch.roll(a, -1, dims=i) - a) / float(vs[i]) for i in range(3)]
+
+    def grad_t(z):
+        out = torch.zeros_like(z[0])
+        for i in range(3):
+            out += (torch.roll(z[i], 1, dims=i) - z[i]) / float(vs[i])
+        return out
+
+    with torch.no_grad():
+        ks_t = [t(k) for k in ks]
+        pw2_t = [t(p) for p in pw2]
+        g_t = [t(g) for g in g_r]
+        den = t(denom)
+        ms = t(msup)
+        pk = None if prior_k is None else t(prior_k)
+        x = t(x0)
+        z = grad(x)
+        sz = [torch.zeros_like(x) for _ in range(3)]
+        xk = rfft(x)
+        y = [irfft(k * xk) for k in ks_t]
+        tt = [torch.zeros_like(x) for _ in ks_t]
+        u = x.clone()
+        su = torch.zeros_like(x)
+        thr = lam / mu1
+        for _ in range(n_iter):
+            num = rfft(mu1 * grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
+            for k, yi, ti in zip(ks_t, y, tt):
+                num = num + mu2 * k * rfft(yi - ti)
+            if pk is not None:
+                num = num + pk
+            xk = num / den
+            x = irfft(xk)
+            gx = grad(x)
+            for i in range(3):
+                v = gx[i] + sz[i]
+                z[i] = torch.sign(v) * torch.clamp(v.abs() - thr, min=0)
+                sz[i] = v - z[i]
+            for i, k in enumerate(ks_t):
+                kx = irfft(k * xk)
+                y[i] = (pw2_t[i] * g_t[i] + mu2 * (kx + tt[i])) / (pw2_t[i] + mu2)
+                tt[i] = tt[i] + kx - y[i]
+            u = ms * (x + su)
+            su = su + x - u
+        return u.float().cpu().numpy()
