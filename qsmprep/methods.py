@@ -203,7 +203,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
             raise ValueError("The NSIDL 'chain' data fit needs the total field (total_ppm) and the brain mask (brain_mask).")
         from qsmprep.dl import restore
 
-        lam, sigma = restore.final_tv_lambda(local_ppm, mask)
+        lam, sigma = restore.final_tv_lambda(local_ppm, mask, voxel_size)
         chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
                                          b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path,
                                          final_lam=lam)
@@ -213,7 +213,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
             "FinalFit": {"Method": "TV-regularised SMV-consistent fit of the total field (ADMM)",
                          "RadiiMm": list(restore.FINAL_RADII_MM), "TVWeight": lam,
                          "TVWeightRule": f"{restore.FINAL_TV_PER_NOISE} x local-field noise, within "
-                                         f"{list(restore.FINAL_TV_RANGE)}",
+                                         f"{list(restore.FINAL_TV_RANGE)}, at most {restore.THICK_TV_MAX} "
+                                         f"for voxel aspect >= {restore.THICK_ASPECT}",
                          "LocalFieldNoisePpm": None if not np.isfinite(sigma) else round(sigma, 6),
                          "Iterations": restore.FINAL_ITER, "SupportPenalty": restore.FINAL_SUPPORT_MU},
         }

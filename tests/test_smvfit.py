@@ -163,6 +163,10 @@ def test_chain_tv_weight_follows_the_noise():
     lo, hi = restore.FINAL_TV_RANGE
     assert restore.final_tv_lambda(np.zeros(mask.shape), mask)[0] == lo
     assert restore.final_tv_lambda(rng.standard_normal(mask.shape), mask)[0] == hi
+    # thick slices keep at most the former fixed weight; 1 x 1 x 2 mm follows the rule
+    noisy = 2e-3 * rng.standard_normal(mask.shape)
+    assert restore.final_tv_lambda(noisy, mask, (1, 1, 3))[0] == restore.THICK_TV_MAX
+    assert restore.final_tv_lambda(noisy, mask, (1, 1, 2))[0] == restore.final_tv_lambda(noisy, mask)[0] > 6e-5
 
 
 def test_smv_tv_torch_iterations_match_numpy():
