@@ -289,7 +289,6 @@ def invert_nsidl_chain(
         chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_refit, support=sup)
     if final_radii_mm:
         from qsmprep.qsm.smvfit import smv_tv
-
         from qsmprep.utils.gpu import resolve_device
 
         dev = resolve_device(device)  # the fit's ADMM runs where the network ran (numpy on the CPU)

@@ -230,8 +230,6 @@ def smv_tv(
     ``device``: None runs the iterations in numpy; a torch device (``"cuda"``, ``"cpu"``) runs the
     same iterations in torch there (the set-up stays numpy; float32 rounding differs slightly).
     """
-    from qsmprep.qsm.tv import _grad, _grad_t
-
     f = np.asarray(total_ppm, np.float32)
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
@@ -288,104 +286,117 @@ def smv_tv(
     msup = pad(sup.astype(np.float32))
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
-    if device is not None:
-        x = _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, grad_k, denom, msup, vs, shape, float(lam), float(mu1),
-                               float(mu2), float(mu3), int(n_iter), device)
-        out = np.zeros(m.shape, np.float32)
-        out[box] = np.where(sup[box], x[crop], 0)
-        return out
-    # splits: z = grad chi (TV), y_r = K_r chi (data), u = chi on the support (support constraint)
-    z = _grad(x, vs)
-    sz = [np.zeros_like(x) for _ in range(3)]
-    xk = rfft(x)
-    y = [irfft(k_r * xk) for k_r in ks]
-    t = [np.zeros_like(x) for _ in ks]
-    u = x.copy()
-    su = np.zeros_like(x)
-    thr = np.float32(lam / mu1)
-    for _ in range(int(n_iter)):
-        num = rfft(mu1 * _grad_t([zi - si for zi, si in zip(z, sz)], vs) + mu3 * (u - su))
-        for k_r, yi, ti in zip(ks, y, t):
-            num = num + mu2 * k_r * rfft(yi - ti)
-        if prior_k is not None:
-            num = num + prior_k
-        xk = num / denom
-        x = irfft(xk)
-        gx = _grad(x, vs)
-        for a in range(3):
-            v = gx[a] + sz[a]
-            z[a] = (np.sign(v) * np.maximum(np.abs(v) - thr, 0)).astype(np.float32)
-            sz[a] = v - z[a]
-        for i, k_r in enumerate(ks):
-            kx = irfft(k_r * xk)
-            y[i] = (pw2[i] * g_r[i] + mu2 * (kx + t[i])) / (pw2[i] + mu2)
-            t[i] = t[i] + kx - y[i]
-        u = msup * (x + su)
-        su = su + x - u
-    x = u
+    if device is None:
+        ops = _NumpyOps(rfft, irfft, vs)
+        consts = (mu1, mu2, mu3, np.float32(lam / mu1))
+    else:
+        ops = _TorchOps(device, shape, vs)
+        x, prior_k, ks, pw2, g_r, denom, msup = ops.put(x, prior_k, ks, pw2, g_r, denom, msup)
+        consts = (float(mu1), float(mu2), float(mu3), float(lam) / float(mu1))
+    x = ops.to_numpy(_smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops))
     out = np.zeros(m.shape, np.float32)
     out[box] = np.where(sup[box], x[crop], 0)
     return out
 
 
-def _smv_tv_admm_torch(x0, prior_k, ks, pw2, g_r, grad_k, denom, msup, vs, shape, lam, mu1, mu2, mu3, n_iter,
-                       device) -> np.ndarray:
-    """:func:`smv_tv`'s ADMM iterations in torch on ``device`` (same updates as the numpy loop)."""
-    import torch
+def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops):
+    """:func:`smv_tv`'s ADMM iterations, for numpy arrays or torch tensors (``ops``: the FFTs,
+    gradients, soft threshold and allocation of that library).  Returns chi on the padded grid."""
+    # splits: z = grad chi (TV), y_r = K_r chi (data), u = chi on the support (support constraint)
+    z = ops.grad(x)
+    sz = [ops.zeros_like(x) for _ in range(3)]
+    xk = ops.rfft(x)
+    y = [ops.irfft(k_r * xk) for k_r in ks]
+    t = [ops.zeros_like(x) for _ in ks]
+    u = ops.copy(x)
+    su = ops.zeros_like(x)
+    for _ in range(n_iter):
+        num = ops.rfft(mu1 * ops.grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
+        for k_r, yi, ti in zip(ks, y, t):
+            num = num + mu2 * k_r * ops.rfft(yi - ti)
+        if prior_k is not None:
+            num = num + prior_k
+        xk = num / denom
+        x = ops.irfft(xk)
+        gx = ops.grad(x)
+        for a in range(3):
+            v = gx[a] + sz[a]
+            z[a] = ops.shrink(v, thr)
+            sz[a] = v - z[a]
+        for i, k_r in enumerate(ks):
+            kx = ops.irfft(k_r * xk)
+            y[i] = (pw2[i] * g_r[i] + mu2 * (kx + t[i])) / (pw2[i] + mu2)
+            t[i] = t[i] + kx - y[i]
+        u = msup * (x + su)
+        su = su + x - u
+    return u
 
-    dev = torch.device(device)
 
-    def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), device=dev)
+class _NumpyOps:
+    """numpy (float32) operations of :func:`_smv_tv_admm`."""
 
-    def rfft(a):
-        return torch.fft.rfftn(a, dim=(0, 1, 2))
+    def __init__(self, rfft, irfft, vs):
+        from qsmprep.qsm.tv import _grad, _grad_t  # the gradient convention of tv_admm
 
-    def irfft(a):
-        return torch.fft.irfftn(a, s=shape, dim=(0, 1, 2))
+        self.rfft, self.irfft = rfft, irfft
+        self.grad = lambda x: _grad(x, vs)
+        self.grad_t = lambda z: _grad_t(z, vs)
 
-    def grad(a):
-        return [(torch.roll(a, -1, dims=i) - a) / float(vs[i]) for i in range(3)]
+    @staticmethod
+    def shrink(v, thr):
+        return (np.sign(v) * np.maximum(np.abs(v) - thr, 0)).astype(np.float32)
 
-    def grad_t(z):
-        out = torch.zeros_like(z[0])
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    @staticmethod
+    def to_numpy(a):
+        return a
+
+
+class _TorchOps:
+    """torch operations of :func:`_smv_tv_admm` on ``device`` (the same updates as numpy's)."""
+
+    def __init__(self, device, shape, vs):
+        import torch
+
+        self.torch, self.dev, self.shape, self.vs = torch, torch.device(device), tuple(shape), vs
+
+    def put(self, *arrays):
+        """numpy arrays (or lists of them, or None) -> tensors on the device."""
+        def one(a):
+            return self.torch.as_tensor(np.ascontiguousarray(a), device=self.dev)
+
+        return [None if a is None else ([one(b) for b in a] if isinstance(a, list) else one(a)) for a in arrays]
+
+    def rfft(self, a):
+        return self.torch.fft.rfftn(a, dim=(0, 1, 2))
+
+    def irfft(self, a):
+        return self.torch.fft.irfftn(a, s=self.shape, dim=(0, 1, 2))
+
+    def grad(self, a):
+        return [(self.torch.roll(a, -1, dims=i) - a) / float(self.vs[i]) for i in range(3)]
+
+    def grad_t(self, z):
+        out = self.torch.zeros_like(z[0])
         for i in range(3):
-            out += (torch.roll(z[i], 1, dims=i) - z[i]) / float(vs[i])
+            out += (self.torch.roll(z[i], 1, dims=i) - z[i]) / float(self.vs[i])
         return out
 
-    with torch.no_grad():
-        ks_t = [t(k) for k in ks]
-        pw2_t = [t(p) for p in pw2]
-        g_t = [t(g) for g in g_r]
-        den = t(denom)
-        ms = t(msup)
-        pk = None if prior_k is None else t(prior_k)
-        x = t(x0)
-        z = grad(x)
-        sz = [torch.zeros_like(x) for _ in range(3)]
-        xk = rfft(x)
-        y = [irfft(k * xk) for k in ks_t]
-        tt = [torch.zeros_like(x) for _ in ks_t]
-        u = x.clone()
-        su = torch.zeros_like(x)
-        thr = lam / mu1
-        for _ in range(n_iter):
-            num = rfft(mu1 * grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
-            for k, yi, ti in zip(ks_t, y, tt):
-                num = num + mu2 * k * rfft(yi - ti)
-            if pk is not None:
-                num = num + pk
-            xk = num / den
-            x = irfft(xk)
-            gx = grad(x)
-            for i in range(3):
-                v = gx[i] + sz[i]
-                z[i] = torch.sign(v) * torch.clamp(v.abs() - thr, min=0)
-                sz[i] = v - z[i]
-            for i, k in enumerate(ks_t):
-                kx = irfft(k * xk)
-                y[i] = (pw2_t[i] * g_t[i] + mu2 * (kx + tt[i])) / (pw2_t[i] + mu2)
-                tt[i] = tt[i] + kx - y[i]
-            u = ms * (x + su)
-            su = su + x - u
-        return u.float().cpu().numpy()
+    def shrink(self, v, thr):
+        return self.torch.sign(v) * self.torch.clamp(v.abs() - thr, min=0)
+
+    def zeros_like(self, a):
+        return self.torch.zeros_like(a)
+
+    @staticmethod
+    def copy(a):
+        return a.clone()
+
+    @staticmethod
+    def to_numpy(a):
+        return a.float().cpu().numpy()
