@@ -1000,7 +1000,7 @@ def _write_group_report(out: _StagedWriter, study: _Study, sections: list, conf:
 
 #: Quality-control columns of the wide table, from each run's ``_desc-qc.json`` (``qsmprep.qsm.qc``).
 QC_COLUMNS = ("qc_passed", "qc_failed", "mask_kept", "lowfreq_share", "echo_disagreement", "chi_range",
-              "sign_evidence", "edge_coverage", "phase_sign", "offset_order")
+              "sign_evidence", "tail_skewness", "edge_coverage", "phase_sign", "offset_order")
 QC_SIDECAR = {
     "qc_passed": {"Description": "Whether every quality-control check of the run passed (n/a: no QC file).",
                   "Levels": {"True": "passed", "False": "a check failed: see qc_failed and the report"}},
@@ -1010,6 +1010,8 @@ QC_SIDECAR = {
     "echo_disagreement": {"Description": "Share of brain voxels where an echo misses the fitted phase line."},
     "chi_range": {"Description": "99.5th minus 0.5th percentile of chi in the final mask.", "Units": "ppm"},
     "sign_evidence": {"Description": "Sign the map's veins and iron-rich tissue show (+1 paramagnetic, 0 unclear)."},
+    "tail_skewness": {"Description": "Quantile skewness of chi in the final mask (positive: a paramagnetic tail of "
+                                     "veins and iron-rich nuclei; below the QC limit: they probably came out too low)."},
     "edge_coverage": {"Description": "Partial coverage: largest brain-mask cross-section within 8 mm of an image face "
                                      "over the largest cross-section (0: whole brain in the field of view)."},
     "phase_sign": {"Description": "Phase sign applied to the input (--phase-sign)."},

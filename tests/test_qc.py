@@ -110,3 +110,23 @@ def test_edge_coverage_known_answer_flags_a_slab():
     top_cut = brain[:, :, :34]
     assert qc.edge_coverage(top_cut, (2.0, 2.0, 2.0)) > 0.25
     assert qc.edge_coverage(np.zeros((4, 4, 4), bool)) == 0.0
+
+
+def test_weak_paramagnetic_tail_is_flagged_known_answer():
+    """A map whose iron-rich nuclei and veins came out too low has a short positive tail: the
+    ``tail_skewness`` check (limit from the validation heads) flags it, a map with its tail passes."""
+    from qsmprep.qsm.phase_sign import tail_skewness
+
+    rng = np.random.default_rng(3)
+    mask = np.ones((40, 40, 40), bool)
+    tissue = rng.normal(0.0, 0.02, mask.shape)  # symmetric: skewness 0 (quantile skewness is exact here up to sampling)
+    assert abs(tail_skewness(tissue, mask)) < 0.02
+    iron = np.zeros(mask.shape, bool)
+    iron[:, :, :4] = True  # 10 % of the voxels iron-rich / venous
+    good = np.where(iron, 0.15, tissue)
+    weak = np.where(iron, 0.02, tissue)  # the same sources at an eighth of their chi (slope 0.5 and worse)
+    limit = qc.THRESHOLDS["tail_skewness"][1]
+    assert tail_skewness(good, mask) > limit > tail_skewness(weak, mask)
+    rep = qc.assess({"tail_skewness": tail_skewness(weak, mask), "sign_evidence": 1})
+    assert rep["failed"] == ["tail_skewness"] and "paramagnetic tail is weak" in rep["warnings"][0]
+    assert qc.assess({"tail_skewness": tail_skewness(good, mask), "sign_evidence": 1})["passed"]
