@@ -11,6 +11,7 @@ Usage::
     .venv/bin/python benchmarks/clean_field_study.py val-sim-3T-ME-z,val-qf-3T-ME-obl benchmarks/clean_field_study.jsonl
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -49,10 +50,7 @@ def main(names, out):
 
         for off in (False, True):
             t0 = time.time()
-            if off:
-                with cb.network_off():
-                    chi0, _ = invert("nsidl", *args, **kw)
-            else:
+            with cb.network_off() if off else contextlib.nullcontext():
                 chi0, _ = invert("nsidl", *args, **kw)
             sfx = "-off" if off else ""
             rec("strong" + sfx, chi0, t0)

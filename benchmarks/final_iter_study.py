@@ -1,12 +1,18 @@
-"""Final-fit iterations study (issue #13, validation heads only): the whole chain with NSIDL and with
-its ablation (U-Net output zeroed), the final SMV-TV fit at 60 (the default) and 200 ADMM iterations.
-One JSON line per run.
+"""Final-fit iterations study (issue #13): the whole chain with NSIDL and with its ablation (U-Net
+output zeroed), the final SMV-TV fit (``restore.invert_nsidl_chain``'s ``final_iter``) at several
+ADMM iteration counts.  The count is chosen on validation heads; ``--role test`` scores a count
+already chosen there on the test heads (a preview, nothing is chosen from it).  One JSON line per run.
 
 Usage::
 
-    .venv/bin/python benchmarks/final_iter_study.py val-sim-3T-ME-z,val-qf-3T-ME-obl benchmarks/final_iter_study.jsonl
+    .venv/bin/python benchmarks/final_iter_study.py --iters 60 200 --heads val-sim-3T-ME-z val-qf-3T-ME-obl \\
+        --out benchmarks/final_iter_study.jsonl
+    .venv/bin/python benchmarks/final_iter_study.py --iters 60 150 --heads val-sim-7T-ME-obl val-sim-3T-SE-obl \\
+        --out benchmarks/final_iter_study.jsonl
+    .venv/bin/python benchmarks/final_iter_study.py --role test --iters 150 --out benchmarks/final_iter_test150.jsonl
 """
 
+import argparse
 import functools
 import json
 import sys
@@ -22,12 +28,12 @@ import honest_heads as hh  # noqa: E402
 from qsmprep.dl import restore  # noqa: E402
 
 
-def main(names, out, iters=(60, 200)):
+def main(names, out, iters=(60, 200), role="validation"):
     orig = restore.invert_nsidl_chain
     try:
         for n in names:
-            if hh.CASES[n].role != "validation":
-                raise SystemExit(f"{n} is a {hh.CASES[n].role} head; this study runs on validation heads only.")
+            if hh.CASES[n].role != role:
+                raise SystemExit(f"{n} is a {hh.CASES[n].role} head, not a {role} head; pass --role {hh.CASES[n].role}.")
             case = hh.load_case(n, 1.0)
             chain = cb.chain_for(case)
             for it in iters:
@@ -36,7 +42,8 @@ def main(names, out, iters=(60, 200)):
                     t0 = time.time()
                     r = cb.score(cb.METHODS[meth](case, chain), case)
                     d = dict(case=n, method=meth, final_iter=it, xsim=r["xsim"], nrmse=r["nrmse"], hfen=r["hfen"],
-                             slope=r["roi_slope"], s=round(time.time() - t0, 1))
+                             slope=r["roi_slope"], calc=r.get("calc_moment_rel"), haem=r.get("haem_dnrmse"),
+                             s=round(time.time() - t0, 1))
                     print(json.dumps(d), flush=True)
                     with open(out, "a") as fh:
                         fh.write(json.dumps(d) + "\n")
@@ -45,4 +52,10 @@ def main(names, out, iters=(60, 200)):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(","), sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--role", choices=("validation", "test"), default="validation")
+    ap.add_argument("--heads", nargs="+", help="head names (default: every head of --role)")
+    ap.add_argument("--iters", type=int, nargs="+", default=[60, 200])
+    ap.add_argument("--out", type=Path, required=True, help="JSON lines (appended)")
+    a = ap.parse_args()
+    main(a.heads or [c.name for c in hh.cases(a.role)], a.out, tuple(a.iters), a.role)
