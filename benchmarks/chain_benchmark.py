@@ -353,24 +353,38 @@ TUNE_GRID = {
     "tkd": [{"threshold": t} for t in (0.1, 0.15, 0.2)],
     "cgl2": [{"lam": lam, "max_iter": n} for lam in (0.001, 0.005, 0.02) for n in (5, 10)],
     "ndi": [{"n_iter": n, "step": 4.0} for n in (15, 30, 60)],
-    "tv": [{"lam": lam, "n_iter": 60} for lam in (1e-5, 3e-5, 1e-4)],
+    "tv": [{"lam": lam, "n_iter": n} for n in (60, 150) for lam in (1e-5, 3e-5, 1e-4)],
 }
 
 
 def tune(names: list[str], voxel_mm: float, methods: list[str], cache=None, log=None) -> dict:
     """Score every :data:`TUNE_GRID` setting on the validation heads; the best by mean
-    ``XSIM - NRMSE/100 - HFEN/100`` (one number that rewards all three) becomes the choice."""
+    ``XSIM - NRMSE/100 - HFEN/100`` (one number that rewards all three) becomes the choice.
+
+    Settings already scored in ``log`` (same head, voxel size, method and parameters) are read from it,
+    not rerun, so a grid can grow without repeating its old points."""
     scores: dict = {}
+    logged: dict = {}
+    if log and Path(log).exists():
+        for line in Path(log).read_text().splitlines():
+            r = json.loads(line)
+            if r.get("tune"):
+                logged[(r["case"], r["voxel_mm"], json.dumps([r["method"], r["params"]]))] = r
     for n in names:
         if hh.CASES[n].role != "validation":
             raise SystemExit(f"--tune runs on validation heads only; {n} is a {hh.CASES[n].role} head.")
-        case = hh.load_case(n, voxel_mm, cache)
-        chain = chain_for(case)
+        case = chain = None
         for meth in methods:
             for params in TUNE_GRID[meth]:
+                key = json.dumps([meth, params])
+                if (n, voxel_mm, key) in logged:
+                    scores.setdefault(key, []).append(logged[(n, voxel_mm, key)])
+                    continue
+                if case is None:
+                    case = hh.load_case(n, voxel_mm, cache)
+                    chain = chain_for(case)
                 fn = m_classical(meth, params, physical_scale=meth == "ndi")
                 met = score(fn(case, chain), case)
-                key = json.dumps([meth, params])
                 scores.setdefault(key, []).append(met)
                 print(f"{n:22s} {meth:5s} {json.dumps(params):40s} XSIM {met['xsim']:.3f} NRMSE {met['nrmse']:.1f} "
                       f"HFEN {met['hfen']:.1f}", flush=True)
