@@ -49,7 +49,7 @@ TUNED: dict[str, dict] = {
     "tkd": {"threshold": 0.15},
     "cgl2": {"lam": 0.005, "max_iter": 5},
     "ndi": {"n_iter": 15, "step": 4.0},  # at the physical phase scale (rad_per_ppm(B0, mean TE))
-    "tv": {"lam": 3e-5, "n_iter": 60},
+    "tv": {"lam": 3e-5, "n_iter": 150},  # 60 until 2026-12-05 (session 10: the grid got 150)
 }
 
 

@@ -216,7 +216,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          f"{list(restore.FINAL_TV_RANGE)}, at most {restore.THICK_TV_MAX} "
                                          f"for voxel aspect >= {restore.THICK_ASPECT}",
                          "LocalFieldNoisePpm": None if not np.isfinite(sigma) else round(sigma, 6),
-                         "Iterations": restore.FINAL_ITER, "SupportPenalty": restore.FINAL_SUPPORT_MU},
+                         "Iterations": restore.final_iterations(voxel_size), "SupportPenalty": restore.FINAL_SUPPORT_MU},
         }
         record["OutputMask"] = "brain mask with its holes filled"
         return chi, record

@@ -204,3 +204,14 @@ def test_smv_tv_on_cuda_matches_numpy():
     a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), **kw)
     b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device="cuda", **kw)
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+
+
+def test_final_iterations_scale_with_the_grid():
+    """The chain's final fit: 200 ADMM iterations at 1 mm, 60 at 2 mm (the two validated points), in between
+    for thick slices, never outside [FINAL_ITER_MIN, FINAL_ITER]."""
+    from qsmprep.dl import restore
+
+    assert restore.final_iterations((1, 1, 1)) == restore.FINAL_ITER == 200
+    assert restore.final_iterations((2, 2, 2)) == restore.FINAL_ITER_MIN == 60
+    assert 60 < restore.final_iterations((1, 1, 3)) < restore.final_iterations((1, 1, 2)) < 200
+    assert restore.final_iterations((0.5, 0.5, 0.5)) == 200 and restore.final_iterations((3, 3, 3)) == 60

@@ -60,7 +60,11 @@ FINAL_TV_RANGE = (1e-5, 3e-4)
 #: weight :data:`THICK_TV_MAX` (validation heads, 1 x 1 x 3 mm: XSIM 0.675 with it, 0.619 with the rule).
 THICK_ASPECT = 2.5
 THICK_TV_MAX = 3e-5
+#: ADMM iterations of the final fit on a 1 mm grid (:func:`final_iterations` scales them to the grid):
+#: the validation heads' choice (``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_ITER = 200
+#: The fewest iterations on coarse grids (2 mm validation rows: 60 beat 200 on 8 of 10).
+FINAL_ITER_MIN = 60
 FINAL_SUPPORT_MU = 0.01
 
 
@@ -81,6 +85,19 @@ def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
     if voxel_size is not None and max(voxel_size) >= THICK_ASPECT * min(voxel_size):
         lam = min(lam, THICK_TV_MAX)
     return lam, float(sigma)
+
+
+def final_iterations(voxel_size: Sequence[float]) -> int:
+    """ADMM iterations of the chain's final fit on a grid of ``voxel_size`` (mm).
+
+    ``FINAL_ITER / V**(2/3)`` (V: voxel volume in mm^3), at least :data:`FINAL_ITER_MIN` and at most
+    :data:`FINAL_ITER`: 200 at 1 mm, 126 at 1 x 1 x 2 mm, 96 at 1 x 1 x 3 mm, 60 at 2 mm.  A coarser grid has
+    fewer voxels across the head, its ADMM converges sooner, and iterations past that fit noise: on the
+    validation heads 200 iterations beat 60 at 1 mm (mean XSIM 0.748 vs 0.712) and lost to it at 2 mm
+    (8 of 10 rows, by up to 0.037; ``benchmarks/RESULTS.md``).
+    """
+    vol = float(np.prod([float(v) for v in voxel_size]))
+    return int(np.clip(round(FINAL_ITER / vol ** (2.0 / 3.0)), FINAL_ITER_MIN, FINAL_ITER))
 
 
 def support_mask(brain_mask: np.ndarray) -> np.ndarray:
@@ -232,7 +249,7 @@ def invert_nsidl_chain(
     model=None,
     final_radii_mm: Sequence[float] | None = FINAL_RADII_MM,
     final_lam: float | str = FINAL_TV_LAMBDA,
-    final_iter: int = FINAL_ITER,
+    final_iter: int | str = "auto",
     final_support_mu: float = FINAL_SUPPORT_MU,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
@@ -249,7 +266,8 @@ def invert_nsidl_chain(
     radii_mm, n_fit, n_refit : SMV radii and CG iterations of the two SMV-consistent fits.
     loops : restoration passes (network on the restored field, then a refit).
     final_radii_mm, final_lam, final_iter, final_support_mu : the final TV fit's radii, TV weight
-        (``"auto"``: :func:`final_tv_lambda` of ``local_ppm`` on this grid), ADMM iterations, support penalty.
+        (``"auto"``: :func:`final_tv_lambda` of ``local_ppm`` on this grid), ADMM iterations (``"auto"``:
+        :func:`final_iterations` of this grid), support penalty.
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -272,6 +290,10 @@ def invert_nsidl_chain(
         if final_lam != "auto":
             raise ValueError(f"final_lam must be a number or 'auto', got {final_lam!r}.")
         final_lam, _ = final_tv_lambda(local_ppm, e, voxel_size)
+    if isinstance(final_iter, str):
+        if final_iter != "auto":
+            raise ValueError(f"final_iter must be a number or 'auto', got {final_iter!r}.")
+        final_iter = final_iterations(voxel_size)
     voids = sup & ~m
     if voids.any():
         # background removal on the mask *with* the voids (their sources then stay in the local
