@@ -10,6 +10,13 @@ Usage::
     .venv/bin/python benchmarks/final_iter_study.py --iters 60 150 --heads val-sim-7T-ME-obl val-sim-3T-SE-obl \\
         --out benchmarks/final_iter_study.jsonl
     .venv/bin/python benchmarks/final_iter_study.py --role test --iters 150 --out benchmarks/final_iter_test150.jsonl
+
+Session 10 (the ADMM in torch on the CPU, as the app runs it since then; the choice of 200 at 1 mm)::
+
+    .venv/bin/python benchmarks/final_iter_study.py --iters 60 150 200 --heads val-sim-3T-ME-z \
+        --out benchmarks/final_iter_study_torch.jsonl
+    .venv/bin/python benchmarks/final_iter_study.py --iters 150 200 \
+        --heads val-qf-3T-ME-obl val-sim-7T-ME-obl val-sim-3T-SE-obl --out benchmarks/final_iter_study_torch.jsonl
 """
 
 import argparse
