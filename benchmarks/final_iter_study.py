@@ -13,9 +13,9 @@ Usage::
 
 Session 10 (the ADMM in torch on the CPU, as the app runs it since then; the choice of 200 at 1 mm)::
 
-    .venv/bin/python benchmarks/final_iter_study.py --iters 60 150 200 --heads val-sim-3T-ME-z \
+    .venv/bin/python benchmarks/final_iter_study.py --iters 60 150 200 --heads val-sim-3T-ME-z \\
         --out benchmarks/final_iter_study_torch.jsonl
-    .venv/bin/python benchmarks/final_iter_study.py --iters 150 200 \
+    .venv/bin/python benchmarks/final_iter_study.py --iters 150 200 \\
         --heads val-qf-3T-ME-obl val-sim-7T-ME-obl val-sim-3T-SE-obl --out benchmarks/final_iter_study_torch.jsonl
 """
 

@@ -63,7 +63,7 @@ THICK_TV_MAX = 3e-5
 #: ADMM iterations of the final fit on a 1 mm grid (:func:`final_iterations` scales them to the grid):
 #: the validation heads' choice (``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_ITER = 200
-#: The fewest iterations on coarse grids (2 mm validation rows: 60 beat 200 on 8 of 10).
+#: The fewest iterations on coarse grids (the 2 mm validation rows' choice; ``benchmarks/RESULTS.md``).
 FINAL_ITER_MIN = 60
 FINAL_SUPPORT_MU = 0.01
 
@@ -92,9 +92,8 @@ def final_iterations(voxel_size: Sequence[float]) -> int:
 
     ``FINAL_ITER / V**(2/3)`` (V: voxel volume in mm^3), at least :data:`FINAL_ITER_MIN` and at most
     :data:`FINAL_ITER`: 200 at 1 mm, 126 at 1 x 1 x 2 mm, 96 at 1 x 1 x 3 mm, 60 at 2 mm.  A coarser grid has
-    fewer voxels across the head, its ADMM converges sooner, and iterations past that fit noise: on the
-    validation heads 200 iterations beat 60 at 1 mm (mean XSIM 0.748 vs 0.712) and lost to it at 2 mm
-    (8 of 10 rows, by up to 0.037; ``benchmarks/RESULTS.md``).
+    fewer voxels across the head, its ADMM converges sooner, and iterations past that fit noise (validation
+    heads at 1 mm and 2 mm: ``benchmarks/RESULTS.md``, "The chain's final fit").
     """
     vol = float(np.prod([float(v) for v in voxel_size]))
     return int(np.clip(round(FINAL_ITER / vol ** (2.0 / 3.0)), FINAL_ITER_MIN, FINAL_ITER))
@@ -313,8 +312,8 @@ def invert_nsidl_chain(
         from qsmprep.qsm.smvfit import smv_tv
         from qsmprep.utils.gpu import resolve_device
 
-        # the fit's ADMM runs in torch where the network ran: on 2 CPU cores torch's iterations take
-        # 0.14 s against numpy's 0.26 s on a 1 mm head (benchmarks/RESULTS.md, "Speed")
+        # the fit's ADMM runs in torch where the network ran, the CPU included (faster there than
+        # numpy's: benchmarks/RESULTS.md, "Speed")
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
                      n_iter=final_iter, support=sup, support_mu=final_support_mu)
