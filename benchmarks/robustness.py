@@ -657,7 +657,52 @@ def study_edge(args) -> int:
     return 0
 
 
-STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge}
+#: Rows of the mask study (``--study mask``): the single-echo rows, and multi-echo rows as controls.
+MASK_STUDY_ROWS = ("SE 3T offset, qsm-forward", "SE 7T offset, qsm-forward", "SE 3T offset", "SE 7T offset",
+                   "ME 3T, qsm-forward", "ME 7T many wraps", "ME 3T SNR 30", "ME 3T slab 64 mm")
+
+
+def study_mask(args) -> int:
+    """The brain mask's phase-coherence threshold (``masking.remove_unreliable``) and the final erosion at the
+    field of view's border (``masking.erode_mm(border=...)``), validation heads: the app's chain with each
+    threshold (0.5, 0.3, 0.2, 0.15, 0) and, on the slab, both border modes; chi XSIM / NRMSE / ROI slope over
+    the true brain, the brain mask's coverage of the true brain, its voxels outside it (fraction of the true
+    brain's volume) and ``qc.edge_coverage``."""
+    from qsmprep.methods import chi_mask
+    from qsmprep.qsm import masking
+    from qsmprep.qsm.geometry import voxel_sizes
+    from qsmprep.qsm.qc import edge_coverage
+
+    erode = masking.erode_mm
+    rows = []
+    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else list(VALIDATION_SEEDS)):
+        for row in MASK_STUDY_ROWS:
+            d = data_for(case_for(row, seed), args.cache)
+            vs = voxel_sizes(d["affine"])
+            br = d["brain"]
+            for border in (("background", "continue") if "slab" in row else ("continue",)):
+                for thr in (0.5, 0.3, 0.2, 0.15, 0.0):
+                    masking.erode_mm = lambda m, r, v=(1, 1, 1), _b=border, **_: erode(m, r, v, border=_b)
+                    try:
+                        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"],
+                                             mask_kwargs={"coherence_threshold": thr})
+                    finally:
+                        masking.erode_mm = erode
+                    chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
+                    m = ch["mask"]
+                    rows.append({"seed": seed, "row": row, "coherence_threshold": thr, "border": border,
+                                 **{k: round(v, 4) for k, v in score(chi, d).items()},
+                                 "coverage": round(float((chi_mask("nsidl", ch["eroded"], m) & br).sum() / br.sum()), 3),
+                                 "mask_in": round(float((m & br).sum() / br.sum()), 3),
+                                 "mask_out": round(float((m & ~br).sum() / br.sum()), 3),
+                                 "edge_coverage": round(edge_coverage(m, vs), 3)})
+                    print(json.dumps(rows[-1]), flush=True)
+    (args.out.parent / "robustness_mask_study.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
+                 "mask": study_mask}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -206,6 +206,67 @@ def test_remove_unreliable_drops_incoherent_phase_and_keeps_largest_part():
     assert np.array_equal(out2, big)
 
 
+def test_erode_mm_border_modes():
+    """A cube touching the top of the array: ``background`` peels that face like any other,
+    ``continue`` keeps it (a face cut by the field of view) and still peels the others."""
+    m = np.zeros((20, 20, 20), bool)
+    m[5:15, 5:15, 10:] = True
+    bg = masking.erode_mm(m, 2.0, (1, 1, 1))
+    cont = masking.erode_mm(m, 2.0, (1, 1, 1), border="continue")
+    assert bg[:, :, 10:].sum() and not bg[:, :, 18:].any()  # 2 mm from the border: gone
+    assert np.array_equal(np.argwhere(cont.any((0, 1)))[[0, -1], 0], [12, 19])  # the cut face stays
+    assert np.array_equal(cont[:, :, 12:18], bg[:, :, 12:18])  # away from the border: identical
+    assert np.array_equal(np.argwhere(cont.any((1, 2)))[[0, -1], 0], [7, 12])  # sides peeled by 2 voxels
+    with pytest.raises(ValueError, match="border"):
+        masking.erode_mm(m, 2.0, border="edge")
+
+
+def test_brain_mask_keeps_the_cut_faces_of_a_slab():
+    """Slab coverage: the brain mask of a 48 mm slab through the synthetic head equals the whole head's
+    mask cropped to the slab away from the cut faces, and it reaches both cut faces (no erosion there)."""
+    mag, truth = synthetic_head(seed=3)
+    whole = masking.brain_mask(mag, (3.0, 3.0, 3.0))
+    z0, z1 = 24, 40  # 16 slices of 3 mm through the centre
+    slab = masking.brain_mask(mag[:, :, z0:z1], (3.0, 3.0, 3.0))
+    inner = slice(2, -2)
+    assert np.mean(slab[:, :, inner] == whole[:, :, z0:z1][:, :, inner]) > 0.995
+    for k in (0, -1):  # the cut faces: about the brain's cross-section there, not eroded away
+        face = slab[:, :, k].sum()
+        assert face >= 0.9 * whole[:, :, z0:z1][:, :, k].sum() and face > 0.6 * truth[:, :, z0:z1][:, :, k].sum()
+
+
+def test_coherence_threshold_follows_the_echo_count():
+    """masking.default_coherence_threshold: 0.5 for multi-echo phase, 0.3 for a single echo.  A block of
+    moderately incoherent phase (a checkerboard of +-1.1 rad on a ramp: local coherence 0.41-0.47) leaves
+    a multi-echo mask and stays in a single-echo one; random phase (coherence ~0.1) leaves both."""
+    ball, x = _ball()
+    mag = np.where(ball, 1.0, 0.0).astype(np.float32)
+    phase = (0.3 * x).astype(np.float32)
+    block = np.zeros(ball.shape, bool)
+    block[10:22, 10:22, 4:12] = True
+    inner = np.zeros_like(block)
+    inner[12:20, 12:20, 6:10] = True
+    checker = (np.indices(ball.shape).sum(0) % 2 * 2 - 1).astype(np.float32)
+    phase[block] += 1.1 * checker[block]
+    coh = masking.phase_coherence(phase, (1, 1, 1), 1.5)[inner]
+    assert 0.3 < coh.min() and coh.max() < 0.5  # the premise of the test
+    assert masking.default_coherence_threshold(phase) == masking.COHERENCE_THRESHOLD_SINGLE_ECHO == 0.3
+    assert masking.default_coherence_threshold(phase[..., None]) == 0.3  # a 4-D stack of one echo
+    two = np.stack([phase, 2 * phase], -1)
+    assert masking.default_coherence_threshold(two) == masking.COHERENCE_THRESHOLD_MULTI_ECHO == 0.5
+    for single in (phase, phase[..., None]):
+        assert np.all(masking.remove_unreliable(ball, mag, (1, 1, 1), phase=single)[inner])
+    assert not np.any(masking.remove_unreliable(ball, mag, (1, 1, 1), phase=two) & inner)
+    assert not np.any(masking.remove_unreliable(ball, mag, (1, 1, 1), phase=phase, coherence_threshold=0.5) & inner)
+    noise = phase.copy()
+    noise[block] = np.random.default_rng(1).uniform(-np.pi, np.pi, int(block.sum()))
+    assert not np.any(masking.remove_unreliable(ball, mag, (1, 1, 1), phase=noise) & inner)
+    # 0 disables the rule; the shape check holds with the rule off too
+    assert np.array_equal(masking.remove_unreliable(ball, mag, (1, 1, 1), phase=noise, coherence_threshold=0), ball)
+    with pytest.raises(ValueError, match="phase shape"):
+        masking.remove_unreliable(ball, mag, (1, 1, 1), phase=phase[:-1], coherence_threshold=0)
+
+
 def test_brain_mask_excludes_dark_skull_void_inside_the_outline():
     """A signal void inside the brain outline (e.g. a haemorrhage core or air) is filled by the
     hole filling, then removed again: its phase is noise."""

@@ -24,6 +24,22 @@ from .echoes import combine_magnitude
 #: Default final erosion of :func:`brain_mask` in mm (at least the largest voxel edge is used).
 DEFAULT_ERODE_MM = 2.0
 
+#: Local phase-coherence threshold of :func:`remove_unreliable` for multi-echo phase (measured on the
+#: first, shortest echo) and for a single echo; chosen on the robustness matrix's validation heads
+#: (``benchmarks/RESULTS.md``, "Phase-coherence threshold").  A single echo is long, and its steep but
+#: unwrappable phase near veins and iron-rich nuclei looks incoherent over a tenth to a fifth of the
+#: brain: cutting all of that out lost more than it saved.  0.3 is the lowest threshold that still kept
+#: every validation mask out of the neck (lower ones let 7 T single-echo masks leak to the image edge).
+COHERENCE_THRESHOLD_MULTI_ECHO = 0.5
+COHERENCE_THRESHOLD_SINGLE_ECHO = 0.3
+
+
+def default_coherence_threshold(phase: np.ndarray) -> float:
+    """The phase-coherence threshold for ``phase`` (3-D: one echo; 4-D: echoes last)."""
+    ph = np.asarray(phase)
+    n_echoes = ph.shape[-1] if ph.ndim == 4 else 1
+    return COHERENCE_THRESHOLD_MULTI_ECHO if n_echoes > 1 else COHERENCE_THRESHOLD_SINGLE_ECHO
+
 
 def _pad(mask: np.ndarray, width: Sequence[int]) -> np.ndarray:
     return np.pad(mask, [(int(w), int(w)) for w in width])
@@ -43,16 +59,25 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = 
     return ndimage.distance_transform_edt(~m, sampling=voxel_size) <= radius_mm
 
 
-def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1)) -> np.ndarray:
+def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1), *,
+             border: str = "background") -> np.ndarray:
     """Erosion by a ball of ``radius_mm`` (mm): keep voxels farther than ``radius_mm``
-    from every background voxel (the array border counts as background)."""
+    from every background voxel.
+
+    ``border``: what lies beyond the array: ``"background"`` (the border erodes, as a boundary of
+    the data) or ``"continue"`` (the mask goes on as at its edge voxels: a face of the mask cut by
+    the field of view, as in slab coverage, is not peeled).
+    """
     from scipy import ndimage
 
+    if border not in ("background", "continue"):
+        raise ValueError(f"border must be 'background' or 'continue', got {border!r}.")
     m = np.asarray(mask, bool)
     if radius_mm <= 0 or not m.any():
         return m.copy()
     width = [1] * m.ndim
-    d = ndimage.distance_transform_edt(_pad(m, width), sampling=voxel_size)
+    padded = np.pad(m, [(1, 1)] * m.ndim, mode="edge") if border == "continue" else _pad(m, width)
+    d = ndimage.distance_transform_edt(padded, sampling=voxel_size)
     return _unpad(d, width) > radius_mm
 
 
@@ -204,7 +229,7 @@ def brain_mask(
     close_radius_mm: float = 3.0,
     erode_radius_mm: float | None = None,
     phase: np.ndarray | None = None,
-    coherence_threshold: float = 0.5,
+    coherence_threshold: float | None = None,
     select_mm: float = 2.0,
     min_signal: float = 0.3,
 ) -> np.ndarray:
@@ -224,7 +249,8 @@ def brain_mask(
     erode_radius_mm : final ball erosion (mm).  Default (None): :data:`DEFAULT_ERODE_MM` = 2 mm,
         but at least the largest voxel edge (so one voxel layer is always peeled on coarse
         grids).  It peels most of the extra-cerebral CSF and the outermost, least reliable phase
-        layer, so the mask follows the brain surface rather than the inner skull surface;
+        layer, so the mask follows the brain surface rather than the inner skull surface (faces
+        cut by the field of view, as in slab coverage, are not peeled: they are no surface);
         background removal erodes further (iSMV 2 mm, V-SHARP 1 mm).  Measured on the 1 mm
         validation head (seed 0, ``benchmarks/mask_study.py``, app chain with iSMV + TKD; brain-mask
         Dice / final mask outside the true brain / coverage of the true brain / chi xSIM and NRMSE
@@ -234,7 +260,8 @@ def brain_mask(
     phase : optional wrapped phase (rad; 3-D, or 4-D whose first echo is used): voxels
         whose local phase coherence (:func:`phase_coherence`) is below
         ``coherence_threshold`` are removed at the end (after closing and hole filling,
-        so they stay out).  Incoherent voxels are phase aliasing (steep fields near
+        so they stay out); default (None) :func:`default_coherence_threshold`: 0.5 for multi-echo
+        phase, 0.3 for a single echo; 0 disables the rule.  Incoherent voxels are phase aliasing (steep fields near
         lesions, veins and sinuses, typical of one long echo at 7 T) or noise; kept, their
         unwrapping errors of 2*pi*k (0.22 ppm per turn at 7 T, TE 15 ms) dominate the
         local field (ds-t2starw, TKD: local-field correlation 0.30 with them, 0.91 without).
@@ -281,7 +308,9 @@ def brain_mask(
     level = float(np.median(mag[box][m])) if m.any() else 0.0
     erode = max(DEFAULT_ERODE_MM, max(vs)) if erode_radius_mm is None else float(erode_radius_mm)
     if erode > 0:
-        eroded = erode_mm(m, erode, vs)
+        # the box's faces are background except where it meets the field of view's border, and that
+        # border is no brain surface: a slab's cut faces are not peeled (benchmarks/RESULTS.md, robustness)
+        eroded = erode_mm(m, erode, vs, border="continue")
         if eroded.any():
             m = largest_component(eroded)
     out = np.zeros(fg.shape, bool)
@@ -297,7 +326,7 @@ def remove_unreliable(
     *,
     phase: np.ndarray | None = None,
     min_signal: float = 0.3,
-    coherence_threshold: float = 0.5,
+    coherence_threshold: float | None = None,
     level: float | None = None,
 ) -> np.ndarray:
     """Drop mask voxels whose phase cannot be trusted; keep the largest remaining part (bool 3-D).
@@ -307,7 +336,8 @@ def remove_unreliable(
       ``mask``); ``min_signal=0`` disables the rule;
     * phase aliasing / noise (when ``phase`` is given, rad, 3-D or 4-D whose first echo is
       used): local phase coherence (:func:`phase_coherence`, Gaussian sigma 1.5 mm but at
-      least 0.75 of the largest voxel edge) below ``coherence_threshold``.
+      least 0.75 of the largest voxel edge) below ``coherence_threshold`` (default None:
+      :func:`default_coherence_threshold` of ``phase``; 0 disables the rule).
 
     If nothing would be left the mask is returned unchanged.
     """
@@ -321,10 +351,13 @@ def remove_unreliable(
         keep &= mag > min_signal * ref
     if phase is not None:
         ph = np.asarray(phase)
+        if coherence_threshold is None:
+            coherence_threshold = default_coherence_threshold(ph)
         if ph.ndim == 4:
             ph = ph[..., 0]
         if ph.shape != m.shape:
             raise ValueError(f"brain_mask: phase shape {ph.shape} differs from the magnitude shape {m.shape}.")
+    if phase is not None and coherence_threshold > 0:
         # at least 0.75 voxel: a narrower Gaussian barely averages the neighbours, and random
         # phase would look coherent on coarse (>= 3 mm) grids
         sigma_mm = max(1.5, 0.75 * max(float(v) for v in voxel_size))
