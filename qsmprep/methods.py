@@ -207,7 +207,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
         n_iter = restore.final_iterations(voxel_size)
         chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
                                          b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path,
-                                         final_lam=lam, final_iter=n_iter)
+                                         final_lam=lam, final_iter=n_iter,
+                                         final_refit_voids=restore.FINAL_REFIT_VOIDS)
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
@@ -217,7 +218,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          f"{list(restore.FINAL_TV_RANGE)}, at most {restore.THICK_TV_MAX} "
                                          f"for voxel aspect >= {restore.THICK_ASPECT}",
                          "LocalFieldNoisePpm": None if not np.isfinite(sigma) else round(sigma, 6),
-                         "Iterations": n_iter, "SupportPenalty": restore.FINAL_SUPPORT_MU},
+                         "Iterations": n_iter, "SupportPenalty": restore.FINAL_SUPPORT_MU,
+                         "VoidsRefitted": restore.FINAL_REFIT_VOIDS},
         }
         record["OutputMask"] = "brain mask with its holes filled"
         return chi, record

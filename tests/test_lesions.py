@@ -47,6 +47,35 @@ def test_chain_fit_keeps_a_void_and_gets_its_moment(b0):
     del local
 
 
+@pytest.mark.parametrize("b0", [(0, 0, 1), (0, 0.34, 0.94)])
+def test_final_void_refit_gets_the_moment_and_fits_the_rest_better(b0, monkeypatch):
+    """restore.FINAL_REFIT_VOIDS: after the final TV fit the void is fitted again to the field its chi leaves;
+    the calcification's moment is then within 5 % of the truth and chi outside the void is closer to the
+    truth than without the refit (measured: moment ratio 0.99 / 0.98, RMSE 0.0013 / 0.0018 ppm against
+    0.0022 / 0.0021 without)."""
+    from qsmprep.dl import restore
+    from qsmprep.methods import invert
+    from qsmprep.qsm.background import ismv
+
+    brain, calc, chi, air = _phantom()
+    vs = (1.0, 1.0, 1.0)
+    total = forward_field(np.where(brain, chi, 0) + air, vs, b0)
+    mask = brain & ~calc
+    loc, eroded = ismv(np.where(mask, total, 0), mask, vs)
+    rest = brain & ~calc
+    truth = chi - chi[rest].mean()
+    res = {}
+    for on in (True, False):
+        monkeypatch.setattr(restore, "FINAL_REFIT_VOIDS", on)
+        out, rec = invert("nsidl", loc, eroded, vs, b0, weight=mask.astype(np.float32), b0_t=3.0, te_s=0.02,
+                          device="cpu", total_ppm=np.where(mask, total, 0), brain_mask=mask)
+        assert rec["DataFit"]["FinalFit"]["VoidsRefitted"] is on
+        ref = out - out[rest].mean()
+        res[on] = (ref[calc].sum() / chi[calc].sum(), float(np.sqrt(np.mean((ref - truth)[rest] ** 2))))
+    assert abs(res[True][0] - 1) < 0.05
+    assert res[True][1] < res[False][1]
+
+
 def test_auto_data_fit_without_total_field_is_robust():
     from qsmprep.methods import invert
 

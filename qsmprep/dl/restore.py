@@ -15,6 +15,8 @@ brain mask (before background removal), ``S`` = ``M`` with its enclosed holes fi
     chi   = SMV-TV(f, M, support S, from chi_0)            qsmprep.qsm.smvfit.smv_tv: the removal
                                                            operator inside the forward model, TV,
                                                            chi on all of S
+    chi   = fit_voids(chi, ...)                            the voids refitted to what the final fit's
+                                                           chi leaves of the field around them
 
 With ``loops`` > 0 a restoration pass runs first (``smv_fit``, then the network on the restored
 field ``D(chi S) + iSMV(f - D(chi S))``, then ``smv_fit`` again); on the validation heads it gave
@@ -66,6 +68,9 @@ FINAL_ITER = 200
 #: The fewest iterations on coarse grids (the 2 mm validation rows' choice; ``benchmarks/RESULTS.md``).
 FINAL_ITER_MIN = 60
 FINAL_SUPPORT_MU = 0.01
+#: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
+#: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
+FINAL_REFIT_VOIDS = True
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -250,6 +255,7 @@ def invert_nsidl_chain(
     final_lam: float | str = FINAL_TV_LAMBDA,
     final_iter: int | str = "auto",
     final_support_mu: float = FINAL_SUPPORT_MU,
+    final_refit_voids: bool = FINAL_REFIT_VOIDS,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
 
@@ -267,6 +273,8 @@ def invert_nsidl_chain(
     final_radii_mm, final_lam, final_iter, final_support_mu : the final TV fit's radii, TV weight
         (``"auto"``: :func:`final_tv_lambda` of ``local_ppm`` on this grid), ADMM iterations (``"auto"``:
         :func:`final_iterations` of this grid), support penalty.
+    final_refit_voids : after the final fit, fit the voids again (:func:`fit_voids`) to the field its
+        chi leaves unexplained around them.
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -317,5 +325,7 @@ def invert_nsidl_chain(
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
                      n_iter=final_iter, support=sup, support_mu=final_support_mu)
+        if final_refit_voids and voids.any():
+            chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)
