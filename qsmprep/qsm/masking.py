@@ -41,8 +41,8 @@ def default_coherence_threshold(phase: np.ndarray) -> float:
     return COHERENCE_THRESHOLD_MULTI_ECHO if n_echoes > 1 else COHERENCE_THRESHOLD_SINGLE_ECHO
 
 
-def _pad(mask: np.ndarray, width: Sequence[int]) -> np.ndarray:
-    return np.pad(mask, [(int(w), int(w)) for w in width])
+def _pad(mask: np.ndarray, width: Sequence[int], mode: str = "constant") -> np.ndarray:
+    return np.pad(mask, [(int(w), int(w)) for w in width], mode=mode)
 
 
 def _unpad(arr: np.ndarray, width: Sequence[int]) -> np.ndarray:
@@ -76,8 +76,8 @@ def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (
     if radius_mm <= 0 or not m.any():
         return m.copy()
     width = [1] * m.ndim
-    padded = np.pad(m, [(1, 1)] * m.ndim, mode="edge") if border == "continue" else _pad(m, width)
-    d = ndimage.distance_transform_edt(padded, sampling=voxel_size)
+    d = ndimage.distance_transform_edt(_pad(m, width, "edge" if border == "continue" else "constant"),
+                                       sampling=voxel_size)
     return _unpad(d, width) > radius_mm
 
 
@@ -357,11 +357,11 @@ def remove_unreliable(
             ph = ph[..., 0]
         if ph.shape != m.shape:
             raise ValueError(f"brain_mask: phase shape {ph.shape} differs from the magnitude shape {m.shape}.")
-    if phase is not None and coherence_threshold > 0:
-        # at least 0.75 voxel: a narrower Gaussian barely averages the neighbours, and random
-        # phase would look coherent on coarse (>= 3 mm) grids
-        sigma_mm = max(1.5, 0.75 * max(float(v) for v in voxel_size))
-        keep &= phase_coherence(ph, voxel_size, sigma_mm) >= coherence_threshold
+        if coherence_threshold > 0:
+            # at least 0.75 voxel: a narrower Gaussian barely averages the neighbours, and random
+            # phase would look coherent on coarse (>= 3 mm) grids
+            sigma_mm = max(1.5, 0.75 * max(float(v) for v in voxel_size))
+            keep &= phase_coherence(ph, voxel_size, sigma_mm) >= coherence_threshold
     if not keep.any():
         return m.copy()
     return largest_component(keep)
