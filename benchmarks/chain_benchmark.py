@@ -123,6 +123,25 @@ def network_off():
         inf._cached_model = orig
 
 
+def validation_case(name: str, voxel_mm: float = 1.0, cache=None) -> dict:
+    """:func:`honest_heads.load_case` for a validation study; a test head stops the study."""
+    if hh.CASES[name].role != "validation":
+        raise SystemExit(f"{name} is a {hh.CASES[name].role} head; this study runs on validation heads only.")
+    return hh.load_case(name, voxel_mm, cache)
+
+
+def log_study_row(out: str, r: dict, t0: float, **tag) -> dict:
+    """One JSON line of a validation study: ``tag``, then :func:`score`'s XSIM, NRMSE, HFEN, ROI slope,
+    calcification moment error and haemorrhage dNRMSE, and the seconds since ``t0``; printed and appended
+    to ``out``."""
+    d = dict(tag, xsim=r["xsim"], nrmse=r["nrmse"], hfen=r["hfen"], slope=r["roi_slope"],
+             calc=r.get("calc_moment_rel"), haem=r.get("haem_dnrmse"), s=round(time.time() - t0, 1))
+    print(json.dumps(d), flush=True)
+    with open(out, "a") as fh:
+        fh.write(json.dumps(d) + "\n")
+    return d
+
+
 def _ref(chi, mask):
     m = mask > 0
     return np.where(m, chi - chi[m].mean(), 0).astype(np.float32)

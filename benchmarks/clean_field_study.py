@@ -23,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import chain_benchmark as cb  # noqa: E402
-import honest_heads as hh  # noqa: E402
 
 from qsmprep.methods import invert, reference_echo_time  # noqa: E402
 from qsmprep.qsm.tv import tv_admm  # noqa: E402
@@ -31,9 +30,7 @@ from qsmprep.qsm.tv import tv_admm  # noqa: E402
 
 def main(names, out):
     for n in names:
-        if hh.CASES[n].role != "validation":
-            raise SystemExit(f"{n} is a {hh.CASES[n].role} head; this study runs on validation heads only.")
-        case = hh.load_case(n, 1.0)
+        case = cb.validation_case(n)
         m, f = case["brain_mask"], case["local_field_ppm"]
         w = np.sqrt((case["mag"] ** 2).sum(-1))
         args = (f, m, case["voxel_size"], case["b0_dir"])

@@ -494,6 +494,21 @@ def _offset_shapes(shape, vs, brain, rng):
     return {"gaussian bump": gauss, "random smooth": x}
 
 
+def study_seeds(args, default=VALIDATION_SEEDS) -> list:
+    """The heads a validation study runs on: ``--seeds`` when given, else ``default`` (never the test heads)."""
+    return list(args.seeds) if args.seeds != list(TEST_SEEDS) else list(default)
+
+
+def study_cases(args, rows):
+    """``(seed, row, data, voxel size)`` for every row of ``rows`` on the study's validation heads."""
+    from qsmprep.qsm.geometry import voxel_sizes
+
+    for seed in study_seeds(args):
+        for row in rows:
+            d = data_for(case_for(row, seed), args.cache)
+            yield seed, row, d, voxel_sizes(d["affine"])
+
+
 def study_offset(args) -> int:
     """Single echo (3 T, TE 20 ms, SNR 60, 2 mm), validation heads: chi XSIM / ROI slope after removing the
     offset's residual of degree 0 (none), 2, 3, 4 and ``auto``, for no offset, qsm-forward's bowl and two
@@ -502,7 +517,7 @@ def study_offset(args) -> int:
     from qsmprep.qsm.offsets import polynomial_share, remove_offset_residual
 
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else [10, 11, 12]):
+    for seed in study_seeds(args, (10, 11, 12)):
         base = data_for(Case("offset study", seed=seed, phase_offset=False), args.cache)
         bowl = data_for(Case("offset study", seed=seed, phase_offset=True), args.cache)
         others = _offset_shapes(base["mag"].shape[:3], base["voxel_size"], base["brain"], np.random.default_rng(seed))
@@ -534,7 +549,7 @@ def study_sign(args) -> int:
     from qsmprep.qsm.phase_sign import choose_phase_sign
 
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else [10, 11, 12]):
+    for seed in study_seeds(args, (10, 11, 12)):
         for name, kw in (("SE 3T", dict(te_s=(0.020,))), ("SE 7T", dict(b0_t=7.0, te_s=(0.015,))),
                          ("SE 3T SNR 30", dict(te_s=(0.020,), snr=30.0)), ("ME 3T", dict(te_s=ME3))):
             d = data_for(Case(name, seed=seed, **kw), args.cache)
@@ -591,7 +606,7 @@ def study_qc(args) -> int:
     import qsmprep.qsm.background as bg
 
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else list(VALIDATION_SEEDS)):
+    for seed in study_seeds(args):
         for row in ("SE 3T offset", "SE 7T offset", "SE 3T offset, qsm-forward", "SE 3T offset 1x1x2 mm"):
             d = data_for(case_for(row, seed), args.cache)
             r = run_app(stored_inputs(d, "canonical"), d, single_echo_offset="0")
@@ -640,7 +655,7 @@ def study_edge(args) -> int:
     from qsmprep.qsm.qc import edge_coverage
 
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else list(VALIDATION_SEEDS)):
+    for seed in study_seeds(args):
         for row in ROWS:
             if ROWS[row].get("convention", "canonical") != "canonical":
                 continue
@@ -670,33 +685,29 @@ def study_mask(args) -> int:
     brain's volume) and ``qc.edge_coverage``."""
     from qsmprep.methods import chi_mask
     from qsmprep.qsm import masking
-    from qsmprep.qsm.geometry import voxel_sizes
     from qsmprep.qsm.qc import edge_coverage
 
     erode = masking.erode_mm
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else list(VALIDATION_SEEDS)):
-        for row in MASK_STUDY_ROWS:
-            d = data_for(case_for(row, seed), args.cache)
-            vs = voxel_sizes(d["affine"])
-            br = d["brain"]
-            for border in (("background", "continue") if "slab" in row else ("continue",)):
-                for thr in (0.5, 0.3, 0.2, 0.15, 0.0):
-                    masking.erode_mm = lambda m, r, v=(1, 1, 1), _b=border, **_: erode(m, r, v, border=_b)
-                    try:
-                        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"],
-                                             mask_kwargs={"coherence_threshold": thr})
-                    finally:
-                        masking.erode_mm = erode
-                    chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
-                    m = ch["mask"]
-                    rows.append({"seed": seed, "row": row, "coherence_threshold": thr, "border": border,
-                                 **{k: round(v, 4) for k, v in score(chi, d).items()},
-                                 "coverage": round(float((chi_mask("nsidl", ch["eroded"], m) & br).sum() / br.sum()), 3),
-                                 "mask_in": round(float((m & br).sum() / br.sum()), 3),
-                                 "mask_out": round(float((m & ~br).sum() / br.sum()), 3),
-                                 "edge_coverage": round(edge_coverage(m, vs), 3)})
-                    print(json.dumps(rows[-1]), flush=True)
+    for seed, row, d, vs in study_cases(args, MASK_STUDY_ROWS):
+        br = d["brain"]
+        for border in (("background", "continue") if "slab" in row else ("continue",)):
+            for thr in (0.5, 0.3, 0.2, 0.15, 0.0):
+                masking.erode_mm = lambda m, r, v=(1, 1, 1), _b=border, **_: erode(m, r, v, border=_b)
+                try:
+                    ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"],
+                                         mask_kwargs={"coherence_threshold": thr})
+                finally:
+                    masking.erode_mm = erode
+                chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
+                m = ch["mask"]
+                rows.append({"seed": seed, "row": row, "coherence_threshold": thr, "border": border,
+                             **{k: round(v, 4) for k, v in score(chi, d).items()},
+                             "coverage": round(float((chi_mask("nsidl", ch["eroded"], m) & br).sum() / br.sum()), 3),
+                             "mask_in": round(float((m & br).sum() / br.sum()), 3),
+                             "mask_out": round(float((m & ~br).sum() / br.sum()), 3),
+                             "edge_coverage": round(edge_coverage(m, vs), 3)})
+                print(json.dumps(rows[-1]), flush=True)
     (args.out.parent / "robustness_mask_study.json").write_text(json.dumps(rows, indent=1))
     return 0
 
@@ -705,23 +716,19 @@ def study_voids(args) -> int:
     """The chain's void refit after the final fit (``restore.FINAL_REFIT_VOIDS`` off / on), validation heads:
     the app's chain on the rows of the mask study; chi XSIM / NRMSE / ROI slope over the true brain."""
     from qsmprep.dl import restore
-    from qsmprep.qsm.geometry import voxel_sizes
 
     default = restore.FINAL_REFIT_VOIDS
     rows = []
-    for seed in (args.seeds if args.seeds != list(TEST_SEEDS) else list(VALIDATION_SEEDS)):
-        for row in MASK_STUDY_ROWS:
-            d = data_for(case_for(row, seed), args.cache)
-            vs = voxel_sizes(d["affine"])
-            ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
-            for on in (False, True):
-                restore.FINAL_REFIT_VOIDS = on
-                try:
-                    chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
-                finally:
-                    restore.FINAL_REFIT_VOIDS = default
-                rows.append({"seed": seed, "row": row, "refit_voids": on, **{k: round(v, 4) for k, v in score(chi, d).items()}})
-                print(json.dumps(rows[-1]), flush=True)
+    for seed, row, d, vs in study_cases(args, MASK_STUDY_ROWS):
+        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
+        for on in (False, True):
+            restore.FINAL_REFIT_VOIDS = on
+            try:
+                chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
+            finally:
+                restore.FINAL_REFIT_VOIDS = default
+            rows.append({"seed": seed, "row": row, "refit_voids": on, **{k: round(v, 4) for k, v in score(chi, d).items()}})
+            print(json.dumps(rows[-1]), flush=True)
     (args.out.parent / "robustness_voids_study.json").write_text(json.dumps(rows, indent=1))
     return 0
 
