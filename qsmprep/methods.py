@@ -208,7 +208,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
         chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
                                          b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path,
                                          final_lam=lam, final_iter=n_iter,
-                                         final_refit_voids=restore.FINAL_REFIT_VOIDS)
+                                         final_refit_voids=restore.FINAL_REFIT_VOIDS,
+                                         final_void_iter=restore.FINAL_VOID_ITER)
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
@@ -219,7 +220,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          f"for voxel aspect >= {restore.THICK_ASPECT}",
                          "LocalFieldNoisePpm": None if not np.isfinite(sigma) else round(sigma, 6),
                          "Iterations": n_iter, "SupportPenalty": restore.FINAL_SUPPORT_MU,
-                         "VoidsRefitted": restore.FINAL_REFIT_VOIDS},
+                         "VoidsRefitted": restore.FINAL_REFIT_VOIDS,
+                         "VoidRefitIterations": restore.FINAL_VOID_ITER if restore.FINAL_REFIT_VOIDS else 0},
         }
         record["OutputMask"] = "brain mask with its holes filled"
         return chi, record

@@ -15,8 +15,9 @@ brain mask (before background removal), ``S`` = ``M`` with its enclosed holes fi
     chi   = SMV-TV(f, M, support S, from chi_0)            qsmprep.qsm.smvfit.smv_tv: the removal
                                                            operator inside the forward model, TV,
                                                            chi on all of S
-    chi   = fit_voids(chi, ...)                            the voids refitted to what the final fit's
-                                                           chi leaves of the field around them
+    chi   = fit_voids(chi, ..., n_iter=2)                  the voids refitted to what the final fit's
+                                                           chi leaves of the field around them (one
+                                                           step: FINAL_VOID_ITER)
 
 With ``loops`` > 0 a restoration pass runs first (``smv_fit``, then the network on the restored
 field ``D(chi S) + iSMV(f - D(chi S))``, then ``smv_fit`` again); on the validation heads it gave
@@ -71,6 +72,12 @@ FINAL_SUPPORT_MU = 0.01
 #: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
 #: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_REFIT_VOIDS = True
+#: Conjugate-gradient iterations of that refit (:func:`fit_voids`' ``n_iter``): the first fits the box's
+#: constant, the second moves the void's source one exact step along the back-projected residual.  Stopping
+#: there regularises: the field next to a large void at 7 T is the least reliable, and the full solve
+#: (:data:`VOID_ITER`) overshoots a haemorrhage there (validation heads: ``benchmarks/RESULTS.md``, "The
+#: chain's final fit").
+FINAL_VOID_ITER = 2
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -256,6 +263,7 @@ def invert_nsidl_chain(
     final_iter: int | str = "auto",
     final_support_mu: float = FINAL_SUPPORT_MU,
     final_refit_voids: bool = FINAL_REFIT_VOIDS,
+    final_void_iter: int = FINAL_VOID_ITER,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
 
@@ -274,7 +282,7 @@ def invert_nsidl_chain(
         (``"auto"``: :func:`final_tv_lambda` of ``local_ppm`` on this grid), ADMM iterations (``"auto"``:
         :func:`final_iterations` of this grid), support penalty.
     final_refit_voids : after the final fit, fit the voids again (:func:`fit_voids`) to the field its
-        chi leaves unexplained around them.
+        chi leaves unexplained around them, with ``final_void_iter`` CG iterations.
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -326,6 +334,6 @@ def invert_nsidl_chain(
                      device=resolve_device(device),
                      n_iter=final_iter, support=sup, support_mu=final_support_mu)
         if final_refit_voids and voids.any():
-            chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w)
+            chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)
