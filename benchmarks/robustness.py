@@ -713,21 +713,23 @@ def study_mask(args) -> int:
 
 
 def study_voids(args) -> int:
-    """The chain's void refit after the final fit (``restore.FINAL_REFIT_VOIDS`` off / on), validation heads:
-    the app's chain on the rows of the mask study; chi XSIM / NRMSE / ROI slope over the true brain."""
+    """The chain's void refit after the final fit, validation heads: off, one step (``restore.FINAL_VOID_ITER`` = 2,
+    session 12's default) and solved out (``restore.VOID_ITER``, session 11's), the app's chain on the rows of the
+    mask study; chi XSIM / NRMSE / ROI slope over the true brain.  ``refit_voids`` / ``void_iter`` say which."""
     from qsmprep.dl import restore
 
-    default = restore.FINAL_REFIT_VOIDS
+    default = restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER
     rows = []
     for seed, row, d, vs in study_cases(args, MASK_STUDY_ROWS):
         ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
-        for on in (False, True):
-            restore.FINAL_REFIT_VOIDS = on
+        for on, n in ((False, 0), (True, 2), (True, restore.VOID_ITER)):
+            restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = on, max(n, 1)
             try:
                 chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
             finally:
-                restore.FINAL_REFIT_VOIDS = default
-            rows.append({"seed": seed, "row": row, "refit_voids": on, **{k: round(v, 4) for k, v in score(chi, d).items()}})
+                restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = default
+            rows.append({"seed": seed, "row": row, "refit_voids": on, "void_iter": n,
+                         **{k: round(v, 4) for k, v in score(chi, d).items()}})
             print(json.dumps(rows[-1]), flush=True)
     (args.out.parent / "robustness_voids_study.json").write_text(json.dumps(rows, indent=1))
     return 0
