@@ -723,7 +723,7 @@ def study_voids(args) -> int:
     for seed, row, d, vs in study_cases(args, MASK_STUDY_ROWS):
         ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
         for on, n in ((False, 0), (True, 2), (True, restore.VOID_ITER)):
-            restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = on, max(n, 1)
+            restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = on, n  # n is unused when off
             try:
                 chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
             finally:

@@ -2,7 +2,7 @@
 scores (XSIM, NRMSE, HFEN, ROI slope, calcification moment error, haemorrhage dNRMSE).  One JSON line per run.
 
 Session 11 compared the refit off and on (``--mode onoff``: two full NSIDL runs per head, ``restore.FINAL_REFIT_VOIDS``
-off / on).  Session 12 added ``val-qf-7T-ME-obl`` (qsm-forward at 7 T) and compares the refit's CG iterations
+off / on, the refit solved out with ``restore.VOID_ITER`` iterations as it was then).  Session 12 added ``val-qf-7T-ME-obl`` (qsm-forward at 7 T) and compares the refit's CG iterations
 (``--mode iters``, ``restore.FINAL_VOID_ITER``): one NSIDL run per head with the refit on records what its final
 ``fit_voids`` call gets (chi of the final TV fit, the local field, the masks), then the refit is redone on that with
 each iteration count (0 = no refit); everything before the refit is the same in every row.
@@ -32,14 +32,14 @@ ITERS = (0, 1, 2, 3, 5, 7, 10, 30)
 def onoff(name: str, out: str) -> None:
     case = cb.validation_case(name)
     ch = cb.chain_for(case)
-    default = restore.FINAL_REFIT_VOIDS
+    default = restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER
     for on in (False, True):
-        restore.FINAL_REFIT_VOIDS = on
+        restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = on, restore.VOID_ITER
         t0 = time.time()
         try:
             r = cb.score(cb.METHODS["nsidl"](case, ch), case)
         finally:
-            restore.FINAL_REFIT_VOIDS = default
+            restore.FINAL_REFIT_VOIDS, restore.FINAL_VOID_ITER = default
         cb.log_study_row(out, r, t0, case=name, refit_voids=on)
 
 

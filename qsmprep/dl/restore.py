@@ -76,7 +76,7 @@ FINAL_REFIT_VOIDS = True
 #: constant, the second moves the void's source one exact step along the back-projected residual.  Stopping
 #: there regularises: the field next to a large void at 7 T is the least reliable, and the full solve
 #: (:data:`VOID_ITER`) overshoots a haemorrhage there (validation heads: ``benchmarks/RESULTS.md``, "The
-#: chain's final fit").
+#: refit's iterations").
 FINAL_VOID_ITER = 2
 
 
