@@ -337,6 +337,10 @@ METHODS: dict[str, Callable] = {
 }
 
 
+#: ``--weights``: the candidate weights file of the ``*@cand`` methods
+CAND_WEIGHTS: list[str] = []
+
+
 def chain_for(case: dict) -> dict:
     t0 = time.time()
     ch = app_chain_field(case["phase"], case["mag"], case["te_s"], case["voxel_size"], case["b0_t"],
@@ -355,6 +359,10 @@ def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=Non
         dt = time.time() - t0
         row = {"case": name, "role": case["spec"].role, "voxel_mm": voxel_mm, "method": meth, "time_s": dt,
                "chain_s": chain["time_s"], **score(chi, case)}
+        if meth.endswith("@cand"):
+            from qsmprep.dl.weights import weights_info
+
+            row["weights_sha256"] = weights_info(CAND_WEIGHTS[0])["sha256"]
         rows.append(row)
         line = (f"{name:22s} {meth:28s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:6.1f} HFEN {row['hfen']:6.1f} "
                 f"cov {row['coverage']:.3f} roi slope {row['roi_slope']:.3f} mae {row['roi_mae']:.4f} "
@@ -490,7 +498,14 @@ def main(argv=None):
     ap.add_argument("--tune", nargs="*", default=None, help="tune these classical methods (validation heads)")
     ap.add_argument("--time", action="store_true", help="time each method's whole chain in a fresh process")
     ap.add_argument("--render", default=None, help="print markdown tables from this --log file and exit")
+    ap.add_argument("--weights", default=None,
+                    help="candidate NSIDL weights: adds the methods nsidl@cand and nsidl-off@cand (the default "
+                         "chain and its ablation with these weights; rows record the file's sha256)")
     a = ap.parse_args(argv)
+    if a.weights:
+        CAND_WEIGHTS[:] = [a.weights]
+        METHODS["nsidl@cand"] = m_app("nsidl", weights_path=a.weights)
+        METHODS["nsidl-off@cand"] = m_off(m_app("nsidl", weights_path=a.weights))
     names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]
     if a.render:
         print(render(a.render, a.methods if a.methods != ["tkd", "nsidl", "nsidl-off"] else None, a.role))

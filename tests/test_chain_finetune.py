@@ -1,0 +1,91 @@
+"""Known answers for the CPU fine-tuning path on the chain's own inputs (``benchmarks/chain_finetune.py``)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import chain_finetune as cf  # noqa: E402
+import honest_heads as hh  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sample():
+    spec = cf.train_spec(1003)
+    case = hh.make_sim(spec, 3.0)
+    case["spec"] = spec
+    return case, cf.capture(case)
+
+
+def test_train_spec_is_a_pure_function_of_the_seed():
+    a, b = cf.train_spec(1005), cf.train_spec(1005)
+    assert a == b and a.generator == "sim" and a.role == "train"
+    assert {len(cf.train_spec(s).te_s) for s in range(1000, 1040)} >= {1, 4, 5}
+    for s in range(1000, 1040):
+        sp = cf.train_spec(s)
+        assert abs(np.linalg.norm(sp.b0_dir) - 1) < 1e-9 and sp.b0_dir[2] >= np.cos(np.radians(25.0)) - 1e-9
+
+
+def test_capture_is_what_the_network_sees_in_the_app(sample, tmp_path):
+    """The captured sample, run through ``forward``, gives the network's chi in the app's chain exactly
+    (same crop, same pre-steps, same k-space step); and it survives the .npz round trip."""
+    import torch
+
+    from qsmprep.dl import inference
+    from qsmprep.dl.weights import load_model
+
+    case, d = sample
+    assert d["field"].shape == d["mask"].shape == d["weight"].shape == d["chi"].shape
+    assert d["pre_solver"] == "nesterov" and d["n_pre"] == 10 and d["dc_threshold"] == inference.DC_THRESHOLD
+    p = tmp_path / "s.npz"
+    cf.save_sample(d, p)
+    d2 = cf.load_sample(p)
+    assert d2["padded"] == d["padded"] and d2["s"] == d["s"] and d2["voxel_size"] == d["voxel_size"]
+    model, _ = load_model(None, "cpu")
+    with torch.no_grad():
+        mine = cf.forward(model.eval(), d2, torch.device("cpu"))[0, 0].numpy()
+    # the app's network call on the same inputs, padded by the crop margin (invert_nsidl crops it
+    # back); s = rad_per_ppm(b0_t, 1 s) is linear in b0_t
+    from qsmprep.qsm.constants import rad_per_ppm
+
+    pad = lambda a: np.pad(a, 4)
+    app = inference.invert_nsidl(pad(d["field"]), pad(d["mask"]) > 0, d["voxel_size"], d["b0_dir"],
+                                 weight=pad(d["weight"]), b0_t=d["s"] / rad_per_ppm(1.0, 1.0), te_s=1.0,
+                                 device="cpu", data_fit="robust", margin=4)[4:-4, 4:-4, 4:-4]
+    assert np.abs(app).max() > 0.01
+    assert np.abs(mine - app).max() < 1e-3 * np.abs(app).max()
+
+
+def test_truth_is_on_the_same_crop(sample):
+    """The captured truth is the head's chi on the network's crop: the network's mask lies inside the
+    true brain, and the crop holds all of the true chi inside that mask."""
+    case, d = sample
+    m = d["mask"] > 0
+    assert np.abs(d["chi"][m]).sum() > 0
+    assert np.count_nonzero(d["chi"][m]) > 0.9 * m.sum()
+
+
+def test_train_step_fits_the_sample(sample):
+    """Steps on one chain sample lower its loss and its NRMSE; the unrolled step sizes stay when frozen
+    (so the network-off ablation is the shipped one's)."""
+    import torch
+
+    from qsmprep.dl.weights import load_model
+
+    _, d = sample
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    model, _ = load_model(None, "cpu")
+    model.train()
+    model.step_logit.requires_grad_(False)
+    a0 = model.step_sizes().detach().clone()
+    before = cf.score(model.eval(), [d], dev)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    losses = [cf.train_step(model, opt, d, dev) for _ in range(6)]
+    after = cf.score(model.eval(), [d], dev)
+    assert all(v is not None for v in losses) and losses[-1] < losses[0]
+    assert after["nrmse"] < before["nrmse"]
+    assert torch.equal(model.step_sizes(), a0)
