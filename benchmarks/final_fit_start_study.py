@@ -101,7 +101,8 @@ STARTS = ("network (app)", "zero", "truth", "truth low + network high", "network
           "truth cone + network rest", "network cone + truth rest", "candidate",
           "truth demeaned in S", "truth, shell median 0", "network, S shifted -0.01", "network, S shifted +0.01",
           "candidate, interior shifted to the network's mean", "network + fitted offset",
-          "candidate + fitted offset", "truth + fitted offset")
+          "candidate + fitted offset", "truth + fitted offset", "network, rim inpainted",
+          "network, median 0 on its own 3-voxel rim")
 
 
 def run(name: str, weights: str | None, sigma_mm: float, log: str | None, which=STARTS) -> None:
@@ -151,6 +152,14 @@ def run(name: str, weights: str | None, sigma_mm: float, log: str | None, which=
         if label.startswith("candidate, interior shifted"):
             nz = cand != 0
             return np.where(nz, cand + (net[sup].mean() - cand[sup].mean()) * sup.sum() / nz.sum(), cand).astype(np.float32)
+        if label == "network, rim inpainted":
+            from qsmprep.dl.restore import inpaint_nearest
+
+            return in_s(inpaint_nearest(net, net != 0))
+        if label == "network, median 0 on its own 3-voxel rim":
+            nz = net != 0
+            rim = nz & ~binary_erosion(nz, iterations=3)
+            return np.where(nz, net - np.median(net[rim]), net).astype(np.float32)
         if label.endswith("+ fitted offset"):
             s0 = {"network": net, "candidate": cand, "truth": truth}[label.split(" ")[0]]
             reg = s0 != 0
