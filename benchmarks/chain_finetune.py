@@ -20,9 +20,9 @@ field that is harmonic inside the mask.  This harness
 The exported candidate is then judged through the whole chain on the validation heads
 (``chain_benchmark.py --weights``); it ships only if it beats the current weights there.
 
-    .venv/bin/python benchmarks/chain_finetune.py --make 1000-1023 --voxel 1.5   # chain samples
+    .venv/bin/python benchmarks/chain_finetune.py --make 1000-1039 --voxel 1.5   # chain samples (40 heads)
     .venv/bin/python benchmarks/chain_finetune.py --make-val                       # validation samples (1 mm)
-    .venv/bin/python benchmarks/chain_finetune.py --train --out runs/ft --minutes 60 --lr 3e-5
+    .venv/bin/python benchmarks/chain_finetune.py --train --voxel 1.5 --out runs/ft1 --minutes 55 --lr 5e-5 --val-every 30
 """
 
 from __future__ import annotations
