@@ -147,18 +147,27 @@ def _ref(chi, mask):
     return np.where(m, chi - chi[m].mean(), 0).astype(np.float32)
 
 
+def invert_app(name: str, case: dict, chain: dict, **kw) -> np.ndarray:
+    """chi (ppm, unreferenced) of ``methods.invert(name)`` as the graph calls it on ``chain`` (the local field,
+    final mask and fit weight, the total field and the brain mask) on the CPU; ``kw`` are method options."""
+    from qsmprep.methods import invert, reference_echo_time
+
+    tot = chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
+    chi, _ = invert(name, chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
+                    weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
+                    device="cpu", total_ppm=tot, brain_mask=chain["mask"], **kw)
+    return chi
+
+
 def m_app(name: str, **kw) -> Callable:
     """The app's inversion dispatch (``methods.invert``) as the app calls it once wired for issue #13:
     the chain's local field, final mask and fit weight, plus the total field and the brain mask
     (used by the methods with ``total_field``, i.e. NSIDL's default data fit); referenced in the
     mask the chi covers."""
     def run(case, chain):
-        from qsmprep.methods import get_inversion, invert, reference_echo_time
+        from qsmprep.methods import get_inversion
 
-        tot = chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
-        chi, _ = invert(name, chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
-                        weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
-                        device="cpu", total_ppm=tot, brain_mask=chain["mask"], **kw)
+        chi = invert_app(name, case, chain, **kw)
         out = chain["eroded"]
         if get_inversion(name).total_field and kw.get("nsidl_data_fit", "auto") in ("auto", "chain"):
             from qsmprep.dl.restore import support_mask
@@ -337,8 +346,8 @@ METHODS: dict[str, Callable] = {
 }
 
 
-#: ``--weights``: the candidate weights file of the ``*@cand`` methods
-CAND_WEIGHTS: list[str] = []
+#: ``--weights``: sha256 of the candidate weights file of the ``*@cand`` methods (set by :func:`main`)
+CAND_SHA256: dict[str, str] = {}
 
 
 def chain_for(case: dict) -> dict:
@@ -360,9 +369,7 @@ def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=Non
         row = {"case": name, "role": case["spec"].role, "voxel_mm": voxel_mm, "method": meth, "time_s": dt,
                "chain_s": chain["time_s"], **score(chi, case)}
         if meth.endswith("@cand"):
-            from qsmprep.dl.weights import weights_info
-
-            row["weights_sha256"] = weights_info(CAND_WEIGHTS[0])["sha256"]
+            row["weights_sha256"] = CAND_SHA256["cand"]
         rows.append(row)
         line = (f"{name:22s} {meth:28s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:6.1f} HFEN {row['hfen']:6.1f} "
                 f"cov {row['coverage']:.3f} roi slope {row['roi_slope']:.3f} mae {row['roi_mae']:.4f} "
@@ -503,7 +510,9 @@ def main(argv=None):
                          "chain and its ablation with these weights; rows record the file's sha256)")
     a = ap.parse_args(argv)
     if a.weights:
-        CAND_WEIGHTS[:] = [a.weights]
+        from qsmprep.dl.weights import sha256_file
+
+        CAND_SHA256["cand"] = sha256_file(a.weights)
         METHODS["nsidl@cand"] = m_app("nsidl", weights_path=a.weights)
         METHODS["nsidl-off@cand"] = m_off(m_app("nsidl", weights_path=a.weights))
     names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]

@@ -69,8 +69,6 @@ def capture(case: dict, weights_path: str | None = None) -> dict:
     on the same crop: ``field``, ``mask``, ``weight``, ``chi`` (float32 3-D), ``s``, ``padded``,
     ``voxel_size``, ``b0_dir``, ``n_pre``, ``pre_solver``, ``dc_threshold``, ``dc_width``."""
     from qsmprep.dl import inference
-    from qsmprep.methods import invert, reference_echo_time
-    from qsmprep.qsm.constants import hz_per_ppm
 
     import chain_benchmark as cb
 
@@ -91,10 +89,7 @@ def capture(case: dict, weights_path: str | None = None) -> dict:
 
     inference._run_network, inference.mask_bbox = run, bbox
     try:
-        tot = chain["field_hz"] / np.float32(hz_per_ppm(case["b0_t"]))
-        invert("nsidl", chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
-               weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
-               device="cpu", total_ppm=tot, brain_mask=chain["mask"], weights_path=weights_path)
+        cb.invert_app("nsidl", case, chain, weights_path=weights_path)
         raise RuntimeError("the chain did not reach the network")
     except _Captured:
         pass
@@ -160,11 +155,12 @@ def _tensors(d: dict, dev):
     return tt(d["field"]), tt(d["mask"]), tt(d["weight"]), tt(d["chi"]), kern
 
 
-def forward(model, d: dict, dev, return_all: bool = False):
-    """The network as the app runs it on sample ``d`` (its pre-steps, then the k-space step)."""
+def forward(model, d: dict, dev, return_all: bool = False, tensors=None):
+    """The network as the app runs it on sample ``d`` (its pre-steps, then the k-space step); ``tensors``:
+    :func:`_tensors` of ``d`` when the caller has them already."""
     from qsmprep.dl.validation import run_preset
 
-    field, mask, weight, _, kern = _tensors(d, dev)
+    field, mask, weight, _, kern = _tensors(d, dev) if tensors is None else tensors
     preset = {"n_pre": d["n_pre"], "pre_solver": d["pre_solver"], "dc_threshold": d["dc_threshold"],
               "dc_extrapolate": False}
     return run_preset(model, field, mask, weight, d["s"], kern, d["padded"], preset, return_all=return_all)
@@ -179,8 +175,9 @@ def score(model, samples: list[dict], dev) -> dict:
     nr, xs = [], []
     with torch.no_grad():
         for d in samples:
-            chi = forward(model, d, dev)
-            _, mask, _, truth, _ = _tensors(d, dev)
+            t = _tensors(d, dev)
+            chi = forward(model, d, dev, tensors=t)
+            _, mask, _, truth, _ = t
             nr.append(nrmse_demeaned(chi, truth, mask))
             xs.append(float(xsim_t(chi, truth, mask)[0]))
     return {"nrmse": float(np.mean(nr)), "xsim": float(np.mean(xs)), "score": float(np.mean(xs) - np.mean(nr) / 100),
@@ -195,8 +192,9 @@ def train_step(model, opt, d: dict, dev) -> float | None:
 
     from qsmprep.dl.metrics import loss_terms
 
-    preds = forward(model, d, dev, return_all=True)
-    _, mask, _, truth, _ = _tensors(d, dev)
+    t = _tensors(d, dev)
+    preds = forward(model, d, dev, return_all=True, tensors=t)
+    _, mask, _, truth, _ = t
     loss, _ = loss_terms(preds, truth, mask, 0.5, 0.1, 0.0)
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
@@ -258,6 +256,7 @@ def train(args) -> None:
                 export_weights(model, out / "best.pt", {"step": step, **rec})
     summary = {"steps": step, "best_step": best[1], "best_score": best[0], "minutes": args.minutes, "lr": args.lr,
                "elapsed_s": round(time.time() - t0)}
+    log.close()
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary), flush=True)
 

@@ -31,9 +31,7 @@ import honest_heads as hh  # noqa: E402
 
 def capture_fit(case: dict, chain: dict, weights_path: str | None = None) -> dict:
     """The final fit's arguments in the app's chain (the start is ``chi_prior``)."""
-    from qsmprep.methods import invert, reference_echo_time
     from qsmprep.qsm import smvfit
-    from qsmprep.qsm.constants import hz_per_ppm
 
     got: dict = {}
     orig = smvfit.smv_tv
@@ -44,10 +42,7 @@ def capture_fit(case: dict, chain: dict, weights_path: str | None = None) -> dic
 
     smvfit.smv_tv = rec
     try:
-        tot = chain["field_hz"] / np.float32(hz_per_ppm(case["b0_t"]))
-        invert("nsidl", chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
-               weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
-               device="cpu", total_ppm=tot, brain_mask=chain["mask"], weights_path=weights_path)
+        cb.invert_app("nsidl", case, chain, weights_path=weights_path)
     finally:
         smvfit.smv_tv = orig
     return got
