@@ -1,0 +1,128 @@
+"""Options of the chain's final fit, from the network's start and from the ablation's (issue #13).
+
+Captures the final fit's inputs on validation heads (``final_fit_start_study.capture_fit``) for the network's
+start (the app), the ablation's start (network output zeroed) and optionally a candidate's, and reruns the fit
+with each ``--configs`` entry: comma-separated overrides ``lamx=<factor of the app's TV weight>``,
+``iter=<ADMM iterations>``, ``pw=<prior weight>``, ``band=<d_max>/<k_min>`` (``app`` = the app's fit).  Scored
+over the true brain mask (``chain_benchmark.score``; no void refit after the fit, as in
+``final_fit_start_study.py``).
+
+**A prior inside the dipole cone.**  Let the network decide what the data cannot.
+
+The chain's final SMV-consistent TV fit (``qsmprep.qsm.smvfit.smv_tv``) starts from the network's chi but
+has no prior term, so inside the magic-angle cone, where the dipole kernel and hence the data say little,
+its result is TV's, not the network's (``final_fit_start_study.py``: the truth's cone in the start changes
+the fit's result by -0.005 XSIM).  ``smv_tv`` already takes ``prior_weight`` and ``prior_band = (d_max, k_min)``:
+a quadratic pull towards the start acting only where ``|D(k)| < d_max`` and ``|k| > k_min`` (cycles/mm).  This
+study tries it (``pw``, ``band``); ``--truth-cone`` adds the upper bound (the start's cone replaced by the
+truth's, pulled towards with the same band).
+
+    .venv/bin/python benchmarks/final_fit_options_study.py --cases val-sim-3T-ME-z --truth-cone \
+        --configs app pw=0.1,band=0.1/0.02 pw=1,band=0.1/0.02 --log benchmarks/final_fit_options_study.jsonl
+    .venv/bin/python benchmarks/final_fit_options_study.py --cases val-sim-3T-ME-z val-qf-3T-ME-obl \
+        val-sim-7T-ME-obl val-sim-3T-SE-obl val-qf-7T-ME-obl --configs app lamx=1.5 lamx=2 \
+        --log benchmarks/final_fit_options_study.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+import chain_benchmark as cb  # noqa: E402
+import final_fit_start_study as ffs  # noqa: E402
+import honest_heads as hh  # noqa: E402
+
+
+def overrides(cfg: str, kwargs: dict) -> dict:
+    """``smv_tv`` keyword arguments of ``cfg`` ("app" or "lamx=1.5,iter=300,pw=0.1,band=0.1/0.02") over the
+    app's ``kwargs``."""
+    out = dict(kwargs)
+    if cfg == "app":
+        return out
+    for item in cfg.split(","):
+        key, val = item.split("=")
+        if key == "lamx":
+            out["lam"] = float(kwargs["lam"]) * float(val)
+        elif key == "iter":
+            out["n_iter"] = int(val)
+        elif key == "pw":
+            out["prior_weight"] = float(val)
+        elif key == "band":
+            d_max, k_min = (float(v) for v in val.split("/"))
+            out["prior_band"] = (d_max, k_min)
+        else:
+            raise ValueError(f"config {cfg!r}: unknown option {key!r}")
+    return out
+
+
+def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, log: str | None,
+        starts: tuple[str, ...] = ("network", "ablation")) -> None:
+    from qsmprep.dl.restore import support_mask
+    from qsmprep.qsm.smvfit import smv_tv
+
+    case = hh.load_case(name, 1.0)
+    chain = cb.chain_for(case)
+    fits = {}
+    if "network" in starts or truth_cone:
+        fits["network"] = ffs.capture_fit(case, chain)
+    if "ablation" in starts:
+        with cb.network_off():
+            fits["ablation"] = ffs.capture_fit(case, chain)
+    if weights:
+        fits["candidate"] = ffs.capture_fit(case, chain, weights)
+    sup = support_mask(chain["mask"])
+    out = chain["eroded"] | sup
+    a = next(iter(fits.values()))["args"]  # the same total field, mask, voxel size and B0 for every start
+    vs, b0 = case["voxel_size"], case["b0_dir"]
+    todo = [(s, fits[s]["kwargs"]["chi_prior"]) for s in starts if s in fits]
+    if "candidate" in fits:
+        todo.append(("candidate", fits["candidate"]["kwargs"]["chi_prior"]))
+    if truth_cone:
+        truth = np.where(sup, case["chi"], 0).astype(np.float32)
+        net = np.asarray(fits["network"]["kwargs"]["chi_prior"], np.float32)
+        todo.append(("truth cone + network rest", np.where(sup, ffs.split(truth, net, vs, b0, "cone", 0), 0)))
+    for label, s0 in todo:
+        k = fits.get(label, fits.get("network"))["kwargs"]
+        for cfg in configs:
+            kw = overrides(cfg, {**k, "chi_prior": np.asarray(s0, np.float32)})
+            if label.startswith("truth cone") and not kw.get("prior_weight"):
+                continue
+            t0 = time.time()
+            chi = smv_tv(*a, **kw)
+            sc = cb.score(cb._ref(chi, out), case)
+            row = {"case": name, "start": label, "config": cfg, "lam": float(kw["lam"]), "n_iter": int(kw["n_iter"]),
+                   "prior_weight": kw.get("prior_weight", 0.0), "prior_band": kw.get("prior_band"),
+                   "time_s": round(time.time() - t0, 1),
+                   **{m: sc[m] for m in ("xsim", "nrmse", "hfen", "calc_moment_dev") if m in sc},
+                   "weights": weights if label == "candidate" else None}
+            print(f"{name:20s} {label:28s} {cfg:22s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:5.1f} "
+                  f"HFEN {row['hfen']:5.1f} ({row['time_s']:.0f} s)", flush=True)
+            if log:
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["val-sim-3T-ME-z"])
+    ap.add_argument("--configs", nargs="+", default=["app"])
+    ap.add_argument("--starts", nargs="+", default=["network", "ablation"], choices=["network", "ablation"])
+    ap.add_argument("--weights", default=None, help="candidate NSIDL weights (adds the candidate's start)")
+    ap.add_argument("--truth-cone", action="store_true", help="add the upper bound: the truth's cone as prior")
+    ap.add_argument("--log", default=None)
+    a = ap.parse_args(argv)
+    for n in a.cases:
+        run(n, a.configs, a.weights, a.truth_cone, a.log, tuple(a.starts))
+
+
+if __name__ == "__main__":
+    main()
