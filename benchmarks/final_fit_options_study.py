@@ -3,9 +3,10 @@
 Captures the final fit's inputs on validation heads (``final_fit_start_study.capture_fit``) for the network's
 start (the app), the ablation's start (network output zeroed) and optionally a candidate's, and reruns the fit
 with each ``--configs`` entry: comma-separated overrides ``lamx=<factor of the app's TV weight>``,
-``iter=<ADMM iterations>``, ``pw=<prior weight>``, ``band=<d_max>/<k_min>`` (``app`` = the app's fit).  Scored
-over the true brain mask (``chain_benchmark.score``; no void refit after the fit, as in
-``final_fit_start_study.py``).
+``iter=<ADMM iterations>``, ``pw=<prior weight>``, ``band=<d_max>/<k_min>``, ``tvfree=voids`` (no TV in the
+signal voids and across their edges) (``app`` = the app's fit).  Scored over the true brain mask
+(``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
+``final_fit_start_study.py``, unless ``--void-refit``.
 
 **A prior inside the dipole cone.**  Let the network decide what the data cannot.
 
@@ -56,6 +57,10 @@ def overrides(cfg: str, kwargs: dict) -> dict:
             out["n_iter"] = int(val)
         elif key == "pw":
             out["prior_weight"] = float(val)
+        elif key == "tvfree":
+            if val != "voids":
+                raise ValueError(f"config {cfg!r}: tvfree takes 'voids'")
+            out["tv_free"] = "voids"
         elif key == "band":
             d_max, k_min = (float(v) for v in val.split("/"))
             out["prior_band"] = (d_max, k_min)
@@ -64,8 +69,23 @@ def overrides(cfg: str, kwargs: dict) -> dict:
     return out
 
 
+def void_refit(chi: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
+    """The app's void refit after the final fit (``restore.invert_nsidl_chain``, ``final_refit_voids``)."""
+    from qsmprep.dl import restore
+    from qsmprep.qsm.background import ismv
+
+    tot, m, vs, b0 = args[:4]
+    sup = np.asarray(kwargs["support"]) > 0
+    voids = sup & ~m
+    if not voids.any():
+        return chi
+    local, e = ismv(restore.inpaint_nearest(tot, m), sup, vs)
+    return restore.fit_voids(chi, local, e & ~voids, voids, vs, b0, weight=kwargs["weight"],
+                             n_iter=restore.FINAL_VOID_ITER)
+
+
 def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, log: str | None,
-        starts: tuple[str, ...] = ("network", "ablation")) -> None:
+        starts: tuple[str, ...] = ("network", "ablation"), refit: bool = False) -> None:
     from qsmprep.dl.restore import support_mask
     from qsmprep.qsm.smvfit import smv_tv
 
@@ -96,16 +116,23 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             kw = overrides(cfg, {**k, "chi_prior": np.asarray(s0, np.float32)})
             if label.startswith("truth cone") and not kw.get("prior_weight"):
                 continue
+            if kw.get("tv_free") == "voids":
+                kw["tv_free"] = (np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0)
             t0 = time.time()
             chi = smv_tv(*a, **kw)
+            if refit:
+                chi = void_refit(chi, a, kw)
             sc = cb.score(cb._ref(chi, out), case)
             row = {"case": name, "start": label, "config": cfg, "lam": float(kw["lam"]), "n_iter": int(kw["n_iter"]),
                    "prior_weight": kw.get("prior_weight", 0.0), "prior_band": kw.get("prior_band"),
                    "time_s": round(time.time() - t0, 1),
-                   **{m: sc[m] for m in ("xsim", "nrmse", "hfen", "calc_moment_dev") if m in sc},
+                   "void_refit": refit,
+                   **{m: sc[m] for m in ("xsim", "nrmse", "hfen", "calc_moment_rel", "haem_dnrmse", "haem_mean_ratio",
+                                         "roi_slope") if m in sc},
                    "weights": weights if label == "candidate" else None}
             print(f"{name:20s} {label:28s} {cfg:22s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:5.1f} "
-                  f"HFEN {row['hfen']:5.1f} ({row['time_s']:.0f} s)", flush=True)
+                  f"HFEN {row['hfen']:5.1f} calc {row.get('calc_moment_rel', np.nan):.2f} haem {row.get('haem_dnrmse', np.nan):.1f} "
+                  f"({row['time_s']:.0f} s)", flush=True)
             if log:
                 with open(log, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -118,10 +145,11 @@ def main(argv=None) -> None:
     ap.add_argument("--starts", nargs="+", default=["network", "ablation"], choices=["network", "ablation"])
     ap.add_argument("--weights", default=None, help="candidate NSIDL weights (adds the candidate's start)")
     ap.add_argument("--truth-cone", action="store_true", help="add the upper bound: the truth's cone as prior")
+    ap.add_argument("--void-refit", action="store_true", help="run the app's void refit after the fit (as the app)")
     ap.add_argument("--log", default=None)
     a = ap.parse_args(argv)
     for n in a.cases:
-        run(n, a.configs, a.weights, a.truth_cone, a.log, tuple(a.starts))
+        run(n, a.configs, a.weights, a.truth_cone, a.log, tuple(a.starts), a.void_refit)
 
 
 if __name__ == "__main__":

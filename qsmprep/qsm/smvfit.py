@@ -211,6 +211,7 @@ def smv_tv(
     prior_band: tuple[float, float] | None = None,
     support_mu: float = 1.0,
     device: str | None = None,
+    tv_free: np.ndarray | None = None,
 ) -> np.ndarray:
     """TV-regularised SMV-consistent fit, by ADMM::
 
@@ -226,6 +227,10 @@ def smv_tv(
     weighted average of ``P_r (1 - S_r) f`` and the model), so the chi update is one division in
     k-space.  ``2 + 2 len(radii)`` real FFTs per iteration on the support's box plus ``max(radii)``.
     Units as :func:`smv_fit`.  Returns chi (ppm, float32, zero outside ``support``).
+
+    ``tv_free``: voxels where TV does not act (every difference that touches one of them is left
+    unpenalised), e.g. signal voids: no data decide chi there, and TV would flatten a lesion into its
+    surroundings; the field around the void then sets its chi.  None (default): TV everywhere.
 
     ``device``: None runs the iterations in numpy; a torch device (``"cuda"``, ``"cpu"``) runs the
     same iterations in torch there (the set-up stays numpy; float32 rounding differs slightly).
@@ -284,15 +289,21 @@ def smv_tv(
         denom = denom + mu2 * k_r * k_r
     denom = denom.astype(np.float32)
     msup = pad(sup.astype(np.float32))
+    thr = np.float32(lam / mu1)
+    if tv_free is not None and np.any(tv_free):
+        from scipy.ndimage import binary_dilation
+
+        thr = thr * pad((~binary_dilation(np.asarray(tv_free) > 0)).astype(np.float32))
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
     if device is None:
         ops = _NumpyOps(rfft, irfft, vs)
-        consts = (mu1, mu2, mu3, np.float32(lam / mu1))
+        consts = (mu1, mu2, mu3, thr)
     else:
         ops = _TorchOps(device, shape, vs)
         x, prior_k, ks, pw2, g_r, denom, msup = ops.put(x, prior_k, ks, pw2, g_r, denom, msup)
-        consts = (float(mu1), float(mu2), float(mu3), float(lam) / float(mu1))
+        consts = (float(mu1), float(mu2), float(mu3),
+                  float(lam) / float(mu1) if np.ndim(thr) == 0 else ops.put(thr)[0])
     x = ops.to_numpy(_smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops))
     out = np.zeros(m.shape, np.float32)
     out[box] = np.where(sup[box], x[crop], 0)
