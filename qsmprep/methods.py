@@ -209,7 +209,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path,
                                          final_lam=lam, final_iter=n_iter,
                                          final_refit_voids=restore.FINAL_REFIT_VOIDS,
-                                         final_void_iter=restore.FINAL_VOID_ITER)
+                                         final_void_iter=restore.FINAL_VOID_ITER,
+                                         final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS)
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",

@@ -72,6 +72,9 @@ FINAL_SUPPORT_MU = 0.01
 #: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
 #: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_REFIT_VOIDS = True
+#: No TV in the signal voids in the final fit (``smv_tv(tv_free=voids)``): studied on the validation heads
+#: (``benchmarks/RESULTS.md``) and off.
+FINAL_TV_FREE_VOIDS = False
 #: Conjugate-gradient iterations of that refit (:func:`fit_voids`' ``n_iter``): the first fits the box's
 #: constant, the second moves the void's source one exact step along the back-projected residual.  Stopping
 #: there regularises: the field next to a large void at 7 T is the least reliable, and the full solve
@@ -264,6 +267,7 @@ def invert_nsidl_chain(
     final_support_mu: float = FINAL_SUPPORT_MU,
     final_refit_voids: bool = FINAL_REFIT_VOIDS,
     final_void_iter: int = FINAL_VOID_ITER,
+    final_tv_free_voids: bool = FINAL_TV_FREE_VOIDS,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
 
@@ -283,6 +287,8 @@ def invert_nsidl_chain(
         :func:`final_iterations` of this grid), support penalty.
     final_refit_voids : after the final fit, fit the voids again (:func:`fit_voids`) to the field its
         chi leaves unexplained around them, with ``final_void_iter`` CG iterations.
+    final_tv_free_voids : no TV in the voids and across their edges in the final fit
+        (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``tv_free``).
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -332,7 +338,8 @@ def invert_nsidl_chain(
         # numpy's: benchmarks/RESULTS.md, "Speed")
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
-                     n_iter=final_iter, support=sup, support_mu=final_support_mu)
+                     n_iter=final_iter, support=sup, support_mu=final_support_mu,
+                     tv_free=voids if final_tv_free_voids and voids.any() else None)
         if final_refit_voids and voids.any():
             chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
