@@ -100,6 +100,9 @@ CASES: dict[str, CaseSpec] = {c.name: c for c in [
     CaseSpec("val-qf-7T-ME-obl", "qsmforward", 151, "validation", 7.0, ME7, _tilt(10.0, "x"), 100.0,
              note="qsm-forward pipeline, 4 echoes at 7 T, B0 tilted 10 deg (added in session 12 to decide "
                   "the void refit at 7 T)"),
+    CaseSpec("val-sim-7T-SE-obl", "sim", 103, "validation", 7.0, (0.015,), _tilt(10.0, "x"), 60.0,
+             phase_offset="harmonic", note="single echo at 7 T, B0 tilted 10 deg, harmonic phase offset (added in "
+                                             "session 14 to decide the voids' core placement at 7 T)"),
     # --- test (scored once, with the settings the validation heads chose)
     CaseSpec("sim-3T-ME-z", "sim", 201, "test", 3.0, ME3, (0.0, 0.0, 1.0), 100.0,
              note="5 echoes, B0 along z"),

@@ -221,6 +221,64 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
     return out
 
 
+#: Voids' cores (:func:`place_void_cores`), the last step of the chain: on when the phase a 1 ppm field
+#: accrues at the reference echo time is at least this (rad/ppm; 7 T at 15 ms: 28.1; 7 T multi-echo at a mean
+#: TE of 10 ms: 18.7; 3 T at 20 ms: 16.1), with this power of the depth (validation heads,
+#: ``benchmarks/RESULTS.md``, "Where a void's moment goes").
+VOID_CORE_MIN_RAD_PER_PPM = 24.0
+VOID_CORE_POWER = 1.0
+VOID_CORE_RING = 2
+
+
+def void_core_power(b0_t: float, te_s: float) -> float:
+    """The power of :func:`place_void_cores` for this acquisition (0: the voids are left as they are)."""
+    from qsmprep.qsm.constants import rad_per_ppm
+
+    return VOID_CORE_POWER if rad_per_ppm(b0_t, te_s) >= VOID_CORE_MIN_RAD_PER_PPM else 0.0
+
+
+def place_void_cores(chi_ppm: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
+                     power: float = VOID_CORE_POWER, ring: int = VOID_CORE_RING,
+                     min_voxels: int = VOID_MIN_VOXELS) -> np.ndarray:
+    """Each signal void's moment placed in its core.
+
+    The field outside a compact source fixes its moment, not its extent (outside a uniformly magnetised
+    sphere the field is that of a point dipole at its centre, whatever the radius), and a void is larger
+    than its source: the source's own field dephases the voxels around it ("blooming"), more so at high
+    field and long echo times.  Spread evenly over the void, as the fits leave it, the moment makes a
+    haemorrhage too faint and too wide.  For each void (connected component of the brain mask's holes,
+    :func:`support_mask`, with >= ``min_voxels`` voxels) its excess over the median chi of a ``ring``-voxel
+    shell of the brain mask around it is redistributed in proportion to ``depth ** power`` (depth: the
+    distance in mm from the void's edge), its sum (the moment) kept.  ``power`` 0 leaves chi as it is.
+    ppm in and out, float32.
+    """
+    from scipy import ndimage
+
+    out = np.asarray(chi_ppm, np.float32).copy()
+    m = np.asarray(brain_mask) > 0
+    voids = support_mask(m) & ~m
+    if not power or not voids.any():
+        return out
+    lab, _ = ndimage.label(voids)
+    for i, sl in enumerate(ndimage.find_objects(lab), 1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(0, s.start - ring - 1), min(n, s.stop + ring + 1)) for s, n in zip(sl, m.shape))
+        c = lab[box] == i
+        if c.sum() < min_voxels:
+            continue
+        shell = ndimage.binary_dilation(c, iterations=ring) & ~c & m[box]
+        base = float(np.median(out[box][shell])) if shell.any() else 0.0
+        excess = float((out[box][c].astype(np.float64) - base).sum())
+        depth = ndimage.distance_transform_edt(np.pad(c, 1), sampling=[float(v) for v in voxel_size])[
+            1:-1, 1:-1, 1:-1]
+        p = depth[c].astype(np.float64) ** float(power)
+        sub = out[box]
+        sub[c] = (base + excess * p / p.sum()).astype(np.float32)
+        out[box] = sub
+    return out
+
+
 def restored_field(chi_ppm: np.ndarray, total_ppm: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float],
                    b0_dir: Sequence[float], support: np.ndarray | None = None) -> np.ndarray:
     """Local field (ppm) of ``chi`` on ``support`` plus the data's residual without its harmonic part.
@@ -268,6 +326,7 @@ def invert_nsidl_chain(
     final_refit_voids: bool = FINAL_REFIT_VOIDS,
     final_void_iter: int = FINAL_VOID_ITER,
     final_tv_free_voids: bool = FINAL_TV_FREE_VOIDS,
+    void_cores: float | str = "auto",
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
 
@@ -289,6 +348,8 @@ def invert_nsidl_chain(
         chi leaves unexplained around them, with ``final_void_iter`` CG iterations.
     final_tv_free_voids : no TV in the voids and across their edges in the final fit
         (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``tv_free``).
+    void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
+        :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
     in the map with zero data weight, their chi comes from the field around them and the network.
@@ -342,5 +403,8 @@ def invert_nsidl_chain(
                      tv_free=voids if final_tv_free_voids and voids.any() else None)
         if final_refit_voids and voids.any():
             chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
+    if voids.any():
+        power = void_core_power(b0_t, te_s) if void_cores == "auto" else float(void_cores)
+        chi = place_void_cores(chi, m, voxel_size, power=power)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)
