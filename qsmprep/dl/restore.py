@@ -222,8 +222,8 @@ def fit_voids(chi_ppm: np.ndarray, local_ppm: np.ndarray, data_mask: np.ndarray,
 
 
 #: Voids' cores (:func:`place_void_cores`), the last step of the chain: on when the phase a 1 ppm field
-#: accrues at the reference echo time is at least this (rad/ppm; 7 T at 15 ms: 28.1; 7 T multi-echo at a mean
-#: TE of 10 ms: 18.7; 3 T at 20 ms: 16.1), with this power of the depth (validation heads,
+#: accrues at the reference echo time is at least this (rad/ppm; 7 T at a TE, or mean TE, of 15 ms: 28.1, on;
+#: 7 T multi-echo at a mean TE of 10 ms: 18.7 and 3 T at 20 ms: 16.1, off), with this power of the depth (validation heads,
 #: ``benchmarks/RESULTS.md``, "Where a void's moment goes").
 VOID_CORE_MIN_RAD_PER_PPM = 24.0
 VOID_CORE_POWER = 1.0
