@@ -265,6 +265,7 @@ def test_void_cores_keep_the_moment_and_sharpen_a_bloomed_source():
     mask = brain & ~void  # the brain mask: the void is a hole
     out = place_void_cores(spread, mask, (1, 1, 1), power=1.0)
     assert abs(float((out[void] - 0.02).sum()) / moment - 1) < 1e-4
+    assert np.array_equal(place_void_cores(spread, mask, (1, 1, 1), power=1.0, voids=void), out)  # holes given
     assert np.array_equal(out[~void], spread[~void])
     err = lambda x: float(np.sqrt(((x - truth)[void] ** 2).sum()))  # noqa: E731
     assert err(out) < 0.9 * err(spread)  # 0.83: depth ** 1 makes a cone, not the ball

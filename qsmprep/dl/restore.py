@@ -239,7 +239,7 @@ def void_core_power(b0_t: float, te_s: float) -> float:
 
 def place_void_cores(chi_ppm: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
                      power: float = VOID_CORE_POWER, ring: int = VOID_CORE_RING,
-                     min_voxels: int = VOID_MIN_VOXELS) -> np.ndarray:
+                     min_voxels: int = VOID_MIN_VOXELS, voids: np.ndarray | None = None) -> np.ndarray:
     """Each signal void's moment placed in its core.
 
     The field outside a compact source fixes its moment, not its extent (outside a uniformly magnetised
@@ -250,13 +250,13 @@ def place_void_cores(chi_ppm: np.ndarray, brain_mask: np.ndarray, voxel_size: Se
     :func:`support_mask`, with >= ``min_voxels`` voxels) its excess over the median chi of a ``ring``-voxel
     shell of the brain mask around it is redistributed in proportion to ``depth ** power`` (depth: the
     distance in mm from the void's edge), its sum (the moment) kept.  ``power`` 0 leaves chi as it is.
-    ppm in and out, float32.
+    ``voids``: those holes when the caller has them already.  ppm in and out, float32.
     """
     from scipy import ndimage
 
     out = np.asarray(chi_ppm, np.float32).copy()
     m = np.asarray(brain_mask) > 0
-    voids = support_mask(m) & ~m
+    voids = support_mask(m) & ~m if voids is None else np.asarray(voids, bool)
     if not power or not voids.any():
         return out
     lab, _ = ndimage.label(voids)
@@ -405,6 +405,6 @@ def invert_nsidl_chain(
             chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     if voids.any():
         power = void_core_power(b0_t, te_s) if void_cores == "auto" else float(void_cores)
-        chi = place_void_cores(chi, m, voxel_size, power=power)
+        chi = place_void_cores(chi, m, voxel_size, power=power, voids=voids)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
     return np.where(sup, chi, 0).astype(np.float32)
