@@ -212,8 +212,12 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
         sign, records["phase_sign"] = choose_phase_sign(local, eroded, combine_magnitude(mag), vs, b0_dir, phase_sign)
         local = (np.float32(sign) * local).astype(np.float32)
         field_hz = (np.float32(sign) * field_hz).astype(np.float32)
+    from qsmprep.qsm.echoes import combine_magnitude
+
+    magnitude = combine_magnitude(mag).astype(np.float32)  # the graph's out_combined, for the inversion
     del mag
-    return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method, records=records)
+    return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method, records=records,
+                magnitude=magnitude)
 
 
 #: Benchmark method names that are an app inversion with options: name -> (method, ``methods.invert`` options).
@@ -248,7 +252,10 @@ def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_
     total = chain["field_hz"] / np.float32(hz_per_ppm(b0_t))  # the node gets the total field and the brain mask
     chi, _ = run(f"inv_{method}", invert, base, chain["local_ppm"], em, tuple(float(v) for v in voxel_size),
                  tuple(float(b) for b in b0_dir), weight=chain["weight"], b0_t=float(b0_t),
-                 te_s=reference_echo_time(te_s), device=device, total_ppm=total, brain_mask=chain["mask"], **kw)
-    out = chi_mask(base, em, chain["mask"])  # where chi is defined: the final mask of the app
+                 te_s=reference_echo_time(te_s), device=device, total_ppm=total, brain_mask=chain["mask"],
+                 magnitude=chain.get("magnitude"), **kw)
+    # where chi is defined: the final mask of the app
+    out = chi_mask(base, em, chain["mask"], magnitude=chain.get("magnitude"), voxel_size=tuple(float(v) for v in voxel_size),
+                   b0_t=float(b0_t), te_s=reference_echo_time(te_s))
     chi, _ = run(f"ref_{method}", reference_mean, chi, out)
     return np.where(out, chi, 0.0).astype(np.float32)

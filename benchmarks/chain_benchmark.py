@@ -155,7 +155,7 @@ def invert_app(name: str, case: dict, chain: dict, **kw) -> np.ndarray:
     tot = chain["field_hz"] / np.float32(_hz_per_ppm(case["b0_t"]))
     chi, _ = invert(name, chain["local_ppm"], chain["eroded"], case["voxel_size"], case["b0_dir"],
                     weight=chain["weight"], b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]),
-                    device="cpu", total_ppm=tot, brain_mask=chain["mask"], **kw)
+                    device="cpu", total_ppm=tot, brain_mask=chain["mask"], magnitude=chain.get("magnitude"), **kw)
     return chi
 
 
@@ -170,9 +170,10 @@ def m_app(name: str, **kw) -> Callable:
         chi = invert_app(name, case, chain, **kw)
         out = chain["eroded"]
         if get_inversion(name).total_field and kw.get("nsidl_data_fit", "auto") in ("auto", "chain"):
-            from qsmprep.dl.restore import support_mask
+            from qsmprep.methods import chi_mask, reference_echo_time
 
-            out = out | support_mask(chain["mask"])
+            out = chi_mask(name, out, chain["mask"], magnitude=chain.get("magnitude"), voxel_size=case["voxel_size"],
+                           b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]))
         return _ref(chi, out)
     return run
 

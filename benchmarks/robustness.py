@@ -428,6 +428,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "robustness.json", help="JSON results (appended per row)")
     ap.add_argument("--study", choices=tuple(STUDIES), help="run a validation study instead of the matrix")
     ap.add_argument("--render", action="store_true", help="print the Markdown table of --out (no computing)")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="--study surface: only these variants (their rows replace the same rows in the study's JSON)")
     ap.add_argument("--voxel", type=float, default=2.0,
                     help="isotropic voxel size (mm) of the rows without their own (default 2; 1 for the confirmation)")
     args = ap.parse_args(argv)
@@ -764,8 +766,56 @@ def study_tvfree(args) -> int:
     return 0
 
 
+#: Rows of the surface-void study (``--study surface``): the rows with long echoes at 7 T, where
+#: ``restore.chi_support`` turns the surface voids on (the others are unchanged by construction).
+SURFACE_STUDY_ROWS = ("SE 7T offset, qsm-forward", "SE 7T offset", "ME 7T many wraps")
+#: ``--study surface`` variants: name -> (``restore.SURFACE_VOIDS``, ``restore.SURFACE_STAGE``,
+#: ``masking.SURFACE_VOID_DEPTH_MM``, ``masking.SURFACE_VOID_MIN_SIGNAL``).
+SURFACE_VARIANTS = {"off": (False, "chain", 2.0, 0.3), "on": (True, "chain", 2.0, 0.3),
+                    "on, all steps": (True, "all", 2.0, 0.3), "on, final fit only": (True, "final", 2.0, 0.3),
+                    "on, 3 mm deep": (True, "chain", 3.0, 0.3), "on, below 0.4": (True, "chain", 2.0, 0.4),
+                    "on, 4 mm deep": (True, "chain", 4.0, 0.3)}
+
+
+def study_surface(args) -> int:
+    """Signal voids at the brain's surface in chi's support (``restore.chi_support``), validation heads: off, on
+    (the chosen: 2 mm deep, [0.1, 0.3) of the brain's median magnitude, in the chain's background removal,
+    network input and final fit), in every step (the voids' fits and cores too), in the final fit only, 3 mm
+    deep, 4 mm deep, and below 0.4; the app's chain on the rows with long echoes at 7 T; chi XSIM / NRMSE / ROI
+    slope over the true brain.  ``variant`` says which, ``surface_voxels`` how many voxels joined the support."""
+    from qsmprep.dl import restore
+    from qsmprep.qsm import masking
+    from qsmprep.qsm.echoes import combine_magnitude
+
+    default = (restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM,
+               masking.SURFACE_VOID_MIN_SIGNAL)
+
+    def put(v):
+        restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM, masking.SURFACE_VOID_MIN_SIGNAL = v
+
+    out = args.out.parent / "robustness_surface_study.json"
+    names = list(args.variants or SURFACE_VARIANTS)
+    rows = [r for r in (json.loads(out.read_text()) if args.variants and out.exists() else [])
+            if not (r["variant"] in names and r["seed"] in study_seeds(args))]
+    for seed, row, d, vs in study_cases(args, SURFACE_STUDY_ROWS):
+        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
+        for name in names:
+            v = SURFACE_VARIANTS[name]
+            put(v)
+            try:
+                chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
+                n = int(v[0] and masking.surface_voids(combine_magnitude(d["mag"]), ch["mask"], vs).sum())
+            finally:
+                put(default)
+            rows.append({"seed": seed, "row": row, "variant": name, "surface_voxels": n,
+                         **{k: round(v, 4) for k, v in score(chi, d).items()}})
+            print(json.dumps(rows[-1]), flush=True)
+    out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
-                 "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree}
+                 "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface}
 
 if __name__ == "__main__":
     raise SystemExit(main())

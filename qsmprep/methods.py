@@ -182,7 +182,8 @@ NSIDL_DATA_FITS = ("auto", "chain", "robust", "strong")
 
 
 def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
-               nsidl_data_fit: str = "auto", weights_path: str | None = None, total_ppm=None, brain_mask=None):
+               nsidl_data_fit: str = "auto", weights_path: str | None = None, total_ppm=None, brain_mask=None,
+               magnitude=None):
     from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
     from qsmprep.dl.weights import weights_info
     from qsmprep.qsm.constants import rad_per_ppm
@@ -210,11 +211,14 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          final_lam=lam, final_iter=n_iter,
                                          final_refit_voids=restore.FINAL_REFIT_VOIDS,
                                          final_void_iter=restore.FINAL_VOID_ITER,
-                                         final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS)
+                                         final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS, magnitude=magnitude)
+        sup = restore.chi_support(brain_mask, magnitude, voxel_size, b0_t, te_s)
+        n_surface = int((sup & ~restore.support_mask(brain_mask)).sum())
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
             "VoidCorePower": restore.void_core_power(b0_t, te_s),
+            "SurfaceVoidVoxels": n_surface,
             "FinalFit": {"Method": "TV-regularised SMV-consistent fit of the total field (ADMM)",
                          "RadiiMm": list(restore.FINAL_RADII_MM), "TVWeight": lam,
                          "TVWeightRule": f"{restore.FINAL_TV_PER_NOISE} x local-field noise, within "
@@ -225,7 +229,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                          "VoidsRefitted": restore.FINAL_REFIT_VOIDS,
                          "VoidRefitIterations": restore.FINAL_VOID_ITER if restore.FINAL_REFIT_VOIDS else 0},
         }
-        record["OutputMask"] = "brain mask with its holes filled"
+        record["OutputMask"] = "brain mask with its holes filled" + (
+            " and the signal voids at its surface" if n_surface else "")
         return chi, record
     fit = data_fit_settings(name, local_ppm, mask)
     chi = invert_nsidl(local_ppm, mask, voxel_size, b0_dir, weight=weight, b0_t=b0_t, te_s=te_s, device=device,
@@ -280,14 +285,18 @@ def get_inversion(name: str) -> Inversion:
         raise ValueError(f"Unknown inversion {name!r}; choose one of {', '.join(INVERSIONS)}.") from None
 
 
-def chi_mask(method: str, mask: np.ndarray, brain_mask: np.ndarray | None = None) -> np.ndarray:
+def chi_mask(method: str, mask: np.ndarray, brain_mask: np.ndarray | None = None, *,
+             magnitude: np.ndarray | None = None, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+             b0_t: float | None = None, te_s: float | None = None) -> np.ndarray:
     """Where :func:`invert` gives chi: the local field's mask, or, for a method that uses the total
-    field when it and the brain mask are given, also the brain mask with its holes filled."""
+    field when it and the brain mask are given, also chi's support there (``qsmprep.dl.restore.chi_support``:
+    the brain mask with its holes filled and, with long echoes and the ``magnitude``, the voids at its
+    surface)."""
     m = np.asarray(mask) > 0
     if get_inversion(method).total_field and brain_mask is not None:
-        from qsmprep.dl.restore import support_mask
+        from qsmprep.dl.restore import chi_support
 
-        return m | support_mask(brain_mask)
+        return m | chi_support(np.asarray(brain_mask) > 0, magnitude, voxel_size, b0_t, te_s)
     return m
 
 
@@ -304,6 +313,7 @@ def invert(
     device: str = "cpu",
     total_ppm: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
+    magnitude: np.ndarray | None = None,
     **options,
 ) -> tuple[np.ndarray, dict]:
     """Run the inversion ``method``; returns ``(chi, record)``.
@@ -320,6 +330,8 @@ def invert(
     total_ppm, brain_mask : the total field (ppm, before background removal) and the brain mask the
         removal started from; used by the methods with ``total_field`` (NSIDL's default data fit),
         ignored by the others.  With them chi covers the brain mask with its holes filled.
+    magnitude : the combined magnitude (any units), for the same methods: with long echoes the signal voids
+        at the brain's surface join chi's support (``qsmprep.dl.restore.chi_support``).
     options : method options (e.g. ``nsidl_data_fit``, ``weights_path`` for NSIDL).
 
     Returns chi in ppm (float32, zero outside the mask, not referenced) and the sidecar record:
@@ -336,9 +348,12 @@ def invert(
     dev = resolve_device(device) if inv.uses_torch else "cpu"
     m = np.asarray(mask) > 0
     kwargs = dict(weight=weight, b0_t=b0_t, te_s=te_s, device=dev)
-    out_mask = chi_mask(method, m, brain_mask if total_ppm is not None else None)
+    out_mask = chi_mask(method, m, brain_mask if total_ppm is not None else None, magnitude=magnitude,
+                        voxel_size=voxel_size, b0_t=b0_t, te_s=te_s)
     if inv.total_field and total_ppm is not None and brain_mask is not None:
         kwargs.update(total_ppm=np.asarray(total_ppm, dtype=np.float32), brain_mask=np.asarray(brain_mask) > 0)
+        if magnitude is not None:
+            kwargs["magnitude"] = np.asarray(magnitude, dtype=np.float32)
     chi, own = inv.run(np.asarray(local_ppm, dtype=np.float32), m, tuple(float(v) for v in voxel_size),
                        tuple(float(v) for v in b0_dir), **kwargs, **options)
     record = {

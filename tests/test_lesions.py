@@ -142,3 +142,45 @@ def test_void_fit_is_stable_to_rounding_level_input_changes():
     assert np.abs(outs[0] - outs[1]).max() < 1e-3
     # and the voids get their sources: the calcification's moment within 25 %
     assert abs(outs[0][calc].sum() / chi[calc].sum() - 1) < 0.25
+
+
+def test_chain_images_a_vein_at_the_surface_with_long_echoes(monkeypatch):
+    """A cortical vein (0.4 ppm) lying on the brain's surface, dark in the magnitude of a 15 ms echo at 7 T: the
+    mask leaves out its outer half (it is no hole), and with long echoes the chain puts that half into chi's
+    support (``restore.chi_support``): chi there comes out positive (paramagnetic) and closer to the truth than
+    the zero of the map without it; its record counts the voxels.  Switched off (``restore.SURFACE_VOIDS``) or without the
+    magnitude, the map is the former one, bit for bit."""
+    from qsmprep.dl import restore
+    from qsmprep.methods import chi_mask, invert
+    from qsmprep.qsm.background import ismv
+    from qsmprep.qsm.masking import remove_unreliable
+
+    n = 40
+    g = np.meshgrid(*[np.arange(n) - n / 2 + 0.5] * 3, indexing="ij")
+    r = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
+    head = r <= 15.0
+    vein = (np.hypot(g[0], r - 14.0) <= 1.5) & (g[2] > 0) & (r <= 15.0)
+    chi = np.where(vein, 0.4, 0.0).astype(np.float32)
+    chi[(g[0] + 4) ** 2 + (g[1] - 3) ** 2 + g[2] ** 2 < 16] = 0.1
+    vs, b0 = (1.0, 1.0, 1.0), (0, 0, 1)
+    mag = np.where(head, 100.0, 50.0).astype(np.float32)
+    mag[vein] = 20.0
+    brain = remove_unreliable(r <= 13.5, mag, vs)  # the mask stops short of the vein's outer half
+    assert (vein & ~restore.support_mask(brain)).sum() > 20
+    total = forward_field(chi, vs, b0)
+    loc, eroded = ismv(np.where(brain, total, 0), brain, vs)
+    kw = dict(weight=brain.astype(np.float32), b0_t=7.0, te_s=0.015, device="cpu",
+              total_ppm=np.where(brain, total, 0), brain_mask=brain)
+    before, rec0 = invert("nsidl", loc, eroded, vs, b0, **kw)
+    on, rec = invert("nsidl", loc, eroded, vs, b0, magnitude=mag, **kw)
+    out = vein & chi_mask("nsidl", eroded, brain, magnitude=mag, voxel_size=vs, b0_t=7.0, te_s=0.015) \
+        & ~restore.support_mask(brain)
+    assert out.sum() > 20 and rec["DataFit"]["SurfaceVoidVoxels"] >= out.sum() and rec0["DataFit"]["SurfaceVoidVoxels"] == 0
+    assert np.all(before[out] == 0)
+    ref = on - np.median(on[brain])
+    # paramagnetic, as the vein is, though faint (measured: a mean of 0.007 ppm against 0.4; the 1 mm validation
+    # head's surface veins 0.017 against 0.40: benchmarks/RESULTS.md); the map without them has 0 there
+    assert 0.002 < ref[out].mean() < 0.4
+    assert np.sqrt(((ref[out] - 0.4) ** 2).mean()) < 0.4
+    monkeypatch.setattr(restore, "SURFACE_VOIDS", False)
+    assert np.array_equal(invert("nsidl", loc, eroded, vs, b0, magnitude=mag, **kw)[0], before)

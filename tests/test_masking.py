@@ -291,3 +291,60 @@ def test_default_erosion_is_2mm_but_at_least_one_voxel():
     # at 3 mm a 2 mm erosion would keep the outer voxel layer (extra-cerebral CSF): the default does not
     m3, m2 = masking.brain_mask(mag, (3, 3, 3)), masking.brain_mask(mag, (3, 3, 3), erode_radius_mm=2.0)
     assert m3.sum() < m2.sum() and not np.any(m3 & ~m2)
+
+
+def _surface_scene(n=48):
+    """A 1 mm ball brain (radius 16, magnitude 100) with a dark cortical vein (20: a void) running along its
+    surface half inside it, a bright CSF layer (100) to radius 19, a skull shell at noise level (2) beyond,
+    a haemorrhage core (20) enclosed by the brain and a second dark tube (20) in the scalp 8 mm out."""
+    c = np.arange(n) - n / 2 + 0.5
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    brain = r <= 16
+    mag = np.full(brain.shape, 100.0, np.float32)
+    mag[(r > 19) & (r <= 22)] = 2.0  # skull
+    vein = (np.hypot(x, r - 16.5) <= 1.2) & (z > 0) & (r <= 17.2)
+    mag[vein] = 20.0
+    deep = (np.hypot(x, r - 24.5) <= 1.2) & (z > 0)
+    mag[deep] = 20.0
+    core = (np.sqrt((x - 4) ** 2 + y ** 2 + z ** 2) <= 2.5)
+    mag[core] = 20.0
+    mask = masking.remove_unreliable(brain, mag, (1, 1, 1))  # the vein's inner half and the core leave the mask
+    return mag, mask, vein, deep, core, brain
+
+
+def test_surface_voids_are_the_dark_voxels_next_to_the_mask_not_skull_or_hole():
+    """Known answer: the returned voxels are exactly the vein's voxels outside the mask with its holes filled
+    (within 2 mm of it): not the enclosed core (a hole, which chi's support fills anyway), not the skull at
+    noise level, not the bright CSF, not the tube 8 mm out."""
+    mag, mask, vein, deep, core, brain = _surface_scene()
+    from scipy import ndimage
+
+    filled = ndimage.binary_fill_holes(mask)
+    assert core.any() and not (mask & core).any() and filled[core].all()  # the core is a hole
+    out = masking.surface_voids(mag, mask, (1, 1, 1))
+    expected = vein & ~filled
+    assert expected.sum() > 50
+    assert np.array_equal(out, expected)
+    assert not (out & deep).any() and not (out & core).any()
+    # a 4-D magnitude is combined by root-sum-of-squares first: the same voxels
+    assert np.array_equal(masking.surface_voids(np.stack([mag, 0.5 * mag], -1), mask, (1, 1, 1)), out)
+    # darker than the floor (0.1 x the median) is skull or air, not a void; deeper search reaches the far tube
+    assert not masking.surface_voids(np.where(vein, 5.0, mag).astype(np.float32), mask, (1, 1, 1)).any()
+    assert (masking.surface_voids(mag, mask, (1, 1, 1), depth_mm=9.0) & deep).any()
+
+
+def test_chi_support_adds_surface_voids_only_with_long_echoes():
+    """chi's support in the chain: the mask's holes filled, plus the surface voids at 7 T with a 15 ms echo
+    (28 rad/ppm), not at 3 T with 20 ms or 7 T with a mean TE of 10 ms, nor without the magnitude."""
+    from qsmprep.dl.restore import chi_support, support_mask
+
+    mag, mask, vein, _, _, _ = _surface_scene()
+    base = support_mask(mask)
+    on = chi_support(mask, mag, (1, 1, 1), 7.0, 0.015)
+    assert np.array_equal(on, base | masking.surface_voids(mag, mask, (1, 1, 1))) and (on & ~base).any()
+    for b0, te in ((3.0, 0.020), (7.0, 0.010)):
+        assert np.array_equal(chi_support(mask, mag, (1, 1, 1), b0, te), base)
+    assert np.array_equal(chi_support(mask, None, (1, 1, 1), 7.0, 0.015), base)
+    assert np.array_equal(chi_support(mask, mag, (1, 1, 1), 7.0, 0.015, surface_voids=False), base)
+    assert np.array_equal(chi_support(mask, mag, (1, 1, 1), 3.0, 0.020, surface_voids=True), on)

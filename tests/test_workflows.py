@@ -98,6 +98,7 @@ def test_qsm_node_settings(datasets, tmp_path):
     # NSIDL's chain fit sees the total field and the brain mask; chi's own mask feeds the referencing
     assert ("phase_sign", "inversion", "out_total", "in_total") in edges
     assert ("brain_mask", "inversion", "out_mask", "in_brain_mask") in edges
+    assert ("load_echoes", "inversion", "out_combined", "in_magnitude") in edges  # surface voids (long echoes)
     assert ("inversion", "reference", "out_mask", "in_mask") in edges
     # every node declares memory; the nsidl node the most
     mems = {name: n.mem_gb for name, n in nodes.items() if name not in ("inputnode", "outputnode")}

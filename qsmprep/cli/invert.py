@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=CHECKS, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--local-field", required=True, help="local field map in ppm (NIfTI)")
     ap.add_argument("--mask", required=True, help="brain mask of the local field (NIfTI, same grid)")
-    ap.add_argument("--magnitude", help="magnitude image used as data weight (nsidl, ndi, cgl2); 4-D: echo-RSS")
+    ap.add_argument("--magnitude", help="magnitude image used as data weight (nsidl, ndi, cgl2); 4-D: echo-RSS; with "
+                    "--total-field and long echoes (7 T) also finds the signal voids at the brain's surface")
     ap.add_argument("--b0", type=float, help="field strength in T (default: sidecar MagneticFieldStrength)")
     ap.add_argument("--te", type=float, help="reference echo time in s (default: sidecar EchoTime, mean if several)")
     ap.add_argument("--field-units", choices=FIELD_UNITS, type=str.lower,
@@ -291,7 +292,8 @@ def run(args) -> dict:
                               "the brain mask of this field or use --nsidl-data-fit robust.") from None
     t0 = time.time()
     chi, record = invert(args.method, inp.field, inp.mask, inp.voxel_size, inp.b0_dir, weight=inp.weight, b0_t=inp.b0_t,
-                         te_s=inp.te_s, device=device, total_ppm=inp.total, brain_mask=inp.brain_mask, **options)
+                         te_s=inp.te_s, device=device, total_ppm=inp.total, brain_mask=inp.brain_mask,
+                         magnitude=inp.weight if args.magnitude else None, **options)
     side = {"Units": "ppm", "Referenced": False, "VoxelSize": list(inp.voxel_size), **record,
             "InputFieldUnits": "Hz" if inp.units == "hz" else "ppm",
             "Sources": [str(args.local_field), str(args.mask)] + ([str(args.magnitude)] if args.magnitude else []),

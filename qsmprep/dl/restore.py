@@ -230,11 +230,53 @@ VOID_CORE_POWER = 1.0
 VOID_CORE_RING = 2
 
 
-def void_core_power(b0_t: float, te_s: float) -> float:
-    """The power of :func:`place_void_cores` for this acquisition (0: the voids are left as they are)."""
+def long_echo(b0_t: float, te_s: float) -> bool:
+    """True where a 1 ppm field accrues at least :data:`VOID_CORE_MIN_RAD_PER_PPM` rad at ``te_s`` (s) and
+    ``b0_t`` (T): 7 T with a (mean) echo time of about 13 ms or more, where voids bloom and veins go dark."""
     from qsmprep.qsm.constants import rad_per_ppm
 
-    return VOID_CORE_POWER if rad_per_ppm(b0_t, te_s) >= VOID_CORE_MIN_RAD_PER_PPM else 0.0
+    return rad_per_ppm(b0_t, te_s) >= VOID_CORE_MIN_RAD_PER_PPM
+
+
+def void_core_power(b0_t: float, te_s: float) -> float:
+    """The power of :func:`place_void_cores` for this acquisition (0: the voids are left as they are)."""
+    return VOID_CORE_POWER if long_echo(b0_t, te_s) else 0.0
+
+
+#: Surface voids in chi's support (:func:`chi_support`): ``"auto"`` turns them on with long echoes
+#: (:func:`long_echo`), like the voids' cores; True / False force them (studies).
+SURFACE_VOIDS = "auto"
+#: Where the surface voids take part: ``"chain"`` (the default: the background removal over chi's support, the
+#: network's input and the final fit, while the voids' own fits and cores (:func:`fit_voids`,
+#: :func:`place_void_cores`) keep to the enclosed voids), ``"all"`` (those too) or ``"final"`` (the final fit
+#: alone).  Chosen on the validation heads (``benchmarks/RESULTS.md``, "Surface voids"): ``"all"`` gained most
+#: on the 1 mm head and lost on the 2 mm rows (a void open to the outside has data on one side only, and its
+#: fit overshoots), ``"final"`` gained least.
+SURFACE_STAGE = "chain"
+
+
+def chi_support(brain_mask: np.ndarray, magnitude: np.ndarray | None = None,
+                voxel_size: Sequence[float] = (1.0, 1.0, 1.0), b0_t: float | None = None,
+                te_s: float | None = None, surface_voids: bool | str | None = None) -> np.ndarray:
+    """chi's support in the chain: :func:`support_mask` plus, with long echoes, the voids at the brain's surface.
+
+    ``surface_voids`` (default None: :data:`SURFACE_VOIDS`) ``"auto"``: with ``magnitude`` given and :func:`long_echo` of ``b0_t`` (T) and
+    ``te_s`` (s), :func:`qsmprep.qsm.masking.surface_voids` (dark voxels next to the mask that are not
+    skull or air: cortical veins at 7 T, which the mask's outline leaves out although they are voids like
+    the enclosed ones) join the support, with no data of their own, as the holes do.  False, or no
+    magnitude: :func:`support_mask` alone.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
+    "Surface voids"); bool.
+    """
+    sup = support_mask(brain_mask)
+    if surface_voids is None:
+        surface_voids = SURFACE_VOIDS
+    if surface_voids == "auto":
+        surface_voids = b0_t is not None and te_s is not None and long_echo(b0_t, te_s)
+    if surface_voids and magnitude is not None:
+        from qsmprep.qsm.masking import surface_voids as find
+
+        sup = sup | find(magnitude, brain_mask, voxel_size)
+    return sup
 
 
 def place_void_cores(chi_ppm: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
@@ -327,8 +369,10 @@ def invert_nsidl_chain(
     final_void_iter: int = FINAL_VOID_ITER,
     final_tv_free_voids: bool = FINAL_TV_FREE_VOIDS,
     void_cores: float | str = "auto",
+    magnitude: np.ndarray | None = None,
+    surface_voids: bool | str | None = None,
 ) -> np.ndarray:
-    """Susceptibility (ppm, float32, zero outside :func:`support_mask` of ``brain_mask``) from a chain's fields.
+    """Susceptibility (ppm, float32, zero outside :func:`chi_support` of ``brain_mask``) from a chain's fields.
 
     Parameters
     ----------
@@ -350,16 +394,21 @@ def invert_nsidl_chain(
         (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``tv_free``).
     void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
         :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
+    magnitude, surface_voids : the combined magnitude (any units) and the switch of :func:`chi_support`.
 
-    chi's support is the brain mask with its holes filled (:func:`support_mask`): signal voids stay
-    in the map with zero data weight, their chi comes from the field around them and the network.
+    chi's support is the brain mask with its holes filled (:func:`support_mask`), with long echoes also
+    the voids at its surface (:func:`chi_support`): signal voids stay in the map with zero data weight,
+    their chi comes from the field around them and the network.
     """
     from qsmprep.dl.inference import invert_nsidl
     from qsmprep.qsm.smvfit import smv_fit
 
     m = np.asarray(brain_mask) > 0
     e = np.asarray(eroded_mask) > 0
-    sup = support_mask(m)
+    enclosed = support_mask(m) & ~m
+    sup = final_sup = chi_support(m, magnitude, voxel_size, b0_t, te_s, surface_voids)
+    if SURFACE_STAGE == "final":
+        sup = support_mask(m)
     tot = np.where(m, np.asarray(total_ppm, np.float32), 0).astype(np.float32)
     w = None if weight is None else np.where(m, np.asarray(weight, np.float32), 0).astype(np.float32)
     t0 = time.time()
@@ -384,8 +433,9 @@ def invert_nsidl_chain(
 
         local_ppm, e = ismv(inpaint_nearest(tot, m), sup, voxel_size)
     chi = net(np.where(e & ~voids, local_ppm, 0).astype(np.float32) if voids.any() else local_ppm, e)
-    if voids.any():
-        chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w)
+    fitv = voids if SURFACE_STAGE == "all" else enclosed
+    if fitv.any():
+        chi = fit_voids(chi, local_ppm, e & ~voids, fitv, voxel_size, b0_dir, weight=w)
     if loops:
         chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_fit, support=sup)
     for _ in range(int(loops)):
@@ -399,12 +449,12 @@ def invert_nsidl_chain(
         # numpy's: benchmarks/RESULTS.md, "Speed")
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
-                     n_iter=final_iter, support=sup, support_mu=final_support_mu,
+                     n_iter=final_iter, support=final_sup, support_mu=final_support_mu,
                      tv_free=voids if final_tv_free_voids and voids.any() else None)
-        if final_refit_voids and voids.any():
-            chi = fit_voids(chi, local_ppm, e & ~voids, voids, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
+        if final_refit_voids and fitv.any():
+            chi = fit_voids(chi, local_ppm, e & ~voids, fitv, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     if voids.any():
         power = void_core_power(b0_t, te_s) if void_cores == "auto" else float(void_cores)
-        chi = place_void_cores(chi, m, voxel_size, power=power, voids=voids)
+        chi = place_void_cores(chi, m, voxel_size, power=power, voids=fitv)
     LOG.info("NSIDL (chain: SMV fit + restoration, %d loop(s)): done in %.1f s", loops, time.time() - t0)
-    return np.where(sup, chi, 0).astype(np.float32)
+    return np.where(final_sup if final_radii_mm else sup, chi, 0).astype(np.float32)

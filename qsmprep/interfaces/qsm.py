@@ -391,6 +391,8 @@ class _InversionInputSpec(BaseInterfaceInputSpec):
     in_weight = File(exists=True, desc="data weight in [0, 1] (optional)")
     in_total = File(exists=True, desc="total field (Hz) before background removal (methods that use it: NSIDL's chain fit)")
     in_brain_mask = File(exists=True, desc="the brain mask background removal started from (with in_total)")
+    in_magnitude = File(exists=True, desc="combined magnitude (with in_total): long echoes' voids at the brain's "
+                                          "surface join chi's support (qsmprep.dl.restore.chi_support)")
     method = traits.Enum(*INVERSIONS, usedefault=True, desc="inversion method (qsmprep.methods.INVERSIONS)")
     b0_t = traits.Float(3.0, usedefault=True, desc="main field strength (T)")
     te_s = traits.Float(0.02, usedefault=True, desc="reference echo time (s) for the nonlinear data term")
@@ -434,15 +436,21 @@ class DipoleInversion(SimpleInterface):
         from qsmprep.qsm.constants import hz_per_ppm
 
         options = {key: getattr(self.inputs, key) for key in inv.options}
-        total = brain = None
+        total = brain = mag = None
         if inv.total_field and isdefined(self.inputs.in_total) and isdefined(self.inputs.in_brain_mask):
             total = load_volume(self.inputs.in_total)[0] / np.float32(hz_per_ppm(self.inputs.b0_t))
             brain = _mask(self.inputs.in_brain_mask)
+            if isdefined(self.inputs.in_magnitude):
+                from qsmprep.qsm.echoes import combine_magnitude
+
+                mag = combine_magnitude(load_volume(self.inputs.in_magnitude)[0])
         chi, meta = invert(self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight, b0_t=self.inputs.b0_t,
-                           te_s=self.inputs.te_s, device=self.inputs.device, total_ppm=total, brain_mask=brain, **options)
+                           te_s=self.inputs.te_s, device=self.inputs.device, total_ppm=total, brain_mask=brain,
+                           magnitude=mag, **options)
         self._results["out_chi"] = save_volume(chi, img, "chi_raw.nii.gz", runtime.cwd)
-        self._results["out_mask"] = save_volume(chi_mask(self.inputs.method, mask, brain), img, "chi_mask.nii.gz",
-                                                runtime.cwd, dtype=np.uint8)
+        out = chi_mask(self.inputs.method, mask, brain, magnitude=mag, voxel_size=voxel_size, b0_t=self.inputs.b0_t,
+                       te_s=self.inputs.te_s)
+        self._results["out_mask"] = save_volume(out, img, "chi_mask.nii.gz", runtime.cwd, dtype=np.uint8)
         path = os.path.join(runtime.cwd, "inversion.json")
         with open(path, "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True)

@@ -367,6 +367,54 @@ def remove_unreliable(
     return largest_component(keep)
 
 
+#: :func:`surface_voids`: depth (mm) outside chi's support searched and the signal band (fractions of the
+#: brain's median magnitude): below ``MIN_SIGNAL`` a voxel is a signal void by :func:`remove_unreliable`'s rule,
+#: below ``FLOOR`` it has no signal at all (skull, air).  The depth is the final erosion's peel
+#: (:data:`DEFAULT_ERODE_MM`): on the validation heads 3-4 mm gained a little more, but their band reaches
+#: the partial-volume shell between the extra-cerebral CSF and the skull, which then joins the map
+#: (``benchmarks/RESULTS.md``, "Surface voids").
+SURFACE_VOID_DEPTH_MM = DEFAULT_ERODE_MM
+SURFACE_VOID_FLOOR = 0.1
+SURFACE_VOID_MIN_SIGNAL = 0.3
+
+
+def surface_voids(
+    magnitude: np.ndarray,
+    brain_mask: np.ndarray,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    depth_mm: float | None = None,
+    floor: float | None = None,
+    min_signal: float | None = None,
+) -> np.ndarray:
+    """Signal voids at the brain's surface: dark voxels just outside the mask that are not skull or air (bool).
+
+    A signal void enclosed by the brain mask is a hole, and chi's support takes it back
+    (``qsmprep.dl.restore.support_mask``).  A void at the surface (a cortical vein, dark at a long echo
+    at 7 T) is not enclosed, so the mask's outline simply leaves it out.  Returned: the voxels within
+    ``depth_mm`` (mm) of the mask with its holes filled whose combined magnitude (3-D, or 4-D echoes
+    last, any units) lies in ``[floor, min_signal)`` times the median magnitude inside ``brain_mask``:
+    darker than :func:`remove_unreliable`'s signal-void level, but with signal, unlike the skull, the
+    air or the image background (noise level).  Extra-cerebral CSF is bright and stays out.  Defaults
+    (None): :data:`SURFACE_VOID_DEPTH_MM`, :data:`SURFACE_VOID_FLOOR`, :data:`SURFACE_VOID_MIN_SIGNAL`.
+    """
+    from scipy import ndimage
+
+    m = np.asarray(brain_mask) > 0
+    if not m.any():
+        return np.zeros(m.shape, bool)
+    mag = combine_magnitude(np.asarray(magnitude)).astype(np.float32)
+    if mag.shape != m.shape:
+        raise ValueError(f"surface_voids: magnitude shape {mag.shape} differs from the mask shape {m.shape}.")
+    depth_mm = SURFACE_VOID_DEPTH_MM if depth_mm is None else float(depth_mm)
+    floor = SURFACE_VOID_FLOOR if floor is None else float(floor)
+    min_signal = SURFACE_VOID_MIN_SIGNAL if min_signal is None else float(min_signal)
+    level = float(np.median(mag[m]))
+    sup = ndimage.binary_fill_holes(m)
+    dist = ndimage.distance_transform_edt(~sup, sampling=[float(v) for v in voxel_size])
+    return (dist > 0) & (dist <= depth_mm) & (mag >= floor * level) & (mag < min_signal * level)
+
+
 def _select_brain_coarse(fg: np.ndarray, vs: Sequence[float], split_h_mm: float, select_mm: float) -> np.ndarray:
     """:func:`select_brain` on a grid of about ``select_mm`` voxels (block majority), mapped
     back: the fine foreground within one coarse voxel of the coarse brain, largest part."""

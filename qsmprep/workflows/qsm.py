@@ -181,6 +181,7 @@ def init_qsm_wf(
         (sign, inversion_node, [("out_local", "in_field"), ("out_total", "in_total")]),
         (background, inversion_node, [("out_mask", "in_mask")]),
         (brain_mask, inversion_node, [("out_mask", "in_brain_mask")]),
+        (load_echoes, inversion_node, [("out_combined", "in_magnitude")]),
         (fit_field, inversion_node, [("out_weight", "in_weight")]),
         (inversion_node, reference, [("out_chi", "in_chi"), ("out_mask", "in_mask")]),
         (brain_mask, qc, [("out_mask", "in_brain_mask")]),
