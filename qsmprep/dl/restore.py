@@ -260,8 +260,9 @@ def chi_support(brain_mask: np.ndarray, magnitude: np.ndarray | None = None,
                 te_s: float | None = None, surface_voids: bool | str | None = None) -> np.ndarray:
     """chi's support in the chain: :func:`support_mask` plus, with long echoes, the voids at the brain's surface.
 
-    ``surface_voids`` (default None: :data:`SURFACE_VOIDS`) ``"auto"``: with ``magnitude`` given and :func:`long_echo` of ``b0_t`` (T) and
-    ``te_s`` (s), :func:`qsmprep.qsm.masking.surface_voids` (dark voxels next to the mask that are not
+    ``surface_voids`` (default None: :data:`SURFACE_VOIDS`) ``"auto"``: with ``magnitude`` given and
+    :func:`long_echo` of ``b0_t`` (T) and ``te_s`` (s), :func:`qsmprep.qsm.masking.surface_voids` (dark voxels
+    next to the mask that are not
     skull or air: cortical veins at 7 T, which the mask's outline leaves out although they are voids like
     the enclosed ones) join the support, with no data of their own, as the holes do.  False, or no
     magnitude: :func:`support_mask` alone.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
