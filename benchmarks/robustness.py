@@ -770,28 +770,29 @@ def study_tvfree(args) -> int:
 #: ``restore.chi_support`` turns the surface voids on (the others are unchanged by construction).
 SURFACE_STUDY_ROWS = ("SE 7T offset, qsm-forward", "SE 7T offset", "ME 7T many wraps")
 #: ``--study surface`` variants: name -> (``restore.SURFACE_VOIDS``, ``restore.SURFACE_STAGE``,
-#: ``masking.SURFACE_VOID_DEPTH_MM``, ``masking.SURFACE_VOID_MIN_SIGNAL``).
-SURFACE_VARIANTS = {"off": (False, "chain", 2.0, 0.3), "on": (True, "chain", 2.0, 0.3),
-                    "on, all steps": (True, "all", 2.0, 0.3), "on, final fit only": (True, "final", 2.0, 0.3),
-                    "on, 3 mm deep": (True, "chain", 3.0, 0.3), "on, below 0.4": (True, "chain", 2.0, 0.4),
-                    "on, 4 mm deep": (True, "chain", 4.0, 0.3)}
+#: ``masking.SURFACE_VOID_DEPTH_MM``, ``masking.SURFACE_VOID_MIN_SIGNAL``, ``restore.SURFACE_TV_FREE``).
+SURFACE_VARIANTS = {"off": (False, "chain", 2.0, 0.3, False), "on": (True, "chain", 2.0, 0.3, False),
+                    "on, all steps": (True, "all", 2.0, 0.3, False), "on, final fit only": (True, "final", 2.0, 0.3, False),
+                    "on, 3 mm deep": (True, "chain", 3.0, 0.3, False), "on, below 0.4": (True, "chain", 2.0, 0.4, False),
+                    "on, 4 mm deep": (True, "chain", 4.0, 0.3, False), "on, no TV in them": (True, "chain", 2.0, 0.3, True)}
 
 
 def study_surface(args) -> int:
     """Signal voids at the brain's surface in chi's support (``restore.chi_support``), validation heads: off, on
     (the chosen: 2 mm deep, [0.1, 0.3) of the brain's median magnitude, in the chain's background removal,
     network input and final fit), in every step (the voids' fits and cores too), in the final fit only, 3 mm
-    deep, 4 mm deep, and below 0.4; the app's chain on the rows with long echoes at 7 T; chi XSIM / NRMSE / ROI
+    deep, 4 mm deep, below 0.4, and with no TV inside them in the final fit (the chosen since); the app's chain on the rows with long echoes at 7 T; chi XSIM / NRMSE / ROI
     slope over the true brain.  ``variant`` says which, ``surface_voxels`` how many voxels joined the support."""
     from qsmprep.dl import restore
     from qsmprep.qsm import masking
     from qsmprep.qsm.echoes import combine_magnitude
 
     default = (restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM,
-               masking.SURFACE_VOID_MIN_SIGNAL)
+               masking.SURFACE_VOID_MIN_SIGNAL, restore.SURFACE_TV_FREE)
 
     def put(v):
-        restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM, masking.SURFACE_VOID_MIN_SIGNAL = v
+        (restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM, masking.SURFACE_VOID_MIN_SIGNAL,
+         restore.SURFACE_TV_FREE) = v
 
     out = args.out.parent / "robustness_surface_study.json"
     names = list(args.variants or SURFACE_VARIANTS)

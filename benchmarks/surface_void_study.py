@@ -7,7 +7,8 @@ of the brain's median: darker than the signal-void level of the mask, brighter t
 runs the app's chain (``chain_benchmark.m_app("nsidl")``) on validation heads with the surface voids off, on
 (2 mm deep, the chosen; stage ``"chain"``: the background removal over the support, the network's input and the
 final fit), in every step (``"all"``: the voids' fits and cores too), in the final fit only (``"final"``), and
-3 mm and 4 mm deep, and splits the squared error (referenced chi against the truth, true brain mask) into the
+3 mm and 4 mm deep, and with no TV inside them in the final fit (``"on, no TV in them"``, the chosen since), and
+splits the squared error (referenced chi against the truth, true brain mask) into the
 surface voids (2 mm deep), the brain within 3 voxels of them and the rest.
 
     .venv/bin/python benchmarks/surface_void_study.py --cases val-sim-7T-SE-obl --log benchmarks/surface_void_study.jsonl
@@ -28,10 +29,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import chain_benchmark as cb  # noqa: E402
 
-#: name -> (``restore.SURFACE_VOIDS``, ``restore.SURFACE_STAGE``, ``masking.SURFACE_VOID_DEPTH_MM``)
-VARIANTS = {"off": (False, "chain", 2.0), "on": (True, "chain", 2.0), "on, all steps": (True, "all", 2.0),
-            "on, final fit only": (True, "final", 2.0), "on, 3 mm deep": (True, "chain", 3.0),
-            "on, 4 mm deep": (True, "chain", 4.0)}
+#: name -> (``restore.SURFACE_VOIDS``, ``restore.SURFACE_STAGE``, ``masking.SURFACE_VOID_DEPTH_MM``,
+#: ``restore.SURFACE_TV_FREE``)
+VARIANTS = {"off": (False, "chain", 2.0, False), "on": (True, "chain", 2.0, False),
+            "on, all steps": (True, "all", 2.0, False), "on, final fit only": (True, "final", 2.0, False),
+            "on, 3 mm deep": (True, "chain", 3.0, False), "on, 4 mm deep": (True, "chain", 4.0, False),
+            "on, no TV in them": (True, "chain", 2.0, True)}
 
 
 def main(argv=None) -> int:
@@ -45,10 +48,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--log", default=str(HERE / "surface_void_study.jsonl"))
     args = ap.parse_args(argv)
-    default = restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM
+    default = restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM, restore.SURFACE_TV_FREE
 
     def put(v):
-        restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM = v
+        restore.SURFACE_VOIDS, restore.SURFACE_STAGE, masking.SURFACE_VOID_DEPTH_MM, restore.SURFACE_TV_FREE = v
     for name in args.cases:
         case = cb.validation_case(name, 1.0)
         chain = cb.chain_for(case)

@@ -219,6 +219,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
             "VoidCorePower": restore.void_core_power(b0_t, te_s),
             "SurfaceVoidVoxels": n_surface,
+            "SurfaceVoidsWithoutTV": bool(n_surface and restore.SURFACE_TV_FREE),
             "FinalFit": {"Method": "TV-regularised SMV-consistent fit of the total field (ADMM)",
                          "RadiiMm": list(restore.FINAL_RADII_MM), "TVWeight": lam,
                          "TVWeightRule": f"{restore.FINAL_TV_PER_NOISE} x local-field noise, within "

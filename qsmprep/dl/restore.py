@@ -253,6 +253,10 @@ SURFACE_VOIDS = "auto"
 #: on the 1 mm head and lost on the 2 mm rows (a void open to the outside has data on one side only, and its
 #: fit overshoots), ``"final"`` gained least.
 SURFACE_STAGE = "chain"
+#: No TV inside the surface voids in the final fit (``smv_tv(tv_free=...)``): a vein a voxel or two thick, with
+#: no data of its own, is what TV flattens first.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
+#: "Surface voids"; for the enclosed voids the same was not adopted: ``FINAL_TV_FREE_VOIDS``).
+SURFACE_TV_FREE = True
 
 
 def chi_support(brain_mask: np.ndarray, magnitude: np.ndarray | None = None,
@@ -446,12 +450,16 @@ def invert_nsidl_chain(
         from qsmprep.qsm.smvfit import smv_tv
         from qsmprep.utils.gpu import resolve_device
 
+        # no TV in the surface voids (SURFACE_TV_FREE) nor, when asked, in the enclosed ones
+        tv_free = (final_sup & ~support_mask(m)) if SURFACE_TV_FREE else np.zeros(m.shape, bool)
+        if final_tv_free_voids:
+            tv_free |= voids
         # the fit's ADMM runs in torch where the network ran, the CPU included (faster there than
         # numpy's: benchmarks/RESULTS.md, "Speed")
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
                      n_iter=final_iter, support=final_sup, support_mu=final_support_mu,
-                     tv_free=voids if final_tv_free_voids and voids.any() else None)
+                     tv_free=tv_free if tv_free.any() else None)
         if final_refit_voids and fitv.any():
             chi = fit_voids(chi, local_ppm, e & ~voids, fitv, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     if voids.any():
