@@ -410,10 +410,11 @@ def invert_nsidl_chain(
 
     m = np.asarray(brain_mask) > 0
     e = np.asarray(eroded_mask) > 0
-    enclosed = support_mask(m) & ~m
+    base = support_mask(m)
+    enclosed = base & ~m
     sup = final_sup = chi_support(m, magnitude, voxel_size, b0_t, te_s, surface_voids)
     if SURFACE_STAGE == "final":
-        sup = support_mask(m)
+        sup = base
     tot = np.where(m, np.asarray(total_ppm, np.float32), 0).astype(np.float32)
     w = None if weight is None else np.where(m, np.asarray(weight, np.float32), 0).astype(np.float32)
     t0 = time.time()
@@ -451,7 +452,7 @@ def invert_nsidl_chain(
         from qsmprep.utils.gpu import resolve_device
 
         # no TV in the surface voids (SURFACE_TV_FREE) nor, when asked, in the enclosed ones
-        tv_free = (final_sup & ~support_mask(m)) if SURFACE_TV_FREE else np.zeros(m.shape, bool)
+        tv_free = (final_sup & ~base) if SURFACE_TV_FREE else np.zeros(m.shape, bool)
         if final_tv_free_voids:
             tv_free |= voids
         # the fit's ADMM runs in torch where the network ran, the CPU included (faster there than
