@@ -183,7 +183,7 @@ NSIDL_DATA_FITS = ("auto", "chain", "robust", "strong")
 
 def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
                nsidl_data_fit: str = "auto", weights_path: str | None = None, total_ppm=None, brain_mask=None,
-               magnitude=None):
+               magnitude=None, support=None):
     from qsmprep.dl.inference import DC_WIDTH, data_fit_record, data_fit_settings, invert_nsidl
     from qsmprep.dl.weights import weights_info
     from qsmprep.qsm.constants import rad_per_ppm
@@ -204,6 +204,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
             raise ValueError("The NSIDL 'chain' data fit needs the total field (total_ppm) and the brain mask (brain_mask).")
         from qsmprep.dl import restore
 
+        if support is None:
+            support = restore.chi_support(brain_mask, magnitude, voxel_size, b0_t, te_s)
         lam, sigma = restore.final_tv_lambda(local_ppm, mask, voxel_size)
         n_iter = restore.final_iterations(voxel_size)
         chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
@@ -211,9 +213,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          final_lam=lam, final_iter=n_iter,
                                          final_refit_voids=restore.FINAL_REFIT_VOIDS,
                                          final_void_iter=restore.FINAL_VOID_ITER,
-                                         final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS, magnitude=magnitude)
-        sup = restore.chi_support(brain_mask, magnitude, voxel_size, b0_t, te_s)
-        n_surface = int((sup & ~restore.support_mask(brain_mask)).sum())
+                                         final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS, support=support)
+        n_surface = int((support & ~restore.support_mask(brain_mask)).sum())
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
@@ -288,17 +289,28 @@ def get_inversion(name: str) -> Inversion:
 
 def chi_mask(method: str, mask: np.ndarray, brain_mask: np.ndarray | None = None, *,
              magnitude: np.ndarray | None = None, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-             b0_t: float | None = None, te_s: float | None = None) -> np.ndarray:
+             b0_t: float | None = None, te_s: float | None = None, support: np.ndarray | None = None) -> np.ndarray:
     """Where :func:`invert` gives chi: the local field's mask, or, for a method that uses the total
     field when it and the brain mask are given, also chi's support there (``qsmprep.dl.restore.chi_support``:
     the brain mask with its holes filled and, with long echoes and the ``magnitude``, the voids at its
-    surface)."""
+    surface; ``support``: that support when the caller has it already)."""
     m = np.asarray(mask) > 0
     if get_inversion(method).total_field and brain_mask is not None:
-        from qsmprep.dl.restore import chi_support
-
-        return m | chi_support(np.asarray(brain_mask) > 0, magnitude, voxel_size, b0_t, te_s)
+        if support is None:
+            support = total_field_support(brain_mask, magnitude, voxel_size, b0_t, te_s)
+        return m | (np.asarray(support) > 0)
     return m
+
+
+def total_field_support(brain_mask: np.ndarray, magnitude: np.ndarray | None = None,
+                        voxel_size: Sequence[float] = (1.0, 1.0, 1.0), b0_t: float | None = None,
+                        te_s: float | None = None) -> np.ndarray:
+    """chi's support for the methods that use the total field (``qsmprep.dl.restore.chi_support``), computed
+    once by the caller and passed to :func:`chi_mask` and :func:`invert` as ``support`` (with long echoes the
+    surface-void search takes seconds on a 1 mm head)."""
+    from qsmprep.dl.restore import chi_support
+
+    return chi_support(np.asarray(brain_mask) > 0, magnitude, voxel_size, b0_t, te_s)
 
 
 def invert(
@@ -315,6 +327,7 @@ def invert(
     total_ppm: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
     magnitude: np.ndarray | None = None,
+    support: np.ndarray | None = None,
     **options,
 ) -> tuple[np.ndarray, dict]:
     """Run the inversion ``method``; returns ``(chi, record)``.
@@ -333,6 +346,7 @@ def invert(
         ignored by the others.  With them chi covers the brain mask with its holes filled.
     magnitude : the combined magnitude (any units), for the same methods: with long echoes the signal voids
         at the brain's surface join chi's support (``qsmprep.dl.restore.chi_support``).
+    support : that support (:func:`total_field_support`) when the caller has it already; else computed here once.
     options : method options (e.g. ``nsidl_data_fit``, ``weights_path`` for NSIDL).
 
     Returns chi in ppm (float32, zero outside the mask, not referenced) and the sidecar record:
@@ -349,12 +363,14 @@ def invert(
     dev = resolve_device(device) if inv.uses_torch else "cpu"
     m = np.asarray(mask) > 0
     kwargs = dict(weight=weight, b0_t=b0_t, te_s=te_s, device=dev)
-    out_mask = chi_mask(method, m, brain_mask if total_ppm is not None else None, magnitude=magnitude,
-                        voxel_size=voxel_size, b0_t=b0_t, te_s=te_s)
+    out_mask = m
     if inv.total_field and total_ppm is not None and brain_mask is not None:
-        kwargs.update(total_ppm=np.asarray(total_ppm, dtype=np.float32), brain_mask=np.asarray(brain_mask) > 0)
-        if magnitude is not None:
-            kwargs["magnitude"] = np.asarray(magnitude, dtype=np.float32)
+        if support is None:
+            support = total_field_support(brain_mask, magnitude, voxel_size, b0_t, te_s)
+        support = np.asarray(support) > 0
+        out_mask = chi_mask(method, m, brain_mask, support=support)
+        kwargs.update(total_ppm=np.asarray(total_ppm, dtype=np.float32), brain_mask=np.asarray(brain_mask) > 0,
+                      support=support)
     chi, own = inv.run(np.asarray(local_ppm, dtype=np.float32), m, tuple(float(v) for v in voxel_size),
                        tuple(float(v) for v in b0_dir), **kwargs, **options)
     record = {

@@ -173,7 +173,19 @@ def test_chain_images_a_vein_at_the_surface_with_long_echoes(monkeypatch):
     kw = dict(weight=brain.astype(np.float32), b0_t=7.0, te_s=0.015, device="cpu",
               total_ppm=np.where(brain, total, 0), brain_mask=brain)
     before, rec0 = invert("nsidl", loc, eroded, vs, b0, **kw)
+    from qsmprep.qsm import masking
+
+    calls, find = [], masking.surface_voids
+    monkeypatch.setattr(masking, "surface_voids", lambda *a, **k: calls.append(1) or find(*a, **k))
     on, rec = invert("nsidl", loc, eroded, vs, b0, magnitude=mag, **kw)
+    assert len(calls) == 1  # the search runs once per inversion (it takes seconds on a 1 mm head)
+    monkeypatch.undo()
+    from qsmprep.methods import total_field_support
+
+    sup = total_field_support(brain, mag, vs, 7.0, 0.015)
+    assert np.array_equal(invert("nsidl", loc, eroded, vs, b0, support=sup, **kw)[0], on)
+    assert np.array_equal(chi_mask("nsidl", eroded, brain, support=sup),
+                          chi_mask("nsidl", eroded, brain, magnitude=mag, voxel_size=vs, b0_t=7.0, te_s=0.015))
     out = vein & chi_mask("nsidl", eroded, brain, magnitude=mag, voxel_size=vs, b0_t=7.0, te_s=0.015) \
         & ~restore.support_mask(brain)
     assert out.sum() > 20 and rec["DataFit"]["SurfaceVoidVoxels"] >= out.sum() and rec0["DataFit"]["SurfaceVoidVoxels"] == 0

@@ -376,6 +376,7 @@ def invert_nsidl_chain(
     void_cores: float | str = "auto",
     magnitude: np.ndarray | None = None,
     surface_voids: bool | str | None = None,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`chi_support` of ``brain_mask``) from a chain's fields.
 
@@ -400,6 +401,8 @@ def invert_nsidl_chain(
     void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
         :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
     magnitude, surface_voids : the combined magnitude (any units) and the switch of :func:`chi_support`.
+    support : :func:`chi_support` of ``brain_mask`` when the caller has it already (then ``magnitude`` and
+        ``surface_voids`` are not used); it must contain :func:`support_mask` of ``brain_mask``.
 
     chi's support is the brain mask with its holes filled (:func:`support_mask`), with long echoes also
     the voids at its surface (:func:`chi_support`): signal voids stay in the map with zero data weight,
@@ -412,7 +415,11 @@ def invert_nsidl_chain(
     e = np.asarray(eroded_mask) > 0
     base = support_mask(m)
     enclosed = base & ~m
-    sup = final_sup = chi_support(m, magnitude, voxel_size, b0_t, te_s, surface_voids)
+    if support is None:
+        support = chi_support(m, magnitude, voxel_size, b0_t, te_s, surface_voids)
+    sup = final_sup = np.asarray(support) > 0
+    if (base & ~sup).any():
+        raise ValueError("support must contain the brain mask with its holes filled (restore.chi_support).")
     if SURFACE_STAGE == "final":
         sup = base
     tot = np.where(m, np.asarray(total_ppm, np.float32), 0).astype(np.float32)

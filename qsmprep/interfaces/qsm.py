@@ -432,11 +432,11 @@ class DipoleInversion(SimpleInterface):
             import torch
 
             torch.set_num_threads(max(1, int(self.inputs.num_threads)))
-        from qsmprep.methods import chi_mask
+        from qsmprep.methods import chi_mask, total_field_support
         from qsmprep.qsm.constants import hz_per_ppm
 
         options = {key: getattr(self.inputs, key) for key in inv.options}
-        total = brain = mag = None
+        total = brain = mag = support = None
         if inv.total_field and isdefined(self.inputs.in_total) and isdefined(self.inputs.in_brain_mask):
             total = load_volume(self.inputs.in_total)[0] / np.float32(hz_per_ppm(self.inputs.b0_t))
             brain = _mask(self.inputs.in_brain_mask)
@@ -444,12 +444,12 @@ class DipoleInversion(SimpleInterface):
                 from qsmprep.qsm.echoes import combine_magnitude
 
                 mag = combine_magnitude(load_volume(self.inputs.in_magnitude)[0])
+            support = total_field_support(brain, mag, voxel_size, self.inputs.b0_t, self.inputs.te_s)
         chi, meta = invert(self.inputs.method, local, mask, voxel_size, b0_dir, weight=weight, b0_t=self.inputs.b0_t,
                            te_s=self.inputs.te_s, device=self.inputs.device, total_ppm=total, brain_mask=brain,
-                           magnitude=mag, **options)
+                           support=support, **options)
         self._results["out_chi"] = save_volume(chi, img, "chi_raw.nii.gz", runtime.cwd)
-        out = chi_mask(self.inputs.method, mask, brain, magnitude=mag, voxel_size=voxel_size, b0_t=self.inputs.b0_t,
-                       te_s=self.inputs.te_s)
+        out = chi_mask(self.inputs.method, mask, brain, support=support)
         self._results["out_mask"] = save_volume(out, img, "chi_mask.nii.gz", runtime.cwd, dtype=np.uint8)
         path = os.path.join(runtime.cwd, "inversion.json")
         with open(path, "w") as fh:
