@@ -185,6 +185,14 @@ def test_smv_tv_torch_iterations_match_numpy():
     b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device="cpu", **kw)
     assert np.abs(a).max() > 0.05
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+    # anisotropic voxels (the gradient's spacing), a prior term and a support wider than the data
+    vs, b0 = (1.0, 0.8, 2.0), (0, 0.3, 0.95)
+    kw = dict(radii_mm=(4.0, 3.0), lam=1e-4, n_iter=15, chi_prior=0.5 * chi, prior_weight=0.05,
+              support=x ** 2 + y ** 2 + (1.2 * z) ** 2 < 18 ** 2)
+    a = smv_tv(field, mask, vs, b0, **kw)
+    b = smv_tv(field, mask, vs, b0, device="cpu", **kw)
+    assert np.abs(a).max() > 0.05
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
 
 
 @pytest.mark.gpu
