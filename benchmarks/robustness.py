@@ -429,7 +429,7 @@ def main(argv=None) -> int:
     ap.add_argument("--study", choices=tuple(STUDIES), help="run a validation study instead of the matrix")
     ap.add_argument("--render", action="store_true", help="print the Markdown table of --out (no computing)")
     ap.add_argument("--variants", nargs="+", default=None,
-                    help="--study surface: only these variants (their rows replace the same rows in the study's JSON)")
+                    help="--study surface / iters: only these variants (their rows replace the same rows in the study's JSON)")
     ap.add_argument("--voxel", type=float, default=2.0,
                     help="isotropic voxel size (mm) of the rows without their own (default 2; 1 for the confirmation)")
     args = ap.parse_args(argv)
@@ -815,8 +815,43 @@ def study_surface(args) -> int:
     return 0
 
 
+#: Rows of the iteration study (``--study iters``): every canonical row on a 2 mm grid (where
+#: ``restore.FINAL_ITER_MIN`` sets the final fit's count; the thick-slice rows' counts lie above it).
+ITERS_STUDY_ROWS = ("SE 3T offset, qsm-forward", "SE 7T offset, qsm-forward", "ME 3T, qsm-forward", "SE 3T offset",
+                    "SE 7T offset", "ME 3T", "ME 3T oblique 30 deg", "ME 3T SNR 30", "ME 3T slab 64 mm",
+                    "ME 7T many wraps", "ME 3T unequal spacing")
+#: ``--study iters`` variants: the final fit's ADMM iterations on a 2 mm grid.
+ITERS_VARIANTS = (30, 45, 60, 90)
+
+
+def study_iters(args) -> int:
+    """The final fit's ADMM iterations on 2 mm grids (``restore.final_iterations``: 60 there, its fewest,
+    ``restore.FINAL_ITER_MIN``), validation heads: 30, 45, 60 (the default) and 90 on every canonical 2 mm row;
+    chi XSIM / NRMSE / ROI slope over the true brain.  ``iterations`` says which."""
+    from qsmprep.dl import restore
+
+    default = restore.final_iterations
+    out = args.out.parent / "robustness_iters_study.json"
+    names = [int(v) for v in (args.variants or ITERS_VARIANTS)]
+    rows = [r for r in (json.loads(out.read_text()) if args.variants and out.exists() else [])
+            if not (r["iterations"] in names and r["seed"] in study_seeds(args))]
+    for seed, row, d, vs in study_cases(args, [r for r in ITERS_STUDY_ROWS if r in args.rows]):
+        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
+        for n in names:
+            restore.final_iterations = lambda voxel_size, n=n: n
+            try:
+                chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
+            finally:
+                restore.final_iterations = default
+            rows.append({"seed": seed, "row": row, "iterations": n, **{k: round(v, 4) for k, v in score(chi, d).items()}})
+            print(json.dumps(rows[-1]), flush=True)
+        out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
-                 "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface}
+                 "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
+                 "iters": study_iters}
 
 if __name__ == "__main__":
     raise SystemExit(main())
