@@ -312,8 +312,9 @@ def smv_tv(
 
 
 def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops):
-    """:func:`smv_tv`'s ADMM iterations, for numpy arrays or torch tensors (``ops``: the FFTs,
-    gradients, soft threshold and allocation of that library).  Returns chi on the padded grid."""
+    """:func:`smv_tv`'s ADMM iterations in numpy (``ops``: :class:`_NumpyOps`, the FFTs, gradients, soft threshold
+    and allocation), written as the updates read; the reference that :func:`_smv_tv_admm_torch` (the app's loop,
+    on the CPU or a GPU) is tested against.  Returns chi on the padded grid."""
     # splits: z = grad chi (TV), y_r = K_r chi (data), u = chi on the support (support constraint)
     z = ops.grad(x)
     sz = [ops.zeros_like(x) for _ in range(3)]
