@@ -827,15 +827,17 @@ ITERS_VARIANTS = (30, 45, 60, 90)
 def study_iters(args) -> int:
     """The final fit's ADMM iterations on 2 mm grids (``restore.final_iterations``: 60 there, its fewest,
     ``restore.FINAL_ITER_MIN``), validation heads: 30, 45, 60 (the default) and 90 on every canonical 2 mm row;
-    chi XSIM / NRMSE / ROI slope over the true brain.  ``iterations`` says which."""
+    chi XSIM / NRMSE / ROI slope over the true brain.  ``iterations`` says which.  With ``--rows`` (e.g. the
+    thick-slice rows) and ``--variants`` (counts) the same for those rows; their results join the JSON."""
     from qsmprep.dl import restore
 
     default = restore.final_iterations
     out = args.out.parent / "robustness_iters_study.json"
     names = [int(v) for v in (args.variants or ITERS_VARIANTS)]
+    todo = list(ITERS_STUDY_ROWS) if args.rows == list(ROWS) else list(args.rows)
     rows = [r for r in (json.loads(out.read_text()) if args.variants and out.exists() else [])
-            if not (r["iterations"] in names and r["seed"] in study_seeds(args))]
-    for seed, row, d, vs in study_cases(args, [r for r in ITERS_STUDY_ROWS if r in args.rows]):
+            if not (r["iterations"] in names and r["seed"] in study_seeds(args) and r["row"] in todo)]
+    for seed, row, d, vs in study_cases(args, todo):
         ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
         for n in names:
             restore.final_iterations = lambda voxel_size, n=n: n
