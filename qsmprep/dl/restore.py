@@ -446,6 +446,7 @@ def invert_nsidl_chain(
 
         local_ppm, e = ismv(inpaint_nearest(tot, m), sup, voxel_size)
     chi = net(np.where(e & ~voids, local_ppm, 0).astype(np.float32) if voids.any() else local_ppm, e)
+    LOG.info("NSIDL chain: the network on the local field done at %.1f s", time.time() - t0)
     fitv = voids if SURFACE_STAGE == "all" else enclosed
     if fitv.any():
         chi = fit_voids(chi, local_ppm, e & ~voids, fitv, voxel_size, b0_dir, weight=w)
@@ -468,6 +469,8 @@ def invert_nsidl_chain(
                      device=resolve_device(device),
                      n_iter=final_iter, support=final_sup, support_mu=final_support_mu,
                      tv_free=tv_free if tv_free.any() else None)
+        LOG.info("NSIDL chain: the final SMV-TV fit (%d ADMM iterations, TV weight %.2e) done at %.1f s", int(final_iter),
+                 float(final_lam), time.time() - t0)
         if final_refit_voids and fitv.any():
             chi = fit_voids(chi, local_ppm, e & ~voids, fitv, voxel_size, b0_dir, weight=w, n_iter=final_void_iter)
     if voids.any():
