@@ -53,10 +53,16 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = 
     """Dilation by a ball of ``radius_mm`` (mm; Euclidean distance on the voxel grid)."""
     from scipy import ndimage
 
+    from qsmprep.qsm.geometry import bounding_box
+
     m = np.asarray(mask, bool)
     if radius_mm <= 0 or not m.any():
         return m.copy()
-    return ndimage.distance_transform_edt(~m, sampling=voxel_size) <= radius_mm
+    # only the mask's box grown by the radius can be reached: the transform there alone (the same result)
+    box = bounding_box(m, [int(np.ceil(radius_mm / float(v))) + 1 for v in _spacing(voxel_size, m.ndim)])
+    out = np.zeros(m.shape, bool)
+    out[box] = ndimage.distance_transform_edt(~m[box], sampling=voxel_size) <= radius_mm
+    return out
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1), *,
@@ -72,13 +78,25 @@ def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (
 
     if border not in ("background", "continue"):
         raise ValueError(f"border must be 'background' or 'continue', got {border!r}.")
+    from qsmprep.qsm.geometry import bounding_box
+
     m = np.asarray(mask, bool)
     if radius_mm <= 0 or not m.any():
         return m.copy()
+    # the mask's box and a ring of background (where the box is inside the array) hold every nearest
+    # background voxel: the transform there alone (the same result)
+    box = bounding_box(m, 1)
     width = [1] * m.ndim
-    d = ndimage.distance_transform_edt(_pad(m, width, "edge" if border == "continue" else "constant"),
+    d = ndimage.distance_transform_edt(_pad(m[box], width, "edge" if border == "continue" else "constant"),
                                        sampling=voxel_size)
-    return _unpad(d, width) > radius_mm
+    out = np.zeros(m.shape, bool)
+    out[box] = _unpad(d, width) > radius_mm
+    return out
+
+
+def _spacing(voxel_size, ndim: int) -> list[float]:
+    v = np.atleast_1d(np.asarray(voxel_size, float))
+    return list(v) if v.size == ndim else [float(v[0])] * ndim
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1)) -> np.ndarray:
