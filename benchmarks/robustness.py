@@ -820,32 +820,42 @@ def study_surface(args) -> int:
 ITERS_STUDY_ROWS = ("SE 3T offset, qsm-forward", "SE 7T offset, qsm-forward", "ME 3T, qsm-forward", "SE 3T offset",
                     "SE 7T offset", "ME 3T", "ME 3T oblique 30 deg", "ME 3T SNR 30", "ME 3T slab 64 mm",
                     "ME 7T many wraps", "ME 3T unequal spacing")
-#: ``--study iters`` variants: the final fit's ADMM iterations on a 2 mm grid.
-ITERS_VARIANTS = (30, 45, 60, 90)
+#: ``--study iters`` variants: the final fit's ADMM iterations on a 2 mm grid; ``N@R``: N iterations with the
+#: ADMM over-relaxed by R (``restore.FINAL_RELAX``; plain N: R = 1).
+ITERS_VARIANTS = ("30", "45", "60", "90")
+
+
+def _iters_variant(v: str) -> tuple[int, float]:
+    n, _, r = str(v).partition("@")
+    return int(n), float(r or 1.0)
 
 
 def study_iters(args) -> int:
     """The final fit's ADMM iterations on 2 mm grids (``restore.final_iterations``: 60 there, its fewest,
     ``restore.FINAL_ITER_MIN``), validation heads: 30, 45, 60 (the default) and 90 on every canonical 2 mm row;
-    chi XSIM / NRMSE / ROI slope over the true brain.  ``iterations`` says which.  With ``--rows`` (e.g. the
-    thick-slice rows) and ``--variants`` (counts) the same for those rows; their results join the JSON."""
+    chi XSIM / NRMSE / ROI slope over the true brain.  ``iterations`` (and ``relax``) say which.  With ``--rows``
+    (e.g. the thick-slice rows) and ``--variants`` (counts, or ``N@R`` for N over-relaxed iterations) the same
+    for those rows; their results join the JSON."""
     from qsmprep.dl import restore
 
-    default = restore.final_iterations
+    default, default_relax = restore.final_iterations, restore.FINAL_RELAX
     out = args.out.parent / "robustness_iters_study.json"
-    names = [int(v) for v in (args.variants or ITERS_VARIANTS)]
+    names = [_iters_variant(v) for v in (args.variants or ITERS_VARIANTS)]
     todo = list(ITERS_STUDY_ROWS) if args.rows == list(ROWS) else list(args.rows)
     rows = [r for r in (json.loads(out.read_text()) if args.variants and out.exists() else [])
-            if not (r["iterations"] in names and r["seed"] in study_seeds(args) and r["row"] in todo)]
+            if not ((r["iterations"], r.get("relax", 1.0)) in names and r["seed"] in study_seeds(args)
+                    and r["row"] in todo)]
     for seed, row, d, vs in study_cases(args, todo):
         ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
-        for n in names:
+        for n, relax in names:
             restore.final_iterations = lambda voxel_size, n=n: n
+            restore.FINAL_RELAX = relax
             try:
                 chi = app_inversion("nsidl", ch, vs, d["b0_dir"], d["b0_t"], d["te_s"])
             finally:
-                restore.final_iterations = default
-            rows.append({"seed": seed, "row": row, "iterations": n, **{k: round(v, 4) for k, v in score(chi, d).items()}})
+                restore.final_iterations, restore.FINAL_RELAX = default, default_relax
+            tag = {"iterations": n} if relax == 1.0 else {"iterations": n, "relax": relax}
+            rows.append({"seed": seed, "row": row, **tag, **{k: round(v, 4) for k, v in score(chi, d).items()}})
             print(json.dumps(rows[-1]), flush=True)
         out.write_text(json.dumps(rows, indent=1))
     return 0

@@ -210,7 +210,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
         n_iter = restore.final_iterations(voxel_size)
         chi = restore.invert_nsidl_chain(local_ppm, mask, total_ppm, brain_mask, voxel_size, b0_dir, weight=weight,
                                          b0_t=b0_t, te_s=te_s, device=device, weights_path=weights_path,
-                                         final_lam=lam, final_iter=n_iter,
+                                         final_lam=lam, final_iter=n_iter, final_relax=restore.FINAL_RELAX,
                                          final_refit_voids=restore.FINAL_REFIT_VOIDS,
                                          final_void_iter=restore.FINAL_VOID_ITER,
                                          final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS, support=support)
@@ -227,7 +227,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          f"{list(restore.FINAL_TV_RANGE)}, at most {restore.THICK_TV_MAX} "
                                          f"for voxel aspect >= {restore.THICK_ASPECT}",
                          "LocalFieldNoisePpm": None if not np.isfinite(sigma) else round(sigma, 6),
-                         "Iterations": n_iter, "SupportPenalty": restore.FINAL_SUPPORT_MU,
+                         "Iterations": n_iter, "OverRelaxation": restore.FINAL_RELAX,
+                         "SupportPenalty": restore.FINAL_SUPPORT_MU,
                          "VoidsRefitted": restore.FINAL_REFIT_VOIDS,
                          "VoidRefitIterations": restore.FINAL_VOID_ITER if restore.FINAL_REFIT_VOIDS else 0},
         }

@@ -195,6 +195,39 @@ def test_smv_tv_torch_iterations_match_numpy():
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
 
 
+def test_smv_tv_over_relaxation_reaches_the_minimiser_sooner():
+    """ADMM over-relaxation (``relax``): torch and numpy agree; after the same number of iterations the
+    relaxed chi is nearer the minimiser (a long over-relaxed run) than the plain one (200 iterations: within
+    5 % against 23 % on this problem); relax 1 is the plain loop exactly; relax outside (0, 2) is refused."""
+    pytest.importorskip("torch")
+    from qsmprep.qsm.smvfit import smv_tv
+
+    n = 32
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
+    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < 13 ** 2
+    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 16, 0.2, 0.0) - np.where(x ** 2 + (y + 5) ** 2 + z ** 2 < 9, 0.1, 0.0)
+    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
+    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)
+    kw = dict(radii_mm=(4.0, 2.0), lam=3e-4)
+    a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.7, n_iter=15, **kw)
+    b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.7, n_iter=15, device="cpu", **kw)
+    assert np.abs(a).max() > 0.05
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+    ref = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.9, n_iter=500, device="cpu", **kw)
+    err = {}
+    for relax in (1.0, 1.7):
+        seen = {}
+        smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=relax, n_iter=200, device="cpu",
+               callback=lambda it, cur: seen.__setitem__(it, cur()) if it in (60, 120, 200) else None, **kw)
+        err[relax] = {it: float(np.linalg.norm(c - ref) / np.linalg.norm(ref)) for it, c in seen.items()}
+    assert err[1.7][60] < 0.85 * err[1.0][60] and err[1.7][120] < 0.7 * err[1.0][120], err
+    assert err[1.7][200] < 0.05 < 0.15 < err[1.0][200], err
+    plain = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), n_iter=15, device="cpu", **kw)
+    assert np.array_equal(plain, smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.0, n_iter=15, device="cpu", **kw))
+    with pytest.raises(ValueError, match="relax"):
+        smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=2.0, **kw)
+
+
 @pytest.mark.gpu
 def test_smv_tv_on_cuda_matches_numpy():
     """The chain's SMV-TV fit on a GPU (where the network ran) gives numpy's chi."""

@@ -69,6 +69,8 @@ FINAL_ITER = 200
 #: The fewest iterations on coarse grids (the 2 mm validation rows' choice; ``benchmarks/RESULTS.md``).
 FINAL_ITER_MIN = 60
 FINAL_SUPPORT_MU = 0.01
+#: ADMM over-relaxation of the final fit (``smv_tv(relax=...)``; 1: plain ADMM).
+FINAL_RELAX = 1.0
 #: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
 #: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_REFIT_VOIDS = True
@@ -370,6 +372,7 @@ def invert_nsidl_chain(
     final_lam: float | str = FINAL_TV_LAMBDA,
     final_iter: int | str = "auto",
     final_support_mu: float = FINAL_SUPPORT_MU,
+    final_relax: float = FINAL_RELAX,
     final_refit_voids: bool = FINAL_REFIT_VOIDS,
     final_void_iter: int = FINAL_VOID_ITER,
     final_tv_free_voids: bool = FINAL_TV_FREE_VOIDS,
@@ -394,6 +397,7 @@ def invert_nsidl_chain(
     final_radii_mm, final_lam, final_iter, final_support_mu : the final TV fit's radii, TV weight
         (``"auto"``: :func:`final_tv_lambda` of ``local_ppm`` on this grid), ADMM iterations (``"auto"``:
         :func:`final_iterations` of this grid), support penalty.
+    final_relax : the final fit's ADMM over-relaxation (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``relax``).
     final_refit_voids : after the final fit, fit the voids again (:func:`fit_voids`) to the field its
         chi leaves unexplained around them, with ``final_void_iter`` CG iterations.
     final_tv_free_voids : no TV in the voids and across their edges in the final fit
@@ -467,7 +471,7 @@ def invert_nsidl_chain(
         # numpy's: benchmarks/RESULTS.md, "Speed")
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
-                     n_iter=final_iter, support=final_sup, support_mu=final_support_mu,
+                     n_iter=final_iter, support=final_sup, support_mu=final_support_mu, relax=final_relax,
                      tv_free=tv_free if tv_free.any() else None)
         LOG.info("NSIDL chain: the final SMV-TV fit (%d ADMM iterations, TV weight %.2e) done at %.1f s", int(final_iter),
                  float(final_lam), time.time() - t0)
