@@ -90,6 +90,7 @@ def test_final_void_refit(b0, monkeypatch):
     for (on, n), (_, rec) in runs.items():
         assert rec["DataFit"]["FinalFit"]["VoidsRefitted"] is on
         assert rec["DataFit"]["FinalFit"]["VoidRefitIterations"] == (n if on else 0)
+        assert rec["DataFit"]["FinalFit"]["OverRelaxation"] == restore.FINAL_RELAX
     one, off, full = (runs[k][0] for k in keys)
     rest = brain & ~calc
     truth = chi - chi[rest].mean()

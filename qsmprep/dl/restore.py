@@ -63,14 +63,16 @@ FINAL_TV_RANGE = (1e-5, 3e-4)
 #: weight :data:`THICK_TV_MAX` (validation heads, 1 x 1 x 3 mm: XSIM 0.675 with it, 0.619 with the rule).
 THICK_ASPECT = 2.5
 THICK_TV_MAX = 3e-5
-#: ADMM iterations of the final fit on a 1 mm grid (:func:`final_iterations` scales them to the grid):
-#: the validation heads' choice (``benchmarks/RESULTS.md``, "The chain's final fit").
-FINAL_ITER = 200
-#: The fewest iterations on coarse grids (the 2 mm validation rows' choice; ``benchmarks/RESULTS.md``).
-FINAL_ITER_MIN = 60
+#: ADMM iterations of the final fit on a 1 mm grid (:func:`final_iterations` scales them to the grid), over-relaxed
+#: by :data:`FINAL_RELAX`: the validation heads' choice (``benchmarks/RESULTS.md``, "The chain's final fit" and
+#: "Over-relaxation"; 200 plain iterations until session 17).
+FINAL_ITER = 130
+#: The fewest iterations on coarse grids (the 2 mm validation rows' choice; 60 plain until session 17).
+FINAL_ITER_MIN = 40
 FINAL_SUPPORT_MU = 0.01
-#: ADMM over-relaxation of the final fit (``smv_tv(relax=...)``; 1: plain ADMM).
-FINAL_RELAX = 1.0
+#: ADMM over-relaxation of the final fit (``smv_tv(relax=...)``; 1: plain ADMM): 130 over-relaxed iterations
+#: reach what 200 plain ones did (validation heads, ``benchmarks/RESULTS.md``, "Over-relaxation").
+FINAL_RELAX = 1.7
 #: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
 #: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
 FINAL_REFIT_VOIDS = True
@@ -108,7 +110,7 @@ def final_iterations(voxel_size: Sequence[float]) -> int:
     """ADMM iterations of the chain's final fit on a grid of ``voxel_size`` (mm).
 
     ``FINAL_ITER / V**(2/3)`` (V: voxel volume in mm^3), at least :data:`FINAL_ITER_MIN` and at most
-    :data:`FINAL_ITER`: 200 at 1 mm, 126 at 1 x 1 x 2 mm, 96 at 1 x 1 x 3 mm, 60 at 2 mm.  A coarser grid has
+    :data:`FINAL_ITER`: 130 at 1 mm, 82 at 1 x 1 x 2 mm, 62 at 1 x 1 x 3 mm, 40 at 2 mm.  A coarser grid has
     fewer voxels across the head, its ADMM converges sooner, and iterations past that fit noise (validation
     heads at 1 mm and 2 mm: ``benchmarks/RESULTS.md``, "The chain's final fit").
     """
