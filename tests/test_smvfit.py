@@ -169,17 +169,25 @@ def test_chain_tv_weight_follows_the_noise():
     assert restore.final_tv_lambda(noisy, mask, (1, 1, 2))[0] == restore.final_tv_lambda(noisy, mask)[0] > 6e-5
 
 
+def _spheres_in_ellipsoid(n, r_mask, r2_pos=16, y_neg=5):
+    """A 0.2 ppm ball (radius^2 ``r2_pos``) and a -0.1 ppm ball (radius 3, ``y_neg`` off centre) in an ellipsoid mask
+    (radius ``r_mask``, squashed along z) on an ``n``^3 grid at 1 mm; their field with a harmonic background (a
+    linear ramp), zero outside the mask.  Returns ``x, y, z, mask, chi, field``."""
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
+    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < r_mask ** 2
+    chi = (np.where((x - 4) ** 2 + y ** 2 + z ** 2 < r2_pos, 0.2, 0.0)
+           - np.where(x ** 2 + (y + y_neg) ** 2 + z ** 2 < 9, 0.1, 0.0))
+    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
+    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)
+    return x, y, z, mask, chi, field
+
+
 def test_smv_tv_torch_iterations_match_numpy():
     """The torch ADMM loop (the GPU path) gives numpy's chi on the same problem (torch on the CPU here)."""
     pytest.importorskip("torch")
     from qsmprep.qsm.smvfit import smv_tv
 
-    n = 40
-    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
-    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < 17 ** 2
-    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 25, 0.2, 0.0) - np.where(x ** 2 + (y + 6) ** 2 + z ** 2 < 9, 0.1, 0.0)
-    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
-    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)  # plus a harmonic background
+    x, y, z, mask, chi, field = _spheres_in_ellipsoid(40, 17, r2_pos=25, y_neg=6)
     kw = dict(radii_mm=(4.0, 2.0), lam=5e-5, n_iter=20, chi_prior=0.5 * chi)
     a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), **kw)
     b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device="cpu", **kw)
@@ -202,12 +210,7 @@ def test_smv_tv_over_relaxation_reaches_the_minimiser_sooner():
     pytest.importorskip("torch")
     from qsmprep.qsm.smvfit import smv_tv
 
-    n = 32
-    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
-    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < 13 ** 2
-    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 16, 0.2, 0.0) - np.where(x ** 2 + (y + 5) ** 2 + z ** 2 < 9, 0.1, 0.0)
-    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
-    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)
+    _, _, _, mask, _, field = _spheres_in_ellipsoid(32, 13)
     kw = dict(radii_mm=(4.0, 2.0), lam=3e-4)
     a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.7, n_iter=15, **kw)
     b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), relax=1.7, n_iter=15, device="cpu", **kw)
@@ -323,27 +326,21 @@ def test_void_cores_keep_the_moment_and_sharpen_a_bloomed_source():
 
 
 def test_smv_grid_needs_one_margin_only(monkeypatch):
-    """The SMV fits' grid: the support's box plus one margin (the largest radius) of zero padding holds the
-    SMV-filtered dipole kernel without wrap-around, so growing the box by another margin on each side
-    (``BOX_MARGIN`` 1, the grid before session 17) changes neither the CG fit nor the TV fit's minimiser,
-    only the cost; the grid is smaller."""
+    """smv_tv's grid: the support's box plus one margin (the largest radius) of zero padding holds the
+    SMV-filtered dipole kernel, so growing the box by another margin on each side (``BOX_MARGIN`` 1, the grid
+    before session 17) leaves the TV fit's minimiser as it was (measured: 0.05 % of its peak), on a grid with
+    under 0.75 of the voxels.  smv_fit keeps the wider grid (``_smv_grid``'s default)."""
     from qsmprep.qsm import smvfit
 
-    n = 40
-    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
-    mask = x ** 2 + y ** 2 + (1.2 * z) ** 2 < 16 ** 2
-    chi = np.where((x - 4) ** 2 + y ** 2 + z ** 2 < 16, 0.2, 0.0) - np.where(x ** 2 + (y + 5) ** 2 + z ** 2 < 9, 0.1, 0.0)
-    field = forward_field(chi.astype(np.float32), (1, 1, 1), (0, 0, 1))
-    field = np.where(mask, field + 1e-3 * (x + 0.5 * z), 0).astype(np.float32)
+    _, _, _, mask, _, field = _spheres_in_ellipsoid(40, 16)
     vs = (1.0, 1.0, 1.0)
     out, shapes = {}, {}
     for bm in (1, 0):
         monkeypatch.setattr(smvfit, "BOX_MARGIN", bm)
-        shapes[bm] = smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test")[3]
-        out[bm] = (smvfit.smv_fit(field, mask, vs, (0, 0, 1), radii_mm=(4.0, 2.0), n_iter=20),
-                   smvfit.smv_tv(field, mask, vs, (0, 0, 1), radii_mm=(4.0, 2.0), lam=3e-4, relax=1.9, n_iter=400,
-                                 device="cpu"))
+        shapes[bm] = smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test", smvfit.BOX_MARGIN)[3]
+        out[bm] = smvfit.smv_tv(field, mask, vs, (0, 0, 1), radii_mm=(4.0, 2.0), lam=3e-4, relax=1.9, n_iter=400,
+                                device="cpu")
     assert np.prod(shapes[0]) < 0.75 * np.prod(shapes[1]), shapes
-    for (a, b), tol in zip(zip(out[1], out[0]), (0.01, 0.002)):  # measured: 0.0035 (CG), 0.0005 (TV)
-        assert np.abs(a).max() > 0.05
-        assert np.abs(a - b).max() < tol * np.abs(a).max(), np.abs(a - b).max()
+    assert smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test")[3] == shapes[1]
+    assert np.abs(out[1]).max() > 0.05
+    assert np.abs(out[1] - out[0]).max() < 0.002 * np.abs(out[1]).max()

@@ -79,16 +79,17 @@ def smv_operator_masks(mask: np.ndarray, voxel_size: Sequence[float], radii_mm: 
     return out
 
 
-#: The SMV fits' grid: ``sup``'s bounding box grown by ``BOX_MARGIN`` x the margin (the largest radius + 2
+#: :func:`smv_tv`'s grid: ``sup``'s bounding box grown by ``BOX_MARGIN`` x the margin (the largest radius + 2
 #: voxels) on each side, then zero-padded by one margin.  One margin of zero padding holds the SMV-filtered
-#: dipole kernel (it vanishes beyond its radius), so 0 (since session 17; 1 before) gives the same fits on a
-#: smaller grid (about 0.6 of the voxels of a 1 mm head: fewer, cheaper FFTs).
+#: dipole kernel (it vanishes beyond its radius, up to the discrete kernels' tails), so 0 gives the same TV fit on
+#: a smaller grid (``benchmarks/RESULTS.md``, "Over-relaxation").  :func:`smv_fit` (not in the default chain)
+#: keeps a margin of 1: its CG iterates feel the tails' wrap-around more.
 BOX_MARGIN = 0
 
 
-def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str):
+def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str, box_margin: int = 1):
     """The SMV fits' shared set-up: ``parts`` (:func:`smv_operator_masks` of ``m``, the non-empty ones),
-    the bounding box of ``sup`` with a margin of the largest radius, the crop and FFT shape of the
+    the bounding box of ``sup`` grown by ``box_margin`` x (the largest radius + 2 voxels), the crop and FFT shape of the
     padded grid (zero padding of the margin beyond the box even where the box meets the volume's
     edge) and ``pad(a)`` (``a``'s box on that grid, float32)."""
     radii = sorted((float(r) for r in radii_mm), reverse=True)
@@ -96,7 +97,7 @@ def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[floa
     if not parts:
         raise ValueError(f"{who}: no sphere of radius {min(radii)} mm fits in the mask.")
     margin = [int(np.ceil(radii[0] / d)) + 2 for d in vs]
-    box = bounding_box(sup, [g * BOX_MARGIN for g in margin])
+    box = bounding_box(sup, [g * int(box_margin) for g in margin])
     crop = tuple(slice(0, s.stop - s.start) for s in box)
     shape = tuple(int(sfft.next_fast_len(s.stop - s.start + g, real=True)) for s, g in zip(box, margin))
 
@@ -256,7 +257,7 @@ def smv_tv(
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
     vs = tuple(float(v) for v in voxel_size)
-    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_tv")
+    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
     wk = fft_workers()
 
     def rfft(x):
