@@ -70,8 +70,8 @@ FINAL_ITER = 130
 #: The fewest iterations on coarse grids (the 2 mm validation rows' choice; 60 plain until session 17).
 FINAL_ITER_MIN = 40
 FINAL_SUPPORT_MU = 0.01
-#: ADMM over-relaxation of the final fit (``smv_tv(relax=...)``; 1: plain ADMM): 130 over-relaxed iterations
-#: reach what 200 plain ones did (validation heads, ``benchmarks/RESULTS.md``, "Over-relaxation").
+#: ADMM over-relaxation of the final fit (``smv_tv(relax=...)``; 1: plain ADMM; validation heads:
+#: ``benchmarks/RESULTS.md``, "Over-relaxation").
 FINAL_RELAX = 1.7
 #: Refit the voids (:func:`fit_voids`) after the final fit: its TV, with no data inside a void, smooths the
 #: void's source away (validation heads: ``benchmarks/RESULTS.md``, "The chain's final fit").
