@@ -337,10 +337,10 @@ def test_smv_grid_needs_one_margin_only(monkeypatch):
     out, shapes = {}, {}
     for bm in (1, 0):
         monkeypatch.setattr(smvfit, "BOX_MARGIN", bm)
-        shapes[bm] = smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test", smvfit.BOX_MARGIN)[3]
+        shapes[bm] = smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test", smvfit.BOX_MARGIN)[1]
         out[bm] = smvfit.smv_tv(field, mask, vs, (0, 0, 1), radii_mm=(4.0, 2.0), lam=3e-4, relax=1.9, n_iter=400,
                                 device="cpu")
     assert np.prod(shapes[0]) < 0.75 * np.prod(shapes[1]), shapes
-    assert smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test")[3] == shapes[1]
+    assert smvfit._smv_grid(mask, mask, vs, (4.0, 2.0), "test")[1] == shapes[1]
     assert np.abs(out[1]).max() > 0.05
     assert np.abs(out[1] - out[0]).max() < 0.002 * np.abs(out[1]).max()

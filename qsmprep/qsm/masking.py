@@ -59,7 +59,7 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = 
     if radius_mm <= 0 or not m.any():
         return m.copy()
     # only the mask's box grown by the radius can be reached: the transform there alone (the same result)
-    box = bounding_box(m, [int(np.ceil(radius_mm / float(v))) + 1 for v in _spacing(voxel_size, m.ndim)])
+    box = bounding_box(m, _reach(radius_mm, voxel_size))
     out = np.zeros(m.shape, bool)
     out[box] = ndimage.distance_transform_edt(~m[box], sampling=voxel_size) <= radius_mm
     return out
@@ -94,9 +94,9 @@ def erode_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (
     return out
 
 
-def _spacing(voxel_size, ndim: int) -> list[float]:
-    v = np.atleast_1d(np.asarray(voxel_size, float))
-    return list(v) if v.size == ndim else [float(v[0])] * ndim
+def _reach(radius_mm: float, voxel_size: Sequence[float]) -> list[int]:
+    """Voxels per axis beyond which a ball of ``radius_mm`` (mm) cannot reach, plus one."""
+    return [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size]
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (1, 1, 1)) -> np.ndarray:
@@ -104,7 +104,7 @@ def close_mm(mask: np.ndarray, radius_mm: float, voxel_size: Sequence[float] = (
     m = np.asarray(mask, bool)
     if radius_mm <= 0:
         return m.copy()
-    width = [int(np.ceil(radius_mm / float(v))) + 1 for v in voxel_size]
+    width = _reach(radius_mm, voxel_size)
     p = _pad(m, width)
     return _unpad(erode_mm(dilate_mm(p, radius_mm, voxel_size), radius_mm, voxel_size), width)
 

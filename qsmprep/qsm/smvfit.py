@@ -89,9 +89,10 @@ BOX_MARGIN = 0
 
 def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str, box_margin: int = 1):
     """The SMV fits' shared set-up: ``parts`` (:func:`smv_operator_masks` of ``m``, the non-empty ones),
-    the bounding box of ``sup`` grown by ``box_margin`` x (the largest radius + 2 voxels), the crop and FFT shape of the
-    padded grid (zero padding of the margin beyond the box even where the box meets the volume's
-    edge) and ``pad(a)`` (``a``'s box on that grid, float32)."""
+    the FFT shape of the padded grid (the bounding box of ``sup`` grown by ``box_margin`` x (the largest radius + 2
+    voxels), then zero padding of the margin beyond the box even where the box meets the volume's edge), ``pad(a)``
+    (``a``'s box on that grid, float32) and ``full(x)`` (back: ``x``'s box in a volume of ``m``'s shape, zero outside
+    ``sup``; float32)."""
     radii = sorted((float(r) for r in radii_mm), reverse=True)
     parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
     if not parts:
@@ -106,7 +107,12 @@ def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[floa
         out[crop] = a[box]
         return out
 
-    return parts, box, crop, shape, pad
+    def full(x):
+        out = np.zeros(m.shape, np.float32)
+        out[box] = np.where(sup[box], x[crop], 0)
+        return out
+
+    return parts, shape, pad, full
 
 
 def smv_fit(
@@ -153,7 +159,7 @@ def smv_fit(
     if not m.any():
         raise ValueError("smv_fit got an empty mask.")
     vs = tuple(float(v) for v in voxel_size)
-    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_fit")
+    parts, shape, pad, to_full = _smv_grid(m, sup, vs, radii_mm, "smv_fit")
     wk = fft_workers()
 
     mp = pad(sup.astype(np.float32))
@@ -191,11 +197,6 @@ def smv_fit(
     if lam:
         rhs = rhs + np.float32(lam) * x0
     from qsmprep.qsm.solvers import conjugate_gradient
-
-    def to_full(x):
-        out = np.zeros(m.shape, np.float32)
-        out[box] = np.where(sup[box], x[crop], 0)
-        return out
 
     mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
     x, _ = conjugate_gradient(apply_a, rhs, x0, tol=0.0, max_iter=n_iter, callback=mon)
@@ -257,7 +258,7 @@ def smv_tv(
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
     vs = tuple(float(v) for v in voxel_size)
-    parts, box, crop, shape, pad = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
+    parts, shape, pad, full = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
     wk = fft_workers()
 
     def rfft(x):
@@ -325,9 +326,7 @@ def smv_tv(
     admm = _smv_tv_admm if device is None else _smv_tv_admm_torch
 
     def to_full(x):
-        out = np.zeros(m.shape, np.float32)
-        out[box] = np.where(sup[box], ops.to_numpy(x)[crop], 0)
-        return out
+        return full(ops.to_numpy(x))
 
     mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
     return to_full(admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops, float(relax), mon))
