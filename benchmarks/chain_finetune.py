@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import honest_heads as hh  # noqa: E402
 
-SAMPLES = HERE.parent / ".chain_samples"
+SAMPLES = Path(os.environ.get("QSMPREP_CHAIN_SAMPLES", HERE.parent / ".chain_samples"))
 
 
 class _Captured(Exception):
@@ -64,17 +65,25 @@ def train_spec(seed: int) -> "hh.CaseSpec":
                        phase_offset="harmonic" if len(te) == 1 else "auto")
 
 
-def capture(case: dict, weights_path: str | None = None) -> dict:
+def capture(case: dict, weights_path: str | None = None, with_fit: bool = False) -> dict:
     """The network's inputs in the app's chain for ``case`` (see the module docstring) and the true chi
     on the same crop: ``field``, ``mask``, ``weight``, ``chi`` (float32 3-D), ``s``, ``padded``,
-    ``voxel_size``, ``b0_dir``, ``n_pre``, ``pre_solver``, ``dc_threshold``, ``dc_width``."""
+    ``voxel_size``, ``b0_dir``, ``n_pre``, ``pre_solver``, ``dc_threshold``, ``dc_width``.
+
+    ``with_fit``: the chain goes on past the network to the final fit (``smvfit.smv_tv``), and the sample also
+    holds that fit's inputs (``fit_*``: the total field, brain mask, weight, chi's support, the TV-free voxels,
+    radii, TV weight, iterations, over-relaxation, support penalty, and its start ``fit_start``), the network's
+    chi placed in the volume (``net_placed``), the crop (``bb``: start and stop per axis), the true chi and the
+    true brain mask on the whole volume (``chi_full``, ``brain``): what training through the fit needs
+    (:func:`train_step_through_fit`)."""
     from qsmprep.dl import inference
+    from qsmprep.qsm import smvfit
 
     import chain_benchmark as cb
 
     chain = cb.chain_for(case)
     got: dict = {}
-    orig_run, orig_bbox = inference._run_network, inference.mask_bbox
+    orig_run, orig_bbox, orig_fit = inference._run_network, inference.mask_bbox, smvfit.smv_tv
 
     def bbox(m, margin=4):
         got["bb"] = orig_bbox(m, margin)
@@ -85,17 +94,39 @@ def capture(case: dict, weights_path: str | None = None) -> dict:
                    voxel_size=tuple(float(v) for v in voxel_size), b0_dir=tuple(float(v) for v in b0_dir),
                    n_pre=int(net["n_pre"]), pre_solver=str(net["pre_solver"]),
                    dc_threshold=dc[0], dc_width=float(dc[1]))
+        if not with_fit:
+            raise _Captured
+        got["net_out"] = orig_run(model, arrays, s, padded, voxel_size, b0_dir, dev, net, dc)
+        return got["net_out"]
+
+    def fit(tot, m, vs, b0, **k):
+        shape = np.asarray(m).shape
+        w = k.get("weight")
+        free = k.get("tv_free")
+        got.update(fit_total=np.asarray(tot, np.float32), fit_mask=np.asarray(m, bool),
+                   fit_weight=np.ones(shape, np.float32) if w is None else np.asarray(w, np.float32),
+                   fit_weighted=w is not None, fit_support=np.asarray(k["support"], bool),
+                   fit_tv_free=np.zeros(shape, bool) if free is None else np.asarray(free, bool),
+                   fit_radii=np.asarray(k["radii_mm"], np.float32), fit_lam=float(k["lam"]),
+                   fit_n_iter=int(k["n_iter"]), fit_relax=float(k["relax"]), fit_support_mu=float(k["support_mu"]),
+                   fit_start=np.asarray(k["chi_prior"], np.float32))
         raise _Captured
 
-    inference._run_network, inference.mask_bbox = run, bbox
+    inference._run_network, inference.mask_bbox, smvfit.smv_tv = run, bbox, fit
     try:
         cb.invert_app("nsidl", case, chain, weights_path=weights_path)
-        raise RuntimeError("the chain did not reach the network")
+        raise RuntimeError("the chain did not reach the network" + (" and the final fit" if with_fit else ""))
     except _Captured:
         pass
     finally:
-        inference._run_network, inference.mask_bbox = orig_run, orig_bbox
-    got["chi"] = np.asarray(case["chi"], np.float32)[got.pop("bb")]
+        inference._run_network, inference.mask_bbox, smvfit.smv_tv = orig_run, orig_bbox, orig_fit
+    bb = got.pop("bb")
+    got["chi"] = np.asarray(case["chi"], np.float32)[bb]
+    if with_fit:
+        placed = np.zeros(got["fit_mask"].shape, np.float32)
+        placed[bb] = got.pop("net_out") * (got["mask"] > 0)
+        got.update(net_placed=placed, bb=np.array([[b.start, b.stop] for b in bb], np.int64),
+                   chi_full=np.asarray(case["chi"], np.float32), brain=np.asarray(case["brain_mask"], bool))
     return got
 
 
@@ -118,30 +149,57 @@ def load_sample(path: Path) -> dict:
     d["padded"] = tuple(int(v) for v in d["padded"])
     d["voxel_size"] = tuple(float(v) for v in d["voxel_size"])
     d["b0_dir"] = tuple(float(v) for v in d["b0_dir"])
+    if "fit_n_iter" in d:
+        for k in ("fit_lam", "fit_relax", "fit_support_mu"):
+            d[k] = float(d[k])
+        d["fit_n_iter"] = int(d["fit_n_iter"])
+        d["fit_weighted"] = bool(d["fit_weighted"])
     return d
 
 
-def make_train(seeds, voxel_mm: float) -> None:
-    for seed in seeds:
-        path = SAMPLES / f"train-{seed}_{voxel_mm:g}mm.npz"
-        if path.exists():
-            continue
-        t0 = time.time()
-        spec = train_spec(seed)
-        case = hh.make_sim(spec, voxel_mm)
-        case["spec"] = spec
-        save_sample(capture(case), path)
-        print(f"[chain_finetune] {path.name}: {spec.b0_t:g} T, {len(spec.te_s)} echo(es), SNR {spec.snr:.0f}, "
-              f"{time.time() - t0:.0f} s", flush=True)
+def _suffix(with_fit: bool) -> str:
+    return "_fit" if with_fit else ""
 
 
-def make_val(voxel_mm: float = 1.0) -> None:
+def make_train(seeds, voxel_mm: float, with_fit: bool = False, workers: int = 1, prefix: str = "train") -> None:
+    """Chain samples of the drawn training heads ``seeds`` (:func:`train_spec`); ``prefix`` "heldout": the same
+    recipe as held-out heads (for choosing a checkpoint where the validation heads are not at hand, e.g. on a
+    device); ``workers`` > 1: that many processes of 2 threads each."""
+    todo = [s for s in seeds if not (SAMPLES / f"{prefix}-{s}_{voxel_mm:g}mm{_suffix(with_fit)}.npz").exists()]
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as ex:
+            list(ex.map(_make_one, [(s, voxel_mm, with_fit, prefix) for s in todo]))
+        return
+    for seed in todo:
+        _make_one((seed, voxel_mm, with_fit, prefix))
+
+
+def _make_one(job) -> None:
+    seed, voxel_mm, with_fit, prefix = job
+    import torch
+
+    torch.set_num_threads(2)
+    path = SAMPLES / f"{prefix}-{seed}_{voxel_mm:g}mm{_suffix(with_fit)}.npz"
+    t0 = time.time()
+    spec = train_spec(seed)
+    case = hh.make_sim(spec, voxel_mm)
+    case["spec"] = spec
+    save_sample(capture(case, with_fit=with_fit), path)
+    print(f"[chain_finetune] {path.name}: {spec.b0_t:g} T, {len(spec.te_s)} echo(es), SNR {spec.snr:.0f}, "
+          f"{time.time() - t0:.0f} s", flush=True)
+
+
+def make_val(voxel_mm: float = 1.0, with_fit: bool = False, names=None) -> None:
     for spec in hh.cases("validation"):
-        path = SAMPLES / f"{spec.name}_{voxel_mm:g}mm.npz"
+        if names and spec.name not in names:
+            continue
+        path = SAMPLES / f"{spec.name}_{voxel_mm:g}mm{_suffix(with_fit)}.npz"
         if path.exists():
             continue
         t0 = time.time()
-        save_sample(capture(hh.load_case(spec.name, voxel_mm)), path)
+        save_sample(capture(hh.load_case(spec.name, voxel_mm), with_fit=with_fit), path)
         print(f"[chain_finetune] {path.name}: {time.time() - t0:.0f} s", flush=True)
 
 
@@ -205,6 +263,86 @@ def train_step(model, opt, d: dict, dev) -> float | None:
     return float(loss.detach())
 
 
+_FIT_CACHE: dict = {}
+
+
+def final_fit_of(d: dict, dev, checkpoint_every: int = 10):
+    """The sample's final fit (:class:`qsmprep.dl.finalfit.FinalFit` of its captured inputs), cached per sample."""
+    from qsmprep.dl.finalfit import FinalFit
+    from qsmprep.qsm.smvfit import smv_tv_problem
+
+    key = (id(d), str(dev))
+    if key not in _FIT_CACHE:
+        pb = smv_tv_problem(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"],
+                            weight=d["fit_weight"] if d["fit_weighted"] else None,
+                            radii_mm=tuple(float(r) for r in d["fit_radii"]), lam=d["fit_lam"], support=d["fit_support"],
+                            support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
+        _FIT_CACHE[key] = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev,
+                                   checkpoint_every=checkpoint_every)
+    return _FIT_CACHE[key]
+
+
+def through_fit(model, d: dict, dev, tensors=None):
+    """The chain's chi after the final fit when the network (``model``) gives its start: the network's chi on the
+    sample's crop replaces the app's start where the app's start was the network's (the voids' fit, which the
+    chain runs between the two, keeps its values), then :func:`final_fit_of`.  Returns ``(chi, loss)``:
+    chi (the whole volume, ppm) and :func:`qsmprep.dl.finalfit.chain_loss` against the truth."""
+    import torch
+
+    from qsmprep.dl.finalfit import chain_loss
+
+    t = _tensors(d, dev) if tensors is None else tensors
+    chi_c = forward(model, d, dev, tensors=t)[0, 0]
+    bb = tuple(slice(int(a), int(b)) for a, b in d["bb"])
+    start = torch.from_numpy(d["fit_start"]).to(dev)
+    own = (d["mask"] > 0) & (np.abs(d["fit_start"][bb] - d["net_placed"][bb]) <= 1e-6)
+    box = torch.where(torch.from_numpy(own).to(dev), chi_c, start[bb])
+    start = start.clone()
+    start[bb] = box
+    chi = final_fit_of(d, dev)(start)
+    sup = torch.from_numpy(d["fit_support"] | d["fit_mask"]).to(dev).float()
+    brain = torch.from_numpy(d["brain"]).to(dev).float()
+    return chi, chain_loss(chi, torch.from_numpy(d["chi_full"]).to(dev), brain, sup)
+
+
+def score_through_fit(model, samples: list[dict], dev) -> dict:
+    """Mean XSIM and demeaned NRMSE (%) of the chain's chi after the final fit (:func:`through_fit`, referenced
+    as the app does) over the true brain mask, and the mean loss."""
+    import torch
+
+    from qsmprep.dl.finalfit import referenced
+    from qsmprep.dl.metrics import xsim_t
+
+    xs, nr, ls = [], [], []
+    with torch.no_grad():
+        for d in samples:
+            chi, loss = through_fit(model, d, dev)
+            sup = torch.from_numpy(d["fit_support"] | d["fit_mask"]).to(dev).float()
+            brain = torch.from_numpy(d["brain"]).to(dev).float()[None, None]
+            r = referenced(chi, sup)[None, None]
+            xs.append(float(xsim_t(r, torch.from_numpy(d["chi_full"]).to(dev)[None, None], brain)[0]))
+            ls.append(float(loss))
+            nr.append(100.0 * math.sqrt(float(loss)))
+    return {"nrmse": float(np.mean(nr)), "xsim": float(np.mean(xs)), "loss": float(np.mean(ls)),
+            "score": float(np.mean(xs) - np.mean(nr) / 100), "per_head": [round(v, 4) for v in xs]}
+
+
+def train_step_through_fit(model, opt, d: dict, dev) -> float | None:
+    """One optimiser step on sample ``d`` with the loss *after* the chain's final fit (:func:`through_fit`):
+    the network learns the start that the fit turns into the best chi, not a chi closest to the truth on its
+    own (which the fit partly forgets and whose offset it keeps: ``benchmarks/RESULTS.md``)."""
+    import torch
+
+    _, loss = through_fit(model, d, dev)
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.5)
+    opt.step()
+    return float(loss.detach())
+
+
 def train(args) -> None:
     import torch
 
@@ -212,12 +350,18 @@ def train(args) -> None:
     from qsmprep.dl.weights import load_model
 
     torch.manual_seed(args.seed)
-    dev = torch.device("cpu")
+    dev = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tr = [load_sample(p) for p in sorted(SAMPLES.glob(f"train-*_{args.voxel:g}mm.npz"))]
-    va = [load_sample(p) for p in sorted(SAMPLES.glob("val-*_1mm.npz"))]
-    model, _ = load_model(args.init, device="cpu")
+    sfx = _suffix(args.through_fit)
+    val_glob = args.val_glob or f"val-*_1mm{sfx}.npz"
+    tr = [load_sample(p) for p in sorted(SAMPLES.glob(f"train-*_{args.voxel:g}mm{sfx}.npz"))]
+    va = [load_sample(p) for p in sorted(SAMPLES.glob(val_glob))]
+    if not tr or not va:
+        raise SystemExit(f"no chain samples in {SAMPLES} (train-*_{args.voxel:g}mm{sfx}.npz, {val_glob}): "
+                         "make them first with --make / --make-val" + (" --through-fit" if sfx else ""))
+    step_fn, score_fn = (train_step_through_fit, score_through_fit) if args.through_fit else (train_step, score)
+    model, _ = load_model(args.init, device=str(dev))
     model.train()
     if not args.train_step_sizes:
         # the unrolled step sizes stay as shipped: the ablation (U-Net output zeroed) is then the same
@@ -225,7 +369,8 @@ def train(args) -> None:
         model.step_logit.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     log = open(out / "train_log.jsonl", "a")
-    rec = {"step": 0, **score(model, va, dev), "n_train": len(tr), "n_val": len(va)}
+    rec = {"step": 0, **score_fn(model, va, dev), "n_train": len(tr), "n_val": len(va),
+           "through_fit": bool(args.through_fit)}
     print(json.dumps(rec), flush=True)
     log.write(json.dumps(rec) + "\n")
     best = (rec["score"], 0)
@@ -239,18 +384,19 @@ def train(args) -> None:
         frac = min(1.0, (time.time() - t0) / (args.minutes * 60))
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        loss = train_step(model, opt, tr[int(rng.integers(len(tr)))], dev)
+        loss = step_fn(model, opt, tr[int(rng.integers(len(tr)))], dev)
         if loss is not None:
             losses.append(loss)
         if step % args.val_every == 0:
             model.eval()
             rec = {"step": step, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0),
-                   **score(model, va, dev)}
+                   **score_fn(model, va, dev)}
             model.train()
             losses = []
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
+            export_weights(model, out / f"step{step}.pt", {"step": step, **rec})
             if rec["score"] > best[0]:
                 best = (rec["score"], step)
                 export_weights(model, out / "best.pt", {"step": step, **rec})
@@ -278,12 +424,23 @@ def main(argv=None) -> int:
     ap.add_argument("--val-every", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--train-step-sizes", action="store_true", help="also train the unrolled step sizes")
+    ap.add_argument("--through-fit", action="store_true",
+                    help="samples with the final fit's inputs (--make / --make-val), and training with the loss after "
+                         "the final fit (train_step_through_fit)")
+    ap.add_argument("--val-heads", nargs="*", default=None, help="--make-val: only these validation heads")
+    ap.add_argument("--make-heldout", help="held-out drawn heads (seeds, e.g. 1900-1903), as the training heads")
+    ap.add_argument("--val-glob", default=None, help="validation samples (default: val-*_1mm[_fit].npz)")
+    ap.add_argument("--workers", type=int, default=1, help="--make: processes (2 threads each)")
+    ap.add_argument("--device", default="cpu", help="--train: torch device")
     a = ap.parse_args(argv)
     if a.make:
         lo, hi = (int(v) for v in a.make.split("-"))
-        make_train(range(lo, hi + 1), a.voxel)
+        make_train(range(lo, hi + 1), a.voxel, with_fit=a.through_fit, workers=a.workers)
+    if a.make_heldout:
+        lo, hi = (int(v) for v in a.make_heldout.split("-"))
+        make_train(range(lo, hi + 1), a.voxel, with_fit=a.through_fit, workers=a.workers, prefix="heldout")
     if a.make_val:
-        make_val()
+        make_val(with_fit=a.through_fit, names=a.val_heads)
     if a.train:
         train(a)
     return 0

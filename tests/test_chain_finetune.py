@@ -89,3 +89,64 @@ def test_train_step_fits_the_sample(sample):
     assert all(v is not None for v in losses) and losses[-1] < losses[0]
     assert after["nrmse"] < before["nrmse"]
     assert torch.equal(model.step_sizes(), a0)
+
+
+@pytest.fixture(scope="module")
+def fit_sample():
+    spec = cf.train_spec(1003)
+    case = hh.make_sim(spec, 3.0)
+    case["spec"] = spec
+    return case, cf.capture(case, with_fit=True)
+
+
+def test_capture_with_fit_is_the_chain_up_to_its_final_fit(fit_sample, tmp_path):
+    """With ``with_fit`` the sample also holds the final fit's inputs; with the shipped network, ``through_fit`` is
+    the app's final fit from the app's start (smv_tv, numpy) to float32 rounding, and the sample survives the .npz
+    round trip."""
+    import torch
+
+    from qsmprep.dl.weights import load_model
+    from qsmprep.qsm.smvfit import smv_tv
+
+    case, d = fit_sample
+    p = tmp_path / "s.npz"
+    cf.save_sample(d, p)
+    d = cf.load_sample(p)
+    assert d["fit_n_iter"] > 0 and 1 < d["fit_relax"] < 2 and d["fit_lam"] > 0
+    assert d["chi_full"].shape == d["brain"].shape == d["fit_total"].shape
+    bb = tuple(slice(int(a), int(b)) for a, b in d["bb"])
+    # the network's own voxels of the start are the network's chi
+    own = d["mask"] > 0
+    assert np.allclose(d["fit_start"][bb][own], d["net_placed"][bb][own], atol=1e-6)
+    ref = smv_tv(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"], chi_prior=d["fit_start"],
+                 weight=d["fit_weight"] if d["fit_weighted"] else None, radii_mm=tuple(d["fit_radii"]),
+                 lam=d["fit_lam"], n_iter=d["fit_n_iter"], support=d["fit_support"], support_mu=d["fit_support_mu"],
+                 relax=d["fit_relax"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
+    model, _ = load_model(None, "cpu")
+    with torch.no_grad():
+        chi, loss = cf.through_fit(model.eval(), d, torch.device("cpu"))
+    assert np.abs(ref).max() > 0.01
+    assert np.abs(chi.numpy() - ref).max() < 2e-3 * np.abs(ref).max()
+    assert 0 < float(loss) < 1
+
+
+def test_train_step_through_fit_lowers_the_loss_after_the_fit(fit_sample):
+    """Steps with the loss after the final fit lower that loss on the sample (the gradient reaches the network
+    through the fit's iterations)."""
+    import torch
+
+    from qsmprep.dl.weights import load_model
+
+    _, d = fit_sample
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    model, _ = load_model(None, "cpu")
+    model.train()
+    model.step_logit.requires_grad_(False)
+    before = cf.score_through_fit(model.eval(), [d], dev)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5)
+    losses = [cf.train_step_through_fit(model, opt, d, dev) for _ in range(4)]
+    after = cf.score_through_fit(model.eval(), [d], dev)
+    assert all(v is not None for v in losses)
+    assert after["loss"] < before["loss"]

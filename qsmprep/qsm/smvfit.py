@@ -112,6 +112,7 @@ def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[floa
         out[box] = np.where(sup[box], x[crop], 0)
         return out
 
+    pad.box, pad.crop = box, crop  # where the volume's box lies on the grid (for torch versions of pad / full)
     return parts, shape, pad, full
 
 
@@ -254,6 +255,57 @@ def smv_tv(
     """
     if not 0.0 < float(relax) < 2.0:
         raise ValueError(f"relax must lie in (0, 2), got {relax}.")
+    pb = smv_tv_problem(total_ppm, mask, voxel_size, b0_dir, chi_prior=chi_prior, weight=weight, radii_mm=radii_mm,
+                        lam=lam, prior_weight=prior_weight, mu_ratio=mu_ratio, mu2=mu2, support=support,
+                        prior_band=prior_band, support_mu=support_mu, tv_free=tv_free)
+    x, prior_k, ks, pw2, g_r, denom, msup = pb.x, pb.prior_k, pb.ks, pb.pw2, pb.g_r, pb.denom, pb.msup
+    mu1, mu2, mu3, thr, lam, vs, shape, full = pb.mu1, pb.mu2, pb.mu3, pb.thr, pb.lam, pb.vs, pb.shape, pb.full
+    if device is None:
+        ops = _NumpyOps(pb.rfft, pb.irfft, vs)
+        consts = (mu1, mu2, mu3, thr)
+    else:
+        ops = _TorchOps(device, shape, vs)
+        x, prior_k, ks, pw2, g_r, denom, msup = ops.put(x, prior_k, ks, pw2, g_r, denom, msup)
+        consts = (float(mu1), float(mu2), float(mu3),
+                  float(lam) / float(mu1) if np.ndim(thr) == 0 else ops.put(thr)[0])
+    admm = _smv_tv_admm if device is None else _smv_tv_admm_torch
+
+    def to_full(x):
+        return full(ops.to_numpy(x))
+
+    mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
+    return to_full(admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops, float(relax), mon))
+
+
+class SMVTVProblem:
+    """:func:`smv_tv`'s problem on its padded grid (:func:`smv_tv_problem`): the start ``x``, the data splits'
+    spectra and weights, the chi update's denominator, the support, the ADMM constants, ``pad`` / ``full`` (a volume
+    to the grid and back) and the grid's real FFTs (``rfft`` / ``irfft``, numpy)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def smv_tv_problem(
+    total_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    chi_prior: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    radii_mm: Sequence[float] = SMV_RADII_MM,
+    lam: float = 3e-5,
+    prior_weight: float = 0.0,
+    mu_ratio: float = 100.0,
+    mu2: float = 1.0,
+    support: np.ndarray | None = None,
+    prior_band: tuple[float, float] | None = None,
+    support_mu: float = 1.0,
+    tv_free: np.ndarray | None = None,
+) -> SMVTVProblem:
+    """:func:`smv_tv`'s set-up (the same arguments, their units and meaning): everything its ADMM iterations
+    need, on the padded grid, as an :class:`SMVTVProblem` (float32 numpy arrays).  Shared by :func:`smv_tv` and
+    the differentiable fit of :mod:`qsmprep.dl.finalfit`."""
     f = np.asarray(total_ppm, np.float32)
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
@@ -315,62 +367,63 @@ def smv_tv(
         thr = thr * pad((~binary_dilation(np.asarray(tv_free) > 0)).astype(np.float32))
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
-    if device is None:
-        ops = _NumpyOps(rfft, irfft, vs)
-        consts = (mu1, mu2, mu3, thr)
-    else:
-        ops = _TorchOps(device, shape, vs)
-        x, prior_k, ks, pw2, g_r, denom, msup = ops.put(x, prior_k, ks, pw2, g_r, denom, msup)
-        consts = (float(mu1), float(mu2), float(mu3),
-                  float(lam) / float(mu1) if np.ndim(thr) == 0 else ops.put(thr)[0])
-    admm = _smv_tv_admm if device is None else _smv_tv_admm_torch
-
-    def to_full(x):
-        return full(ops.to_numpy(x))
-
-    mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
-    return to_full(admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops, float(relax), mon))
+    return SMVTVProblem(x=x, prior_k=prior_k, ks=ks, pw2=pw2, g_r=g_r, denom=denom, msup=msup, mu1=mu1, mu2=mu2,
+                        mu3=mu3, thr=thr, lam=lam, vs=vs, shape=shape, pad=pad, full=full, rfft=rfft, irfft=irfft,
+                        support=sup, box=pad.box, crop=pad.crop)
 
 
 def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0, callback=None):
     """:func:`smv_tv`'s ADMM iterations in numpy (``ops``: :class:`_NumpyOps`, the FFTs, gradients, soft threshold
     and allocation), written as the updates read; the reference that :func:`_smv_tv_admm_torch` (the app's loop,
     on the CPU or a GPU) is tested against.  Returns chi on the padded grid."""
-    # splits: z = grad chi (TV), y_r = K_r chi (data), u = chi on the support (support constraint)
+    state = smv_tv_admm_start(x, ks, ops)
+    for it in range(n_iter):
+        state = smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax)
+        if callback is not None:
+            callback(it + 1, state[4])
+    return state[4]
+
+
+def smv_tv_admm_start(x, ks, ops):
+    """The ADMM state ``(z, sz, y, t, u, su)`` at the start ``x`` (padded grid): the splits ``z = grad chi``
+    (TV), ``y_r = K_r chi`` (data) and ``u = chi`` (support), their scaled duals zero."""
     z = ops.grad(x)
     sz = [ops.zeros_like(x) for _ in range(3)]
     xk = ops.rfft(x)
     y = [ops.irfft(k_r * xk) for k_r in ks]
     t = [ops.zeros_like(x) for _ in ks]
-    u = ops.copy(x)
-    su = ops.zeros_like(x)
+    return z, sz, y, t, ops.copy(x), ops.zeros_like(x)
+
+
+def smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax=1.0):
+    """One iteration of :func:`_smv_tv_admm` (new lists, inputs untouched: with torch tensors and functional
+    ``ops`` it is differentiable); returns the next state, whose ``[4]`` is chi."""
+    z, sz, y, t, u, su = state
+    z, sz, y, t = list(z), list(sz), list(y), list(t)
     al = np.float32(relax)
-    for it in range(n_iter):
-        num = ops.rfft(mu1 * ops.grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
-        for k_r, yi, ti in zip(ks, y, t):
-            num = num + mu2 * k_r * ops.rfft(yi - ti)
-        if prior_k is not None:
-            num = num + prior_k
-        xk = num / denom
-        x = ops.irfft(xk)
-        gx = ops.grad(x)
-        for a in range(3):
-            h = gx[a] if relax == 1.0 else al * gx[a] + (1 - al) * z[a]  # (over-)relaxed grad chi
-            v = h + sz[a]
-            z[a] = ops.shrink(v, thr)
-            sz[a] = v - z[a]
-        for i, k_r in enumerate(ks):
-            kx = ops.irfft(k_r * xk)
-            if relax != 1.0:
-                kx = al * kx + (1 - al) * y[i]
-            y[i] = (pw2[i] * g_r[i] + mu2 * (kx + t[i])) / (pw2[i] + mu2)
-            t[i] = t[i] + kx - y[i]
-        h = x if relax == 1.0 else al * x + (1 - al) * u
-        u = msup * (h + su)
-        su = su + h - u
-        if callback is not None:
-            callback(it + 1, u)
-    return u
+    num = ops.rfft(mu1 * ops.grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
+    for k_r, yi, ti in zip(ks, y, t):
+        num = num + mu2 * k_r * ops.rfft(yi - ti)
+    if prior_k is not None:
+        num = num + prior_k
+    xk = num / denom
+    x = ops.irfft(xk)
+    gx = ops.grad(x)
+    for a in range(3):
+        h = gx[a] if relax == 1.0 else al * gx[a] + (1 - al) * z[a]  # (over-)relaxed grad chi
+        v = h + sz[a]
+        z[a] = ops.shrink(v, thr)
+        sz[a] = v - z[a]
+    for i, k_r in enumerate(ks):
+        kx = ops.irfft(k_r * xk)
+        if relax != 1.0:
+            kx = al * kx + (1 - al) * y[i]
+        y[i] = (pw2[i] * g_r[i] + mu2 * (kx + t[i])) / (pw2[i] + mu2)
+        t[i] = t[i] + kx - y[i]
+    h = x if relax == 1.0 else al * x + (1 - al) * u
+    u = msup * (h + su)
+    su = su + h - u
+    return z, sz, y, t, u, su
 
 
 def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0,
