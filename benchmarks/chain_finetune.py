@@ -242,18 +242,11 @@ def score(model, samples: list[dict], dev) -> dict:
             "per_head": [round(v, 4) for v in xs]}
 
 
-def train_step(model, opt, d: dict, dev) -> float | None:
-    """One optimiser step on sample ``d`` (the training loss of ``qsmprep.dl.train``: demeaned L1, gradient
-    L1 and deep supervision, the last iterate after the k-space step); the loss, or None (no update)
-    when it is not finite."""
+def _update(model, opt, loss) -> float | None:
+    """One optimiser step on ``loss`` (gradients clipped at norm 0.5); the loss, or None (no update) when it is
+    not finite."""
     import torch
 
-    from qsmprep.dl.metrics import loss_terms
-
-    t = _tensors(d, dev)
-    preds = forward(model, d, dev, return_all=True, tensors=t)
-    _, mask, _, truth, _ = t
-    loss, _ = loss_terms(preds, truth, mask, 0.5, 0.1, 0.0)
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         return None
@@ -263,26 +256,43 @@ def train_step(model, opt, d: dict, dev) -> float | None:
     return float(loss.detach())
 
 
+def train_step(model, opt, d: dict, dev) -> float | None:
+    """One optimiser step on sample ``d`` (the training loss of ``qsmprep.dl.train``: demeaned L1, gradient
+    L1 and deep supervision, the last iterate after the k-space step); the loss, or None (no update)
+    when it is not finite."""
+    from qsmprep.dl.metrics import loss_terms
+
+    t = _tensors(d, dev)
+    preds = forward(model, d, dev, return_all=True, tensors=t)
+    _, mask, _, truth, _ = t
+    loss, _ = loss_terms(preds, truth, mask, 0.5, 0.1, 0.0)
+    return _update(model, opt, loss)
+
+
 _FIT_CACHE: dict = {}
 
 
-def final_fit_of(d: dict, dev, checkpoint_every: int = 10):
-    """The sample's final fit (:class:`qsmprep.dl.finalfit.FinalFit` of its captured inputs), cached per sample."""
+def final_fit_of(d: dict, dev, checkpoint_every: int = 5, cache: bool = True):
+    """The sample's final fit (:class:`qsmprep.dl.finalfit.FinalFit` of its captured inputs); ``cache``: kept per
+    sample (the validation samples; a training run does not keep one per training sample: 24 GB of RAM ran out with
+    twenty 1.5 mm samples cached and 10 iterations per checkpointed chunk)."""
     from qsmprep.dl.finalfit import FinalFit
     from qsmprep.qsm.smvfit import smv_tv_problem
 
     key = (id(d), str(dev))
-    if key not in _FIT_CACHE:
+    if key not in _FIT_CACHE or not cache:
         pb = smv_tv_problem(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"],
                             weight=d["fit_weight"] if d["fit_weighted"] else None,
                             radii_mm=tuple(float(r) for r in d["fit_radii"]), lam=d["fit_lam"], support=d["fit_support"],
                             support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
-        _FIT_CACHE[key] = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev,
-                                   checkpoint_every=checkpoint_every)
+        fit = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev, checkpoint_every=checkpoint_every)
+        if not cache:
+            return fit
+        _FIT_CACHE[key] = fit
     return _FIT_CACHE[key]
 
 
-def through_fit(model, d: dict, dev, tensors=None):
+def through_fit(model, d: dict, dev, tensors=None, cache: bool = True):
     """The chain's chi after the final fit when the network (``model``) gives its start: the network's chi on the
     sample's crop replaces the app's start where the app's start was the network's (the voids' fit, which the
     chain runs between the two, keeps its values), then :func:`final_fit_of`.  Returns ``(chi, loss)``:
@@ -299,7 +309,7 @@ def through_fit(model, d: dict, dev, tensors=None):
     box = torch.where(torch.from_numpy(own).to(dev), chi_c, start[bb])
     start = start.clone()
     start[bb] = box
-    chi = final_fit_of(d, dev)(start)
+    chi = final_fit_of(d, dev, cache=cache)(start)
     sup = torch.from_numpy(d["fit_support"] | d["fit_mask"]).to(dev).float()
     brain = torch.from_numpy(d["brain"]).to(dev).float()
     return chi, chain_loss(chi, torch.from_numpy(d["chi_full"]).to(dev), brain, sup)
@@ -331,16 +341,8 @@ def train_step_through_fit(model, opt, d: dict, dev) -> float | None:
     """One optimiser step on sample ``d`` with the loss *after* the chain's final fit (:func:`through_fit`):
     the network learns the start that the fit turns into the best chi, not a chi closest to the truth on its
     own (which the fit partly forgets and whose offset it keeps: ``benchmarks/RESULTS.md``)."""
-    import torch
-
-    _, loss = through_fit(model, d, dev)
-    opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return None
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.5)
-    opt.step()
-    return float(loss.detach())
+    _, loss = through_fit(model, d, dev, cache=False)
+    return _update(model, opt, loss)
 
 
 def train(args) -> None:
@@ -379,6 +381,21 @@ def train(args) -> None:
     t0 = time.time()
     step = 0
     losses = []
+    def validate(step, best):
+        model.eval()
+        rec = {"step": step, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0),
+               **score_fn(model, va, dev)}
+        model.train()
+        losses.clear()
+        print(json.dumps(rec), flush=True)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        export_weights(model, out / f"step{step}.pt", {"step": step, **rec})
+        if rec["score"] > best[0]:
+            best = (rec["score"], step)
+            export_weights(model, out / "best.pt", {"step": step, **rec})
+        return best
+
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         step += 1
         frac = min(1.0, (time.time() - t0) / (args.minutes * 60))
@@ -388,18 +405,9 @@ def train(args) -> None:
         if loss is not None:
             losses.append(loss)
         if step % args.val_every == 0:
-            model.eval()
-            rec = {"step": step, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0),
-                   **score_fn(model, va, dev)}
-            model.train()
-            losses = []
-            print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            export_weights(model, out / f"step{step}.pt", {"step": step, **rec})
-            if rec["score"] > best[0]:
-                best = (rec["score"], step)
-                export_weights(model, out / "best.pt", {"step": step, **rec})
+            best = validate(step, best)
+    if step % args.val_every:
+        best = validate(step, best)  # the last state is always scored and exported
     summary = {"steps": step, "best_step": best[1], "best_score": best[0], "minutes": args.minutes, "lr": args.lr,
                "elapsed_s": round(time.time() - t0)}
     log.close()
