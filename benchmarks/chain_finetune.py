@@ -280,16 +280,16 @@ def final_fit_of(d: dict, dev, checkpoint_every: int = 5, cache: bool = True):
     from qsmprep.qsm.smvfit import smv_tv_problem
 
     key = (id(d), str(dev))
-    if key not in _FIT_CACHE or not cache:
-        pb = smv_tv_problem(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"],
-                            weight=d["fit_weight"] if d["fit_weighted"] else None,
-                            radii_mm=tuple(float(r) for r in d["fit_radii"]), lam=d["fit_lam"], support=d["fit_support"],
-                            support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
-        fit = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev, checkpoint_every=checkpoint_every)
-        if not cache:
-            return fit
+    if cache and key in _FIT_CACHE:
+        return _FIT_CACHE[key]
+    pb = smv_tv_problem(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"],
+                        weight=d["fit_weight"] if d["fit_weighted"] else None,
+                        radii_mm=tuple(float(r) for r in d["fit_radii"]), lam=d["fit_lam"], support=d["fit_support"],
+                        support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
+    fit = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev, checkpoint_every=checkpoint_every)
+    if cache:
         _FIT_CACHE[key] = fit
-    return _FIT_CACHE[key]
+    return fit
 
 
 def through_fit(model, d: dict, dev, tensors=None, cache: bool = True):

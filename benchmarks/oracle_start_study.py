@@ -83,7 +83,7 @@ def run(row: str, seed: int, steps: int, every: int, lr: float, cache: Path, log
     brain = torch.from_numpy(d["brain"].astype(np.float32))
     truth = torch.from_numpy(np.asarray(d["chi"], np.float32))
     # chi's mask in the app (where reference_mean averages): the support the fit returns on
-    sup = torch.from_numpy(np.asarray(k.get("support", a[1]), bool) | (np.asarray(a[1]) > 0)).float()
+    sup = torch.from_numpy(pb.support).float()
 
     def referenced(chi):
         return finalfit.referenced(chi, sup)

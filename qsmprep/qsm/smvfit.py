@@ -258,23 +258,22 @@ def smv_tv(
     pb = smv_tv_problem(total_ppm, mask, voxel_size, b0_dir, chi_prior=chi_prior, weight=weight, radii_mm=radii_mm,
                         lam=lam, prior_weight=prior_weight, mu_ratio=mu_ratio, mu2=mu2, support=support,
                         prior_band=prior_band, support_mu=support_mu, tv_free=tv_free)
-    x, prior_k, ks, pw2, g_r, denom, msup = pb.x, pb.prior_k, pb.ks, pb.pw2, pb.g_r, pb.denom, pb.msup
-    mu1, mu2, mu3, thr, lam, vs, shape, full = pb.mu1, pb.mu2, pb.mu3, pb.thr, pb.lam, pb.vs, pb.shape, pb.full
+    arrays = (pb.x, pb.prior_k, pb.ks, pb.pw2, pb.g_r, pb.denom, pb.msup)
     if device is None:
-        ops = _NumpyOps(pb.rfft, pb.irfft, vs)
-        consts = (mu1, mu2, mu3, thr)
+        ops = _NumpyOps(pb.rfft, pb.irfft, pb.vs)
+        consts = (pb.mu1, pb.mu2, pb.mu3, pb.thr)
     else:
-        ops = _TorchOps(device, shape, vs)
-        x, prior_k, ks, pw2, g_r, denom, msup = ops.put(x, prior_k, ks, pw2, g_r, denom, msup)
-        consts = (float(mu1), float(mu2), float(mu3),
-                  float(lam) / float(mu1) if np.ndim(thr) == 0 else ops.put(thr)[0])
+        ops = _TorchOps(device, pb.shape, pb.vs)
+        arrays = ops.put(*arrays)
+        consts = (float(pb.mu1), float(pb.mu2), float(pb.mu3),
+                  float(pb.lam) / float(pb.mu1) if np.ndim(pb.thr) == 0 else ops.put(pb.thr)[0])
     admm = _smv_tv_admm if device is None else _smv_tv_admm_torch
 
     def to_full(x):
-        return full(ops.to_numpy(x))
+        return pb.full(ops.to_numpy(x))
 
     mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
-    return to_full(admm(x, prior_k, ks, pw2, g_r, denom, msup, *consts, int(n_iter), ops, float(relax), mon))
+    return to_full(admm(*arrays, *consts, int(n_iter), ops, float(relax), mon))
 
 
 class SMVTVProblem:
