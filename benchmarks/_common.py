@@ -18,7 +18,8 @@ import os
 import resource
 import time
 import tracemalloc
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -82,6 +83,42 @@ def roi_stats(chi: np.ndarray, truth: np.ndarray, labels: np.ndarray, mask: np.n
         return {"roi_slope": math.nan, "roi_mae": math.nan}
     slope = float(np.polyfit(tm, rm, 1)[0])
     return {"roi_slope": slope, "roi_mae": float(np.abs(rm - tm).mean())}
+
+
+class ChainStopped(Exception):
+    """Raised by a recorder (:func:`final_fit_recorded` with ``then="stop"``) to stop the app's chain once what a
+    study needs is recorded."""
+
+
+@contextmanager
+def final_fit_recorded(then: str = "run") -> Iterator[dict]:
+    """Record the chain's final SMV-TV fit (``qsmprep.qsm.smvfit.smv_tv``) while the block runs.
+
+    Yields a dict that receives the fit's positional ``args`` and keyword ``kwargs`` (its start is
+    ``kwargs["chi_prior"]``).  ``then``: what the patched fit does after recording: ``"run"`` runs the fit (its
+    chi also in ``result``), ``"start"`` returns its start unchanged (the chain goes on without the fit), ``"stop"``
+    raises :class:`ChainStopped` (the caller catches it)."""
+    from qsmprep.qsm import smvfit
+
+    if then not in ("run", "start", "stop"):
+        raise ValueError(f"then={then!r}: one of 'run', 'start', 'stop'")
+    got: dict = {}
+    orig = smvfit.smv_tv
+
+    def rec(*a, **k):
+        got["args"], got["kwargs"] = a, dict(k)
+        if then == "run":
+            got["result"] = orig(*a, **k)
+            return got["result"]
+        if then == "start":
+            return np.asarray(k["chi_prior"], np.float32)
+        raise ChainStopped
+
+    smvfit.smv_tv = rec
+    try:
+        yield got
+    finally:
+        smvfit.smv_tv = orig
 
 
 def cpu_s() -> float:

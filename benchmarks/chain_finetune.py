@@ -41,12 +41,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import honest_heads as hh  # noqa: E402
+from _common import ChainStopped, final_fit_recorded  # noqa: E402
 
 SAMPLES = Path(os.environ.get("QSMPREP_CHAIN_SAMPLES", HERE.parent / ".chain_samples"))
 
 
-class _Captured(Exception):
-    pass
+_Captured = ChainStopped  # raised once the chain reached what a capture needs
 
 
 def train_spec(seed: int) -> "hh.CaseSpec":
@@ -77,13 +77,12 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
     true brain mask on the whole volume (``chi_full``, ``brain``): what training through the fit needs
     (:func:`train_step_through_fit`)."""
     from qsmprep.dl import inference
-    from qsmprep.qsm import smvfit
 
     import chain_benchmark as cb
 
     chain = cb.chain_for(case)
     got: dict = {}
-    orig_run, orig_bbox, orig_fit = inference._run_network, inference.mask_bbox, smvfit.smv_tv
+    orig_run, orig_bbox = inference._run_network, inference.mask_bbox
 
     def bbox(m, margin=4):
         got["bb"] = orig_bbox(m, margin)
@@ -99,10 +98,19 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
         got["net_out"] = orig_run(model, arrays, s, padded, voxel_size, b0_dir, dev, net, dc)
         return got["net_out"]
 
-    def fit(tot, m, vs, b0, **k):
+    inference._run_network, inference.mask_bbox = run, bbox
+    try:
+        with final_fit_recorded(then="stop") as fitted:
+            cb.invert_app("nsidl", case, chain, weights_path=weights_path)
+        raise RuntimeError("the chain did not reach the network" + (" and the final fit" if with_fit else ""))
+    except _Captured:
+        pass
+    finally:
+        inference._run_network, inference.mask_bbox = orig_run, orig_bbox
+    if with_fit:
+        (tot, m, _, _), k = fitted["args"], fitted["kwargs"]
         shape = np.asarray(m).shape
-        w = k.get("weight")
-        free = k.get("tv_free")
+        w, free = k.get("weight"), k.get("tv_free")
         got.update(fit_total=np.asarray(tot, np.float32), fit_mask=np.asarray(m, bool),
                    fit_weight=np.ones(shape, np.float32) if w is None else np.asarray(w, np.float32),
                    fit_weighted=w is not None, fit_support=np.asarray(k["support"], bool),
@@ -110,16 +118,6 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
                    fit_radii=np.asarray(k["radii_mm"], np.float32), fit_lam=float(k["lam"]),
                    fit_n_iter=int(k["n_iter"]), fit_relax=float(k["relax"]), fit_support_mu=float(k["support_mu"]),
                    fit_start=np.asarray(k["chi_prior"], np.float32))
-        raise _Captured
-
-    inference._run_network, inference.mask_bbox, smvfit.smv_tv = run, bbox, fit
-    try:
-        cb.invert_app("nsidl", case, chain, weights_path=weights_path)
-        raise RuntimeError("the chain did not reach the network" + (" and the final fit" if with_fit else ""))
-    except _Captured:
-        pass
-    finally:
-        inference._run_network, inference.mask_bbox, smvfit.smv_tv = orig_run, orig_bbox, orig_fit
     bb = got.pop("bb")
     got["chi"] = np.asarray(case["chi"], np.float32)[bb]
     if with_fit:
@@ -242,31 +240,41 @@ def score(model, samples: list[dict], dev) -> dict:
             "per_head": [round(v, 4) for v in xs]}
 
 
-def _update(model, opt, loss) -> float | None:
-    """One optimiser step on ``loss`` (gradients clipped at norm 0.5); the loss, or None (no update) when it is
-    not finite."""
+def _update(model, opt, samples: list[dict], dev, loss_of) -> float | None:
+    """One optimiser step on the mean of ``loss_of(model, d, dev)`` over ``samples`` (gradients accumulated one
+    sample at a time, so memory is that of one sample; clipped at norm 0.5); the mean loss, or None (no update)
+    when a loss is not finite."""
     import torch
 
     opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return None
-    loss.backward()
+    total = 0.0
+    for d in samples:
+        loss = loss_of(model, d, dev)
+        if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            return None
+        (loss / len(samples)).backward()
+        total += float(loss.detach())
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.5)
     opt.step()
-    return float(loss.detach())
+    return total / len(samples)
 
 
-def train_step(model, opt, d: dict, dev) -> float | None:
-    """One optimiser step on sample ``d`` (the training loss of ``qsmprep.dl.train``: demeaned L1, gradient
-    L1 and deep supervision, the last iterate after the k-space step); the loss, or None (no update)
-    when it is not finite."""
+def _loss(model, d: dict, dev):
+    """The training loss of ``qsmprep.dl.train`` on sample ``d``: demeaned L1, gradient L1 and deep supervision,
+    the last iterate after the k-space step."""
     from qsmprep.dl.metrics import loss_terms
 
     t = _tensors(d, dev)
     preds = forward(model, d, dev, return_all=True, tensors=t)
     _, mask, _, truth, _ = t
-    loss, _ = loss_terms(preds, truth, mask, 0.5, 0.1, 0.0)
-    return _update(model, opt, loss)
+    return loss_terms(preds, truth, mask, 0.5, 0.1, 0.0)[0]
+
+
+def train_step(model, opt, d: dict, dev) -> float | None:
+    """One optimiser step on sample ``d`` with :func:`_loss`; the loss, or None (no update) when it is not
+    finite."""
+    return _update(model, opt, [d], dev, _loss)
 
 
 _FIT_CACHE: dict = {}
@@ -337,12 +345,15 @@ def score_through_fit(model, samples: list[dict], dev) -> dict:
             "score": float(np.mean(xs) - np.mean(nr) / 100), "per_head": [round(v, 4) for v in xs]}
 
 
+def _loss_through_fit(model, d: dict, dev):
+    return through_fit(model, d, dev, cache=False)[1]
+
+
 def train_step_through_fit(model, opt, d: dict, dev) -> float | None:
     """One optimiser step on sample ``d`` with the loss *after* the chain's final fit (:func:`through_fit`):
     the network learns the start that the fit turns into the best chi, not a chi closest to the truth on its
     own (which the fit partly forgets and whose offset it keeps: ``benchmarks/RESULTS.md``)."""
-    _, loss = through_fit(model, d, dev, cache=False)
-    return _update(model, opt, loss)
+    return _update(model, opt, [d], dev, _loss_through_fit)
 
 
 def train(args) -> None:
@@ -362,7 +373,7 @@ def train(args) -> None:
     if not tr or not va:
         raise SystemExit(f"no chain samples in {SAMPLES} (train-*_{args.voxel:g}mm{sfx}.npz, {val_glob}): "
                          "make them first with --make / --make-val" + (" --through-fit" if sfx else ""))
-    step_fn, score_fn = (train_step_through_fit, score_through_fit) if args.through_fit else (train_step, score)
+    loss_of, score_fn = (_loss_through_fit, score_through_fit) if args.through_fit else (_loss, score)
     model, _ = load_model(args.init, device=str(dev))
     model.train()
     if not args.train_step_sizes:
@@ -401,7 +412,8 @@ def train(args) -> None:
         frac = min(1.0, (time.time() - t0) / (args.minutes * 60))
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        loss = step_fn(model, opt, tr[int(rng.integers(len(tr)))], dev)
+        batch = [tr[int(i)] for i in rng.choice(len(tr), size=min(args.accum, len(tr)), replace=False)]
+        loss = _update(model, opt, batch, dev, loss_of)
         if loss is not None:
             losses.append(loss)
         if step % args.val_every == 0:
@@ -430,6 +442,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--val-every", type=int, default=40)
+    ap.add_argument("--accum", type=int, default=1, help="training samples per optimiser step (gradients accumulated)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--train-step-sizes", action="store_true", help="also train the unrolled step sizes")
     ap.add_argument("--through-fit", action="store_true",

@@ -31,20 +31,10 @@ import honest_heads as hh  # noqa: E402
 
 def capture_fit(case: dict, chain: dict, weights_path: str | None = None) -> dict:
     """The final fit's arguments in the app's chain (the start is ``chi_prior``)."""
-    from qsmprep.qsm import smvfit
+    from _common import final_fit_recorded
 
-    got: dict = {}
-    orig = smvfit.smv_tv
-
-    def rec(*a, **k):
-        got["args"], got["kwargs"] = a, dict(k)
-        return np.asarray(k["chi_prior"], np.float32)
-
-    smvfit.smv_tv = rec
-    try:
+    with final_fit_recorded(then="start") as got:
         cb.invert_app("nsidl", case, chain, weights_path=weights_path)
-    finally:
-        smvfit.smv_tv = orig
     return got
 
 

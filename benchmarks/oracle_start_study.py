@@ -36,27 +36,13 @@ import robustness as rb  # noqa: E402
 
 def capture(d: dict, off: bool = False) -> dict:
     """Run the app on ``d`` (canonical inputs) and record the final fit's arguments and result."""
-    from qsmprep.qsm import smvfit
+    import contextlib
 
-    got: dict = {}
-    orig = smvfit.smv_tv
+    import chain_benchmark as cb
+    from _common import final_fit_recorded
 
-    def rec(*a, **k):
-        got["args"], got["kwargs"] = a, dict(k)
-        got["result"] = orig(*a, **k)
-        return got["result"]
-
-    smvfit.smv_tv = rec
-    try:
-        if off:
-            import chain_benchmark as cb
-
-            with cb.network_off():
-                out = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
-        else:
-            out = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
-    finally:
-        smvfit.smv_tv = orig
+    with final_fit_recorded(then="run") as got, (cb.network_off() if off else contextlib.nullcontext()):
+        out = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
     got["app_chi"] = out["chi"]
     return got
 

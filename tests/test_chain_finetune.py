@@ -150,3 +150,59 @@ def test_train_step_through_fit_lowers_the_loss_after_the_fit(fit_sample):
     after = cf.score_through_fit(model.eval(), [d], dev)
     assert all(v is not None for v in losses)
     assert after["loss"] < before["loss"]
+
+
+def test_update_accumulates_the_mean_gradient_over_its_samples():
+    # a toy model whose loss has a known gradient: w * x - y squared, d/dw = 2 x (w x - y); one SGD step of 0.1
+    # on two samples must move w by the mean of their gradients, and skip the step when a loss is not finite
+    import torch
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    samples = [{"x": 1.0, "y": 0.0}, {"x": 0.5, "y": 1.0}]
+
+    def loss_of(m, d, dev):
+        return (m(torch.tensor([[d["x"]]])) - d["y"]).pow(2).sum()
+
+    loss = cf._update(model, opt, samples, "cpu", loss_of)
+    grads = [2 * 1.0 * (1.0 - 0.0), 2 * 0.5 * (0.5 - 1.0)]  # 2.0 and -0.5: mean 0.75, clipped to norm 0.5
+    mean_grad = np.mean(grads)
+    clipped = mean_grad * min(1.0, 0.5 / abs(mean_grad))
+    assert loss == pytest.approx(np.mean([1.0, 0.25]))
+    assert float(model.weight) == pytest.approx(1.0 - 0.1 * clipped)
+    before = float(model.weight)
+    assert cf._update(model, opt, samples + [{"x": float("nan"), "y": 0.0}], "cpu", loss_of) is None
+    assert float(model.weight) == before
+
+
+def test_final_fit_recorded_records_then_runs_returns_start_or_stops():
+    """benchmarks/_common.final_fit_recorded: the fit's arguments are recorded; "run" gives smv_tv's own chi,
+    "start" the start unchanged, "stop" raises ChainStopped; smv_tv is restored after the block either way."""
+    from _common import ChainStopped, final_fit_recorded
+
+    from qsmprep.qsm import smvfit
+
+    orig = smvfit.smv_tv
+    n = 20
+    z, y, x = np.mgrid[:n, :n, :n] - n / 2
+    mask = (x ** 2 + y ** 2 + z ** 2) < 8 ** 2
+    tot = np.where(mask, 0.01 * z / n, 0).astype(np.float32)
+    start = np.where(mask, 0.02, 0).astype(np.float32)
+    args = (tot, mask, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+    kw = dict(chi_prior=start, radii_mm=(2.0,), n_iter=3)
+    ref = orig(*args, **kw)
+    with final_fit_recorded("run") as got:
+        out = smvfit.smv_tv(*args, **kw)
+    assert np.array_equal(out, ref) and got["result"] is out and got["args"][1] is mask
+    assert got["kwargs"]["chi_prior"] is start and got["kwargs"]["n_iter"] == 3
+    with final_fit_recorded("start") as got:
+        out = smvfit.smv_tv(*args, **kw)
+    assert np.array_equal(out, start) and not np.array_equal(ref, start) and "result" not in got
+    with pytest.raises(ChainStopped), final_fit_recorded("stop") as got:
+        smvfit.smv_tv(*args, **kw)
+    assert got["kwargs"]["radii_mm"] == (2.0,)
+    assert smvfit.smv_tv is orig
+    with pytest.raises(ValueError), final_fit_recorded("later"):
+        pass

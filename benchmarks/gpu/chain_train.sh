@@ -13,7 +13,8 @@
 # (chain_benchmark.py --weights ... --methods nsidl@cand): only a candidate that beats the shipped weights there ships.
 #
 # Env: TRAIN_MIN (training minutes, default 4), SEEDS (default 1000-1031), HELDOUT (default 1900-1903),
-# WORKERS (sample-making processes, 2 threads each; default 7), LR (default 5e-5), VAL_EVERY (default 40).
+# WORKERS (sample-making processes, 2 threads each; default 7), LR (default 5e-5), VAL_EVERY (default 40),
+# ACCUM (training samples per optimiser step, default 1).
 set -u
 OUT=${OUT:-/tmp/chain_train_out}
 mkdir -p "$OUT"
@@ -35,7 +36,7 @@ LOG="$OUT/device_log.txt"
   echo "== train ${TRAIN_MIN:-4} min on the GPU, through the final fit"
   $PY benchmarks/chain_finetune.py --through-fit --train --device cuda --voxel 1.5 --out /tmp/chain_ft \
       --val-glob "heldout-*_1.5mm_fit.npz" --minutes "${TRAIN_MIN:-4}" --lr "${LR:-5e-5}" \
-      --val-every "${VAL_EVERY:-40}" > "$OUT/train_stdout.txt" 2>&1 || echo "TRAINING FAILED"
+      --val-every "${VAL_EVERY:-40}" --accum "${ACCUM:-1}" > "$OUT/train_stdout.txt" 2>&1 || echo "TRAINING FAILED"
   cp /tmp/chain_ft/*.pt /tmp/chain_ft/train_log.jsonl /tmp/chain_ft/summary.json "$OUT/" 2>/dev/null
   tail -5 "$OUT/train_stdout.txt"
   echo "== timing (shipped weights, the whole NSIDL chain inversion)"
