@@ -64,7 +64,8 @@ def fit_offset(chi0: np.ndarray, region: np.ndarray, fit: dict) -> float:
     from qsmprep.qsm.smvfit import _smv_grid, _sphere_spectrum
 
     (tot, m, vs, b0), k = fit["args"][:4], fit["kwargs"]
-    parts, shape, pad, _ = _smv_grid(m, k["support"], tuple(vs), k["radii_mm"], "fit_offset")
+    grid = _smv_grid(m, k["support"], tuple(vs), k["radii_mm"], "fit_offset")
+    parts, shape, pad = grid.parts, grid.shape, grid.pad
     w = np.where(m, np.abs(np.nan_to_num(np.asarray(k["weight"], np.float32))), 0)
     w = np.clip(w / max(float(np.percentile(w[m], 99)), 1e-30), 0, 1).astype(np.float32)
     d = dipole_kernel(shape, vs, b0, rfft=True)

@@ -30,7 +30,7 @@ CG iteration: ``2 + 2 * len(radii)`` real FFTs on the mask's bounding box plus t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import scipy.fft as sfft
@@ -87,12 +87,25 @@ def smv_operator_masks(mask: np.ndarray, voxel_size: Sequence[float], radii_mm: 
 BOX_MARGIN = 0
 
 
-def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str, box_margin: int = 1):
+class _SMVGrid(NamedTuple):
+    """:func:`_smv_grid`'s result."""
+
+    parts: list  # (radius_mm, operator mask) pairs
+    shape: tuple  # the padded grid's FFT shape
+    pad: Callable  # a volume -> its box on the grid (float32)
+    full: Callable  # the grid -> a volume (zero outside the support; float32)
+    box: tuple  # the volume's box (slices of the volume)
+    crop: tuple  # where that box lies on the grid (slices of the grid)
+
+
+def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[float], who: str,
+              box_margin: int = 1) -> _SMVGrid:
     """The SMV fits' shared set-up: ``parts`` (:func:`smv_operator_masks` of ``m``, the non-empty ones),
     the FFT shape of the padded grid (the bounding box of ``sup`` grown by ``box_margin`` x (the largest radius + 2
     voxels), then zero padding of the margin beyond the box even where the box meets the volume's edge), ``pad(a)``
     (``a``'s box on that grid, float32) and ``full(x)`` (back: ``x``'s box in a volume of ``m``'s shape, zero outside
-    ``sup``; float32)."""
+    ``sup``; float32), and the box and its place on the grid (``box``, ``crop``: for torch versions of ``pad`` and
+    ``full``)."""
     radii = sorted((float(r) for r in radii_mm), reverse=True)
     parts = [(r, p) for r, p in smv_operator_masks(m, vs, radii) if p.any()]
     if not parts:
@@ -112,8 +125,7 @@ def _smv_grid(m: np.ndarray, sup: np.ndarray, vs: tuple, radii_mm: Sequence[floa
         out[box] = np.where(sup[box], x[crop], 0)
         return out
 
-    pad.box, pad.crop = box, crop  # where the volume's box lies on the grid (for torch versions of pad / full)
-    return parts, shape, pad, full
+    return _SMVGrid(parts, shape, pad, full, box, crop)
 
 
 def smv_fit(
@@ -160,7 +172,8 @@ def smv_fit(
     if not m.any():
         raise ValueError("smv_fit got an empty mask.")
     vs = tuple(float(v) for v in voxel_size)
-    parts, shape, pad, to_full = _smv_grid(m, sup, vs, radii_mm, "smv_fit")
+    grid = _smv_grid(m, sup, vs, radii_mm, "smv_fit")
+    parts, shape, pad, to_full = grid.parts, grid.shape, grid.pad, grid.full
     wk = fft_workers()
 
     mp = pad(sup.astype(np.float32))
@@ -309,7 +322,8 @@ def smv_tv_problem(
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
     vs = tuple(float(v) for v in voxel_size)
-    parts, shape, pad, full = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
+    grid = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
+    parts, shape, pad, full = grid.parts, grid.shape, grid.pad, grid.full
     wk = fft_workers()
 
     def rfft(x):
@@ -368,7 +382,7 @@ def smv_tv_problem(
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
     return SMVTVProblem(x=x, prior_k=prior_k, ks=ks, pw2=pw2, g_r=g_r, denom=denom, msup=msup, mu1=mu1, mu2=mu2,
                         mu3=mu3, thr=thr, lam=lam, vs=vs, shape=shape, pad=pad, full=full, rfft=rfft, irfft=irfft,
-                        support=sup, box=pad.box, crop=pad.crop)
+                        support=sup, box=grid.box, crop=grid.crop)
 
 
 def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0, callback=None):
