@@ -40,7 +40,7 @@ LOG="$OUT/device_log.txt"
   cp /tmp/chain_ft/*.pt /tmp/chain_ft/train_log.jsonl /tmp/chain_ft/summary.json "$OUT/" 2>/dev/null
   tail -5 "$OUT/train_stdout.txt"
   echo "== timing (shipped weights, the whole NSIDL chain inversion)"
-  timeout 150 $PY benchmarks/gpu/time_inference.py --weights qsmprep/data/nsidl/nsidl_v2.pt --data-fit chain \
+  timeout 150 $PY benchmarks/gpu/time_inference.py --weights qsmprep/data/nsidl/nsidl_v3.pt --data-fit chain \
       --out "$OUT/timing.json" 2>&1 | tail -5 || echo "timing failed"
   echo "== gpu tests"
   timeout 90 $PY -m pytest -q tests/test_finalfit.py tests/test_smvfit.py tests/test_dl_inference.py -k "cuda or finalfit" 2>&1 | tail -3 || true

@@ -12,5 +12,5 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # the device runs the checkout, not an
 [ -x "$PY" ] || PY=python3
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_dl_inference.py tests/test_dl_physics.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.txt" || echo "GPU TESTS FAILED (timing follows)"
-$PY benchmarks/gpu/time_inference.py --weights qsmprep/data/nsidl/nsidl_v2.pt --out "$OUT/timing_presets.json" \
+$PY benchmarks/gpu/time_inference.py --weights qsmprep/data/nsidl/nsidl_v3.pt --out "$OUT/timing_presets.json" \
     --device cuda --repeats 5 --data-fit robust strong

@@ -11,10 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
-WEIGHTS_NAME = "nsidl_v2.pt"
+WEIGHTS_NAME = "nsidl_v3.pt"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "nsidl"
-#: sha256 of the shipped ``nsidl_v2.pt`` (updated whenever new weights are shipped).
-EXPECTED_SHA256 = "4638eb1bfcea8ad08d8643bc714220c151cbae2983642f573f6bb830ba265a78"
+#: sha256 of the shipped ``nsidl_v3.pt`` (updated whenever new weights are shipped).
+EXPECTED_SHA256 = "6e80e589e9b5da04979c0afb720461ee4594afe899d2213dfcc2ad06f581ccbe"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
