@@ -46,9 +46,6 @@ from _common import ChainStopped, final_fit_recorded  # noqa: E402
 SAMPLES = Path(os.environ.get("QSMPREP_CHAIN_SAMPLES", HERE.parent / ".chain_samples"))
 
 
-_Captured = ChainStopped  # raised once the chain reached what a capture needs
-
-
 def train_spec(seed: int) -> "hh.CaseSpec":
     """A drawn acquisition for training head ``seed`` (qsmprep.sim only)."""
     rng = np.random.default_rng(seed)
@@ -94,7 +91,7 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
                    n_pre=int(net["n_pre"]), pre_solver=str(net["pre_solver"]),
                    dc_threshold=dc[0], dc_width=float(dc[1]))
         if not with_fit:
-            raise _Captured
+            raise ChainStopped  # the network's inputs are all a capture without the fit needs
         got["net_out"] = orig_run(model, arrays, s, padded, voxel_size, b0_dir, dev, net, dc)
         return got["net_out"]
 
@@ -103,7 +100,7 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
         with final_fit_recorded(then="stop") as fitted:
             cb.invert_app("nsidl", case, chain, weights_path=weights_path)
         raise RuntimeError("the chain did not reach the network" + (" and the final fit" if with_fit else ""))
-    except _Captured:
+    except ChainStopped:
         pass
     finally:
         inference._run_network, inference.mask_bbox = orig_run, orig_bbox
