@@ -123,6 +123,26 @@ def network_off():
         inf._cached_model = orig
 
 
+@contextlib.contextmanager
+def weights_used():
+    """Within this block, the sha256 of every NSIDL weights file the methods load (a list, first use first)."""
+    import qsmprep.dl.inference as inf
+
+    orig, seen = inf._cached_model, []
+
+    def recording(path, device):
+        model, info = orig(path, device)
+        if info["sha256"] not in seen:
+            seen.append(info["sha256"])
+        return model, info
+
+    inf._cached_model = recording
+    try:
+        yield seen
+    finally:
+        inf._cached_model = orig
+
+
 def validation_case(name: str, voxel_mm: float = 1.0, cache=None) -> dict:
     """:func:`honest_heads.load_case` for a validation study; a test head stops the study."""
     if hh.CASES[name].role != "validation":
@@ -347,9 +367,6 @@ METHODS: dict[str, Callable] = {
 }
 
 
-#: ``--weights``: sha256 of the candidate weights file of the ``*@cand`` methods (set by :func:`main`)
-CAND_SHA256: dict[str, str] = {}
-
 
 def chain_for(case: dict) -> dict:
     t0 = time.time()
@@ -365,12 +382,13 @@ def run_case(name: str, voxel_mm: float, methods: list[str], cache=None, log=Non
     rows = []
     for meth in methods:
         t0 = time.time()
-        chi = METHODS[meth](case, chain)
+        with weights_used() as shas:
+            chi = METHODS[meth](case, chain)
         dt = time.time() - t0
         row = {"case": name, "role": case["spec"].role, "voxel_mm": voxel_mm, "method": meth, "time_s": dt,
                "chain_s": chain["time_s"], **score(chi, case)}
-        if meth.endswith("@cand"):
-            row["weights_sha256"] = CAND_SHA256["cand"]
+        if shas:  # the NSIDL weights the row ran (the shipped ones of its data fit, or --weights)
+            row["weights_sha256"] = shas[0] if len(shas) == 1 else shas
         rows.append(row)
         line = (f"{name:22s} {meth:28s} XSIM {row['xsim']:.3f} NRMSE {row['nrmse']:6.1f} HFEN {row['hfen']:6.1f} "
                 f"cov {row['coverage']:.3f} roi slope {row['roi_slope']:.3f} mae {row['roi_mae']:.4f} "
@@ -511,9 +529,6 @@ def main(argv=None):
                          "chain and its ablation with these weights; rows record the file's sha256)")
     a = ap.parse_args(argv)
     if a.weights:
-        from qsmprep.dl.weights import sha256_file
-
-        CAND_SHA256["cand"] = sha256_file(a.weights)
         METHODS["nsidl@cand"] = m_app("nsidl", weights_path=a.weights)
         METHODS["nsidl-off@cand"] = m_off(m_app("nsidl", weights_path=a.weights))
     names = a.cases or [c.name for c in hh.cases(None if a.role == "all" else a.role)]

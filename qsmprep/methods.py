@@ -167,9 +167,9 @@ def _run_classical(name: str):
 
 
 def _nsidl_weights_present():
-    from qsmprep.dl.weights import weights_info
+    from qsmprep.dl.weights import WEIGHTS_FOR, weights_info
 
-    return weights_info()
+    return [weights_info(use=use) for use in WEIGHTS_FOR]
 
 
 #: NSIDL data fits of the app and ``qsmprep invert`` (option ``nsidl_data_fit``).  ``auto`` (the
@@ -179,6 +179,8 @@ def _nsidl_weights_present():
 #: from the network's chi; issue #13).  ``robust`` / ``strong``: ``qsmprep.dl.inference.DATA_FIT``
 #: (``strong`` is for clean local fields: simulations, challenge data, total-field methods).
 NSIDL_DATA_FITS = ("auto", "chain", "robust", "strong")
+#: The ``chain`` data fit's last step, as its sidecar and the methods text name it.
+CHAIN_FINAL_FIT = "TV-regularised SMV-consistent fit of the total field (ADMM)"
 
 
 def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te_s=0.02, device="cpu",
@@ -188,13 +190,13 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
     from qsmprep.dl.weights import weights_info
     from qsmprep.qsm.constants import rad_per_ppm
 
-    info = weights_info(weights_path)
     name = str(nsidl_data_fit).lower()
     if name not in NSIDL_DATA_FITS:
         raise ValueError(f"NSIDL data fit must be one of {NSIDL_DATA_FITS}, got {nsidl_data_fit!r}.")
     have_total = total_ppm is not None and brain_mask is not None
     if name == "auto":
         name = "chain" if have_total else "robust"
+    info = weights_info(weights_path, use=name)  # each data fit runs its own shipped weights
     import torch
 
     record = {"WeightsName": info["name"], "WeightsSHA256": info["sha256"],
@@ -221,7 +223,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
             "VoidCorePower": restore.void_core_power(b0_t, te_s),
             "SurfaceVoidVoxels": n_surface,
             "SurfaceVoidsWithoutTV": bool(n_surface and restore.SURFACE_TV_FREE),
-            "FinalFit": {"Method": "TV-regularised SMV-consistent fit of the total field (ADMM)",
+            "FinalFit": {"Method": CHAIN_FINAL_FIT,
                          "RadiiMm": list(restore.FINAL_RADII_MM), "TVWeight": lam,
                          "TVWeightRule": f"{restore.FINAL_TV_PER_NOISE} x local-field noise, within "
                                          f"{list(restore.FINAL_TV_RANGE)}, at most {restore.THICK_TV_MAX} "

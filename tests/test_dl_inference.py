@@ -1,5 +1,7 @@
 """invert_nsidl: crop/pad/mask, devices, weights file handling, CPU/GPU agreement (gpu marker)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -141,14 +143,68 @@ def test_weights_roundtrip_and_sha_check(tmp_path, monkeypatch):
 
 
 def test_shipped_weights_load_and_match_pinned_sha():
+    """Every use's shipped file is present, pinned and loads; the chain runs v3, the stand-alone data fits v2."""
     from qsmprep.dl import weights
 
     info = weights.weights_info()
-    assert info["name"] == weights.WEIGHTS_NAME
+    assert info["name"] == weights.WEIGHTS_NAME == weights.WEIGHTS_FOR["chain"] == "nsidl_v3.pt"
     assert weights.EXPECTED_SHA256 == info["sha256"]
-    assert weights.default_weights_path().stat().st_size < 20 * 2**20
-    model, info = weights.load_model()
-    assert model.n_iter >= 1
+    assert weights.WEIGHTS_FOR["robust"] == weights.WEIGHTS_FOR["strong"] == "nsidl_v2.pt"
+    assert set(weights.SHIPPED_SHA256) == set(weights.WEIGHTS_FOR.values()) == {
+        p.name for p in weights.DATA_DIR.glob("*.pt")}
+    for use, name in weights.WEIGHTS_FOR.items():
+        p = weights.default_weights_path(use)
+        assert p.name == name and p.stat().st_size < 20 * 2**20
+        model, info = weights.load_model(use=use)
+        assert info["sha256"] == weights.SHIPPED_SHA256[name] == weights.pinned_sha256(p) and model.n_iter >= 1
+    with pytest.raises(ValueError, match="use must be one of"):
+        weights.default_weights_path("fast")
+
+
+def test_shipped_weights_pinned_by_name_and_env_override(tmp_path, monkeypatch):
+    """A shipped name in the package's folder must have its pinned hash; QSMPREP_NSIDL_WEIGHTS serves every use."""
+    from qsmprep.dl import weights
+    from qsmprep.dl.train import export_weights
+
+    monkeypatch.setattr(weights, "DATA_DIR", tmp_path)
+    sha = export_weights(_model(3), tmp_path / "nsidl_v2.pt", {"note": "test"})
+    assert weights.pinned_sha256(tmp_path / "nsidl_v2.pt") == weights.SHIPPED_SHA256["nsidl_v2.pt"] != sha
+    assert weights.pinned_sha256(tmp_path / "other.pt") is None
+    with pytest.raises(ValueError, match="corrupted or was replaced"):
+        weights.load_model(use="robust")
+    other = tmp_path / "sub" / "w.pt"
+    other.parent.mkdir()
+    export_weights(_model(3), other, {"note": "test"})
+    monkeypatch.setenv("QSMPREP_NSIDL_WEIGHTS", str(other))
+    assert {weights.weights_info(use=u)["path"] for u in weights.WEIGHTS_FOR} == {str(other)}
+    assert weights.load_model(use="strong")[1]["path"] == str(other)
+
+
+def test_each_data_fit_runs_its_shipped_weights(monkeypatch):
+    """invert_nsidl loads the weights of its data fit (or of ``weights``); methods.invert records them."""
+    from qsmprep import methods
+    from qsmprep.dl import inference, weights
+
+    loaded = []
+
+    def fake_cached(path, device):
+        loaded.append(Path(path).name)
+        return _model(3), {}
+
+    monkeypatch.setattr(inference, "_cached_model", fake_cached)
+    chi, f, mask, vs, b0 = _case()
+    for data_fit, use, name in ((None, None, "nsidl_v3.pt"), ("robust", None, "nsidl_v2.pt"),
+                                ("strong", None, "nsidl_v2.pt"), ("robust", "chain", "nsidl_v3.pt")):
+        inference.invert_nsidl(f, mask, vs, b0, device="cpu", data_fit=data_fit, weights=use)
+        assert loaded[-1] == name, (data_fit, use)
+    for fit in ("robust", "strong"):
+        _, meta = methods.invert("nsidl", f, mask, vs, b0, b0_t=3.0, te_s=0.02, nsidl_data_fit=fit)
+        assert loaded[-1] == meta["WeightsName"] == "nsidl_v2.pt"
+        assert meta["WeightsSHA256"] == weights.SHIPPED_SHA256["nsidl_v2.pt"]
+    loaded.clear()
+    _, meta = methods.invert("nsidl", f * mask, mask, vs, b0, b0_t=3.0, te_s=0.02, total_ppm=f, brain_mask=mask)
+    assert meta["DataFit"]["Preset"] == "chain" and meta["WeightsName"] == "nsidl_v3.pt"
+    assert set(loaded) == {"nsidl_v3.pt"}
 
 
 @pytest.mark.gpu
@@ -228,7 +284,7 @@ def test_app_dispatch_passes_and_records_the_data_fit_preset(monkeypatch):
         return np.zeros_like(local)
 
     monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
-    monkeypatch.setattr(weights, "weights_info", lambda path=None: {"name": "w.pt", "sha256": "0" * 64, "path": "w.pt"})
+    monkeypatch.setattr(weights, "weights_info", lambda path=None, use="chain": {"name": "w.pt", "sha256": "0" * 64, "path": "w.pt"})
     chi, f, mask, vs, b0 = _case()
     for preset in ("robust", "strong"):
         _, meta = methods.invert("nsidl", f, mask, vs, b0, b0_t=3.0, te_s=0.02, nsidl_data_fit=preset)

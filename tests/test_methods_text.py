@@ -212,7 +212,7 @@ def test_from_config_alone_default_chain():
     md = M.methods_markdown(info)
     for needle in ("will be", "before any data were processed", INVERSIONS["nsidl"].description,
                    UNWRAPPINGS["romeo"].description, BACKGROUND_REMOVALS["ismv"].description, NSIDL_DOI,
-                   weights_info()["sha256"], "*robust*", "*fast* (2 mm template)", "random seed 77",
+                   weights_info(use="chain")["sha256"], "*chain*", "*fast* (2 mm template)", "random seed 77",
                    "read from each run's BIDS sidecars", "AAL3", _doi("ants"), "PyTorch"):
         assert needle in md, needle
     assert not re.search(r"\b(was|were) (processed|unwrapped|removed|estimated|registered)\b",

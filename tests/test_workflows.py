@@ -240,7 +240,7 @@ def test_nsidl_node_records_device_and_weights(tmp_path, monkeypatch):
         return 2.0 * local
 
     monkeypatch.setattr(inference, "invert_nsidl", fake_invert)
-    monkeypatch.setattr(weights, "weights_info", lambda path=None: {"name": "w.pt", "sha256": "ab" * 32, "path": "/x/w.pt"})
+    monkeypatch.setattr(weights, "weights_info", lambda path=None, use="chain": {"name": "w.pt", "sha256": "ab" * 32, "path": "/x/w.pt"})
     aff = np.diag([1.0, 1.0, 2.0, 1.0])
     local = np.random.default_rng(0).normal(0, 0.01, (8, 8, 8)).astype(np.float32)
     mask = np.ones((8, 8, 8), np.uint8)

@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="; ".join(f"{i.name}: {i.description}" for i in INVERSIONS.values()))
     ap.add_argument("--out", required=True, help="output chi map (NIfTI, ppm); its sidecar is written beside it")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of torch methods (nsidl)")
-    ap.add_argument("--weights", help="NSIDL weights file (default: the shipped weights)")
+    ap.add_argument("--weights", help="NSIDL weights file (default: the shipped weights of the data fit, "
+                                          "qsmprep.dl.weights.WEIGHTS_FOR: v3 for chain, v2 for robust and strong)")
     ap.add_argument("--nsidl-data-fit", choices=INVERSIONS["nsidl"].options["nsidl_data_fit"], default="auto",
                     help="NSIDL data fit: auto (default) = chain with --total-field and --brain-mask (the app's: the "
                          "network on the local field, then a TV-regularised SMV-consistent fit of the total field; "

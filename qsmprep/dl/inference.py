@@ -155,6 +155,7 @@ def invert_nsidl(
     dc_width: float = DC_WIDTH,
     data_fit: str | None = None,
     dc_extrapolate: bool | str = _FROM_PRESET,
+    weights: str | None = None,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside ``mask``) from a local field (ppm) with NSIDL.
 
@@ -181,6 +182,9 @@ def invert_nsidl(
         the field beyond the mask with the field of the network's chi
         (:func:`qsmprep.dl.physics.extrapolate_field_t`), instead of zero; default: the preset's
         choice (``strong`` yes, ``robust`` no; off when ``data_fit`` is None).
+    weights : which shipped weights run (a :data:`qsmprep.dl.weights.WEIGHTS_FOR` use) when neither
+        ``model`` nor ``weights_path`` is given; default: those of ``data_fit`` (``robust``,
+        ``strong``), or of the chain (:data:`qsmprep.dl.weights.DEFAULT_USE`) when ``data_fit`` is None.
 
     The volume is cropped to the mask's bounding box + ``margin`` voxels, the physics is
     zero-padded 1.5x inside the network, and the result is put back and masked.  The
@@ -196,7 +200,7 @@ def invert_nsidl(
     dev = resolve_device(device)
     t0 = time.time()
     if model is None:
-        model, _ = _cached_model(weights_path, str(dev))
+        model, _ = _cached_model(weights_path or str(_shipped_path(weights, data_fit)), str(dev))
     model = model.to(dev).eval()
     wc = normalise_weight(weight, m, bb)
     padded = physics.fast_padded_shape(fc.shape, 1.5)
@@ -214,6 +218,14 @@ def invert_nsidl(
     out *= m
     LOG.info("NSIDL: done in %.1f s", time.time() - t0)
     return out
+
+
+def _shipped_path(weights: str | None, data_fit: str | None):
+    """The weights file of :func:`invert_nsidl`'s ``weights`` use (default: ``data_fit``'s, else the chain's)."""
+    from qsmprep.dl.weights import DEFAULT_USE, WEIGHTS_FOR, default_weights_path
+
+    use = weights or (data_fit if data_fit in WEIGHTS_FOR else DEFAULT_USE)
+    return default_weights_path(use)
 
 
 def _checked_inputs(local_ppm, mask):

@@ -434,7 +434,8 @@ def invert_nsidl_chain(
 
     def net(field, mask):
         return invert_nsidl(field, mask, voxel_size, b0_dir, weight=w, b0_t=b0_t, te_s=te_s, device=device,
-                            weights_path=weights_path, model=model, data_fit="robust")
+                            weights_path=weights_path, model=model, data_fit="robust",
+                            weights="chain")
 
     if isinstance(final_lam, str):
         if final_lam != "auto":

@@ -260,19 +260,19 @@ def methods_from_config(config, runs=None) -> MethodsInfo:
     inv = INVERSIONS[wf.inversion]
     record: dict = {}
     if inv.name == "nsidl":
-        from qsmprep.dl.inference import DC_WIDTH, DEFAULT_DATA_FIT, data_fit_record, data_fit_settings
+        from qsmprep.dl.inference import DEFAULT_DATA_FIT
+        from qsmprep.methods import CHAIN_FINAL_FIT
 
         try:
             from qsmprep.dl.weights import weights_info
 
-            info = weights_info()
+            info = weights_info(use="chain")
             record.update(WeightsName=info["name"], WeightsSHA256=info["sha256"])
         except (FileNotFoundError, OSError):
             pass
-        fit = data_fit_settings(DEFAULT_DATA_FIT)
-        record["DataFit"] = data_fit_record(fit)
-        if isinstance(fit["dc_threshold"], (int, float)):  # a noise-dependent threshold is known only after the run
-            record["KSpaceDataConsistency"] = {"DipoleKernelThreshold": fit["dc_threshold"], "RampWidth": DC_WIDTH}
+        # the app gives NSIDL the total field and the brain mask: its data fit is the chain
+        record["DataFit"] = {"Preset": "chain", "NetworkDataFit": DEFAULT_DATA_FIT,
+                             "FinalFit": {"Method": CHAIN_FINAL_FIT}}
     if inv.name == "ndi":
         record["PhaseScaleRadPerPpm"] = None  # the tuned scale; the number is in the sidecar after the run
     record["Device"] = config.nipype.device
