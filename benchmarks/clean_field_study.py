@@ -9,6 +9,14 @@ quadratic pull to it), against TV from zero at 60 and 150 iterations.  One JSON 
 Usage::
 
     .venv/bin/python benchmarks/clean_field_study.py val-sim-3T-ME-z,val-qf-3T-ME-obl benchmarks/clean_field_study.jsonl
+
+``--final-tv`` (session 20): the grid that chose the ``strong`` preset's final TV fit
+(``qsmprep.dl.inference.DATA_FIT["strong"]["final_tv"]``): ``strong`` without that fit (both modes run
+``strong`` so, :func:`strong_without_final_tv`, as it was when they first ran), then
+``tv_admm`` started from its chi at each (TV weight, iterations) of :data:`FINAL_TV_GRID`, on the six 1 mm
+validation heads::
+
+    .venv/bin/python benchmarks/clean_field_study.py --final-tv all benchmarks/clean_field_final_tv.jsonl
 """
 
 import contextlib
@@ -28,14 +36,33 @@ from qsmprep.methods import invert, reference_echo_time  # noqa: E402
 from qsmprep.qsm.tv import tv_admm  # noqa: E402
 
 
+@contextlib.contextmanager
+def strong_without_final_tv():
+    """Within this block ``strong`` stops after the network (as before session 20 gave it a final TV fit)."""
+    from qsmprep.dl import inference
+
+    kept = inference.DATA_FIT["strong"]["final_tv"]
+    inference.DATA_FIT["strong"]["final_tv"] = None
+    try:
+        yield
+    finally:
+        inference.DATA_FIT["strong"]["final_tv"] = kept
+
+
+def _clean_case(n):
+    """(case, mask, inversion args, ``strong``'s keywords) of validation head ``n`` fed its true local field."""
+    case = cb.validation_case(n)
+    m, f = case["brain_mask"], case["local_field_ppm"]
+    w = np.sqrt((case["mag"] ** 2).sum(-1))
+    kw = dict(weight=w, b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]), device="cpu",
+              nsidl_data_fit="strong")
+    return case, m, (f, m, case["voxel_size"], case["b0_dir"]), kw
+
+
 def main(names, out):
     for n in names:
-        case = cb.validation_case(n)
-        m, f = case["brain_mask"], case["local_field_ppm"]
-        w = np.sqrt((case["mag"] ** 2).sum(-1))
-        args = (f, m, case["voxel_size"], case["b0_dir"])
-        kw = dict(weight=w, b0_t=case["b0_t"], te_s=reference_echo_time(case["te_s"]), device="cpu",
-                  nsidl_data_fit="strong")
+        case, m, args, kw = _clean_case(n)
+        w = kw["weight"]
 
         def rec(tag, chi, t0):
             r = cb.score(cb._ref(chi, m), case)
@@ -47,7 +74,7 @@ def main(names, out):
 
         for off in (False, True):
             t0 = time.time()
-            with cb.network_off() if off else contextlib.nullcontext():
+            with strong_without_final_tv(), cb.network_off() if off else contextlib.nullcontext():
                 chi0, _ = invert("nsidl", *args, **kw)
             sfx = "-off" if off else ""
             rec("strong" + sfx, chi0, t0)
@@ -63,5 +90,35 @@ def main(names, out):
         rec("tv lam=1e-05 it150", tv_admm(*args, weight=w, lam=1e-5, n_iter=150), t0)
 
 
+#: (TV weight, ADMM iterations) of ``--final-tv``.
+FINAL_TV_GRID = ((5e-6, 60), (1e-5, 60), (2e-5, 60), (1e-5, 120))
+
+
+def final_tv_grid(names, out):
+    """``strong`` without a final fit, then TV from its chi at each :data:`FINAL_TV_GRID` point (one JSON line each)."""
+    for n in names:
+        case, m, args, kw = _clean_case(n)
+        w = kw["weight"]
+        t0 = time.time()
+        with strong_without_final_tv():
+            chi0, meta = invert("nsidl", *args, **kw)
+        rows = [("strong", chi0, time.time() - t0, meta["WeightsName"])]
+        for lam, it in FINAL_TV_GRID:
+            t0 = time.time()
+            rows.append((f"strong+tv lam={lam:g} it={it}", tv_admm(*args, weight=w, lam=lam, n_iter=it, chi_prior=chi0),
+                         time.time() - t0, meta["WeightsName"]))
+        for tag, chi, dt, wname in rows:
+            r = cb.score(cb._ref(chi, m), case)
+            d = dict(case=n, tag=tag, weights=wname, xsim=r["xsim"], nrmse=r["nrmse"], hfen=r["hfen"],
+                     slope=r["roi_slope"], s=round(dt, 1))
+            print(json.dumps(d), flush=True)
+            with open(out, "a") as fh:
+                fh.write(json.dumps(d) + "\n")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1].split(","), sys.argv[2])
+    if sys.argv[1] == "--final-tv":
+        names = ([c.name for c in cb.hh.cases("validation")] if sys.argv[2] == "all" else sys.argv[2].split(","))
+        final_tv_grid(names, sys.argv[3])
+    else:
+        main(sys.argv[1].split(","), sys.argv[2])

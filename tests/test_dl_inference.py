@@ -224,7 +224,8 @@ def test_data_fit_presets_set_the_pre_solver_and_kspace_threshold():
     chi, f, mask, vs, b0 = _case()
     model = _model()
     assert model.n_pre == 0
-    strong = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="strong")
+    # the network part of strong (its final TV fit: test_strong_final_tv_is_tv_started_from_the_network...)
+    strong = inference.invert_nsidl(f, mask, vs, b0, device="cpu", model=model, data_fit="strong", final_tv=None)
     # the same by hand: the model configured like the preset
     cfg = inference.data_fit_settings("strong", f, mask)
     assert cfg["dc_threshold"] == inference.kspace_threshold_for_noise(cfg["relative_noise"])
@@ -324,3 +325,30 @@ def test_kspace_threshold_follows_the_field_noise():
     assert clean["dc_threshold"] == t0 and noisy["dc_threshold"] == t1, (clean, noisy)
     assert inference.data_fit_settings("strong")["dc_threshold"] == "noise"  # unresolved without a field
     assert inference.data_fit_settings("robust", f, mask)["dc_threshold"] == inference.DC_THRESHOLD
+
+
+def test_strong_final_tv_is_tv_started_from_the_network_and_moves_toward_the_truth():
+    """``final_tv``: the weighted TV fit (qsm.tv.tv_admm) started from the network's chi, nothing else; the
+    ``strong`` preset runs it (the record says so, ``robust`` does not) and on a sphere it lowers the error."""
+    from qsmprep.qsm.tv import tv_admm
+
+    chi, f, mask, vs, b0 = _case()
+    model = _model(3)
+    kw = dict(device="cpu", model=model, data_fit="strong")
+    lam, n_iter = inference.DATA_FIT["strong"]["final_tv"]
+    net = inference.invert_nsidl(f, mask, vs, b0, final_tv=None, **kw)
+    out = inference.invert_nsidl(f, mask, vs, b0, **kw)
+    ref = tv_admm(f, mask, vs, b0, weight=None, lam=lam, n_iter=n_iter, chi_prior=net)
+    np.testing.assert_array_equal(out, ref)
+    assert inference.DATA_FIT["robust"]["final_tv"] is None
+
+    def err(x):
+        d = (x - x[mask].mean()) - (chi - chi[mask].mean())
+        return float(np.linalg.norm(d[mask]) / np.linalg.norm((chi - chi[mask].mean())[mask]))
+
+    assert err(out) < err(net)
+    rec = inference.data_fit_record(inference.data_fit_settings("strong"))
+    assert rec["FinalTV"]["TVWeight"] == lam and rec["FinalTV"]["Iterations"] == n_iter
+    assert "FinalTV" not in inference.data_fit_record(inference.data_fit_settings("robust"))
+    with pytest.raises(ValueError, match="final_tv"):
+        inference.invert_nsidl(f, mask, vs, b0, final_tv="yes", **kw)

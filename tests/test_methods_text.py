@@ -247,3 +247,13 @@ def test_chain_data_fit_text_names_the_noise_set_tv_weight():
     text = M._data_fit_text(rec)
     assert "*chain*" in text and "SMV-consistent fit of the total field" in text
     assert "TV weight 6.1e-05" in text and "noise of 0.0012 ppm" in text
+
+
+def test_strong_data_fit_text_names_its_final_tv_fit():
+    """The strong preset's record (its final TV fit after the network) is in the methods text; robust has none."""
+    from qsmprep.dl.inference import data_fit_record, data_fit_settings
+
+    lam, n_iter = data_fit_settings("strong")["final_tv"]
+    text = M._data_fit_text({"DataFit": data_fit_record(data_fit_settings("strong"))})
+    assert "*strong*" in text and f"TV weight {lam:.2g}, {n_iter} ADMM iterations" in text
+    assert "total-variation" not in M._data_fit_text({"DataFit": data_fit_record(data_fit_settings("robust"))})

@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NSIDL data fit: auto (default) = chain with --total-field and --brain-mask (the app's: the "
                          "network on the local field, then a TV-regularised SMV-consistent fit of the total field; "
                          "signal voids kept in the map), else robust (for a local field from background removal "
-                         "alone); strong for clean local fields (simulations, challenge platforms)")
+                         "alone); strong for clean local fields (simulations, challenge platforms; the network, then a "
+                         "weighted TV fit of the field started from its chi)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 

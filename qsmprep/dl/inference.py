@@ -30,13 +30,17 @@ DC_WIDTH = 0.1
 #: k-space consistency threshold (a number, or ``"noise"``: :func:`kspace_threshold_for_noise` of the
 #: field's measured relative noise) and ``dc_extrapolate`` (fit the network's chi offset to the field
 #: and extend the field beyond the mask with the field of the network's chi,
-#: :func:`qsmprep.dl.physics.extrapolate_field_t`, before the k-space step).  ``robust`` (the default,
+#: :func:`qsmprep.dl.physics.extrapolate_field_t`, before the k-space step) and ``final_tv`` (None, or the TV weight
+#: and ADMM iterations of a weighted-linear TV fit of the local field started from the network's chi,
+#: :func:`qsmprep.qsm.tv.tv_admm`, after the k-space step).  ``robust`` (the default,
 #: :data:`DEFAULT_DATA_FIT`) is for local fields from background removal -- the app's chain;
 #: ``strong`` for clean local fields (simulations, challenge platforms, total-field methods).  Chosen
 #: on validation data only (MODEL_CARD.md, "Inference settings and how they were chosen").
 DATA_FIT = {
-    "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD, "dc_extrapolate": False},
-    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise", "dc_extrapolate": True},
+    "robust": {"pre_solver": "nesterov", "n_pre": 10, "dc_threshold": DC_THRESHOLD, "dc_extrapolate": False,
+               "final_tv": None},
+    "strong": {"pre_solver": "cg", "n_pre": 50, "dc_threshold": "noise", "dc_extrapolate": True,
+               "final_tv": (1e-5, 120)},
 }
 DEFAULT_DATA_FIT = "robust"
 
@@ -128,6 +132,9 @@ def data_fit_record(fit: dict) -> dict:
            "FieldExtrapolation": bool(fit.get("dc_extrapolate", False))}
     if "relative_noise" in fit:
         rec["FieldRelativeNoise"] = round(fit["relative_noise"], 4)
+    if fit.get("final_tv"):
+        rec["FinalTV"] = {"Method": "weighted-linear TV fit of the local field (ADMM) started from the network's chi",
+                          "TVWeight": fit["final_tv"][0], "Iterations": fit["final_tv"][1]}
     return rec
 
 
@@ -156,6 +163,7 @@ def invert_nsidl(
     data_fit: str | None = None,
     dc_extrapolate: bool | str = _FROM_PRESET,
     weights: str | None = None,
+    final_tv: tuple[float, int] | None | str = _FROM_PRESET,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside ``mask``) from a local field (ppm) with NSIDL.
 
@@ -185,6 +193,9 @@ def invert_nsidl(
     weights : which shipped weights run (a :data:`qsmprep.dl.weights.WEIGHTS_FOR` use) when neither
         ``model`` nor ``weights_path`` is given; default: those of ``data_fit`` (``robust``,
         ``strong``), or of the chain (:data:`qsmprep.dl.weights.DEFAULT_USE`) when ``data_fit`` is None.
+    final_tv : (TV weight, ADMM iterations) of a weighted-linear TV fit of the local field started from the
+        network's chi (:func:`qsmprep.qsm.tv.tv_admm`, the same ``weight``), or None; default: the preset's
+        (``strong`` yes, ``robust`` no; off when ``data_fit`` is None).
 
     The volume is cropped to the mask's bounding box + ``margin`` voxels, the physics is
     zero-padded 1.5x inside the network, and the result is put back and masked.  The
@@ -216,6 +227,17 @@ def invert_nsidl(
     out = np.zeros(f.shape, dtype=np.float32)
     out[bb] = chi_c
     out *= m
+    if isinstance(final_tv, str):
+        if final_tv != _FROM_PRESET:
+            raise ValueError(f"final_tv must be (TV weight, iterations), None or {_FROM_PRESET!r}, got {final_tv!r}.")
+        final_tv = None if preset is None else preset.get("final_tv")
+    if final_tv:
+        from qsmprep.qsm.tv import tv_admm
+
+        t1 = time.time()
+        out = tv_admm(f, m, voxel_size, b0_dir, weight=weight, lam=float(final_tv[0]), n_iter=int(final_tv[1]),
+                      chi_prior=out)
+        LOG.info("NSIDL: final TV fit (weight %g, %d iterations) in %.1f s", final_tv[0], final_tv[1], time.time() - t1)
     LOG.info("NSIDL: done in %.1f s", time.time() - t0)
     return out
 

@@ -412,6 +412,10 @@ def _data_fit_text(record: dict) -> str:
         details.append("a final k-space data-consistency step with a threshold set from the measured field noise")
     if fit.get("FieldExtrapolation"):
         details.append("the chi offset fitted to the field")
+    final_tv = fit.get("FinalTV") or {}
+    if final_tv:
+        details.append("a final weighted total-variation fit of the local field started from the network's chi"
+                       f" (TV weight {final_tv.get('TVWeight'):.2g}, {final_tv.get('Iterations')} ADMM iterations)")
     final = fit.get("FinalFit") or {}
     if final:
         lam = final.get("TVWeight")
