@@ -100,47 +100,44 @@ def score(chi: np.ndarray, case: dict) -> dict:
 
 
 @contextlib.contextmanager
-def network_off():
-    """Within this block, NSIDL's U-Net outputs zero (its last convolution zeroed): the ablation."""
+def _wrapped_loader(wrap: Callable):
+    """Within this block, NSIDL's model loader (``inference._cached_model``) returns ``wrap(model, info)``."""
     import qsmprep.dl.inference as inf
 
     orig = inf._cached_model
-
-    def zeroed(path, device):
-        model, info = orig(path, device)
-        m = copy.deepcopy(model)
-        import torch
-
-        with torch.no_grad():
-            m.prox.out.weight.zero_()
-            m.prox.out.bias.zero_()
-        return m, info
-
-    inf._cached_model = zeroed
+    inf._cached_model = lambda path, device: wrap(*orig(path, device))
     try:
         yield
     finally:
         inf._cached_model = orig
 
 
+def network_off():
+    """Within this block, NSIDL's U-Net outputs zero (its last convolution zeroed): the ablation."""
+    def zeroed(model, info):
+        import torch
+
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            m.prox.out.weight.zero_()
+            m.prox.out.bias.zero_()
+        return m, info
+
+    return _wrapped_loader(zeroed)
+
+
 @contextlib.contextmanager
 def weights_used():
     """Within this block, the sha256 of every NSIDL weights file the methods load (a list, first use first)."""
-    import qsmprep.dl.inference as inf
+    seen = []
 
-    orig, seen = inf._cached_model, []
-
-    def recording(path, device):
-        model, info = orig(path, device)
+    def recording(model, info):
         if info["sha256"] not in seen:
             seen.append(info["sha256"])
         return model, info
 
-    inf._cached_model = recording
-    try:
+    with _wrapped_loader(recording):
         yield seen
-    finally:
-        inf._cached_model = orig
 
 
 def validation_case(name: str, voxel_mm: float = 1.0, cache=None) -> dict:
