@@ -112,6 +112,9 @@ def capture(case: dict, weights_path: str | None = None, with_fit: bool = False)
                    fit_weight=np.ones(shape, np.float32) if w is None else np.asarray(w, np.float32),
                    fit_weighted=w is not None, fit_support=np.asarray(k["support"], bool),
                    fit_tv_free=np.zeros(shape, bool) if free is None else np.asarray(free, bool),
+                   # the edge-weighted TV map of the app's start (restore.FINAL_EDGE_TV), kept as captured
+                   fit_tv_weight=np.ones(shape, np.float32) if k.get("tv_weight") is None
+                   else np.asarray(k["tv_weight"], np.float32),
                    fit_radii=np.asarray(k["radii_mm"], np.float32), fit_lam=float(k["lam"]),
                    fit_n_iter=int(k["n_iter"]), fit_relax=float(k["relax"]), fit_support_mu=float(k["support_mu"]),
                    fit_start=np.asarray(k["chi_prior"], np.float32))
@@ -290,7 +293,8 @@ def final_fit_of(d: dict, dev, checkpoint_every: int = 5, cache: bool = True):
     pb = smv_tv_problem(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"],
                         weight=d["fit_weight"] if d["fit_weighted"] else None,
                         radii_mm=tuple(float(r) for r in d["fit_radii"]), lam=d["fit_lam"], support=d["fit_support"],
-                        support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
+                        support_mu=d["fit_support_mu"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None,
+                        tv_weight=d["fit_tv_weight"] if "fit_tv_weight" in d and np.any(d["fit_tv_weight"] != 1) else None)
     fit = FinalFit(pb, n_iter=d["fit_n_iter"], relax=d["fit_relax"], device=dev, checkpoint_every=checkpoint_every)
     if cache:
         _FIT_CACHE[key] = fit

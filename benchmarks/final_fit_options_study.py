@@ -4,7 +4,10 @@ Captures the final fit's inputs on validation heads (``final_fit_start_study.cap
 start (the app), the ablation's start (network output zeroed) and optionally a candidate's, and reruns the fit
 with each ``--configs`` entry: comma-separated overrides ``lamx=<factor of the app's TV weight>``,
 ``iter=<ADMM iterations>``, ``pw=<prior weight>``, ``band=<d_max>/<k_min>``, ``tvfree=voids`` (no TV in the
-signal voids and across their edges) (``app`` = the app's fit).  Scored over the true brain mask
+signal voids and across their edges), ``edges=<fraction>/<factor>`` (TV weight times ``factor`` on the ``fraction``
+of chi's support where the start's gradient is largest: ``restore.edge_tv_weight``), ``wedges=...`` (the same from
+the data weight, i.e. the magnitude: MEDI's gradient mask), ``vedges=...`` (``edges`` but uniform TV on the voids and
+within a voxel of them) (``app`` = the app's fit).  Scored over the true brain mask
 (``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
 ``final_fit_start_study.py``, unless ``--void-refit``.
 
@@ -22,6 +25,18 @@ truth's, pulled towards with the same band).
         --configs app pw=0.1,band=0.1/0.02 pw=1,band=0.1/0.02 --log benchmarks/final_fit_options_study.jsonl
     .venv/bin/python benchmarks/final_fit_options_study.py --cases val-sim-3T-ME-z val-qf-3T-ME-obl \
         val-sim-7T-ME-obl val-sim-3T-SE-obl val-qf-7T-ME-obl --configs app lamx=1.5 lamx=2 \
+        --log benchmarks/final_fit_options_study.jsonl
+
+**Edge-weighted TV guided by the start (session 21; ``restore.edge_tv_weight``, ``restore.FINAL_EDGE_TV``).**  MEDI
+lowers TV where the magnitude has edges; here the edges come from the fit's start, the network's chi.  Grid on the
+six 1 mm validation heads (network start, with the void refit): ``edges`` 0.2/0.3, 0.3/0.3, 0.3/0.5, 0.4/0.5, and
+(added after the first ``edges`` rows showed the haemorrhage harmed on the two 7 T heads) ``vedges`` 0.3/0.5,
+0.4/0.5.  Rule, written before any ``vedges`` row ran: adopt the grid point with the highest mean XSIM among those
+whose mean XSIM is above the app's, whose mean NRMSE is not above the app's, and whose haemorrhage dNRMSE is at most
+10 % above the app's on every head; if none qualifies, the fit keeps uniform TV::
+
+    .venv/bin/python benchmarks/final_fit_options_study.py --starts network --void-refit --cases <the six> \
+        --configs app edges=0.2/0.3 edges=0.3/0.3 edges=0.3/0.5 edges=0.4/0.5 vedges=0.3/0.5 vedges=0.4/0.5 \
         --log benchmarks/final_fit_options_study.jsonl
 """
 
@@ -61,6 +76,9 @@ def overrides(cfg: str, kwargs: dict) -> dict:
             if val != "voids":
                 raise ValueError(f"config {cfg!r}: tvfree takes 'voids'")
             out["tv_free"] = "voids"
+        elif key in ("edges", "wedges", "vedges"):
+            frac, eps = (float(v) for v in val.split("/"))
+            out["tv_edges"] = (key, frac, eps)
         elif key == "band":
             d_max, k_min = (float(v) for v in val.split("/"))
             out["prior_band"] = (d_max, k_min)
@@ -86,7 +104,7 @@ def void_refit(chi: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
 
 def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, log: str | None,
         starts: tuple[str, ...] = ("network", "ablation"), refit: bool = False) -> None:
-    from qsmprep.dl.restore import support_mask
+    from qsmprep.dl.restore import edge_tv_weight, support_mask
     from qsmprep.qsm.smvfit import smv_tv
 
     case = hh.load_case(name, 1.0)
@@ -116,9 +134,17 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             kw = overrides(cfg, {**k, "chi_prior": np.asarray(s0, np.float32)})
             if label.startswith("truth cone") and not kw.get("prior_weight"):
                 continue
-            if kw.get("tv_free") == "voids":
+            if isinstance(kw.get("tv_free"), str):  # "voids"; the captured fit may carry its own map
                 kw["tv_free"] = (np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0)
             t0 = time.time()
+            edges = kw.pop("tv_edges", None)
+            if edges is not None:  # restore.FINAL_EDGE_TV's map, from the start ("edges") or the data weight
+                guide = kw["weight"] if edges[0] == "wedges" else kw["chi_prior"]
+                keep = None
+                if edges[0] == "vedges":  # not on the voids and within a voxel of them
+                    from scipy.ndimage import binary_dilation
+                    keep = binary_dilation((np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0))
+                kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:], keep=keep)
             chi = smv_tv(*a, **kw)
             if refit:
                 chi = void_refit(chi, a, kw)

@@ -101,8 +101,8 @@ def fit_sample():
 
 def test_capture_with_fit_is_the_chain_up_to_its_final_fit(fit_sample, tmp_path):
     """With ``with_fit`` the sample also holds the final fit's inputs; with the shipped network, ``through_fit`` is
-    the app's final fit from the app's start (smv_tv, numpy) to float32 rounding, and the sample survives the .npz
-    round trip."""
+    the app's final fit from the app's start (smv_tv, numpy, with the fit's captured TV-weight map) to float32
+    rounding, and the sample survives the .npz round trip."""
     import torch
 
     from qsmprep.dl.weights import load_model
@@ -121,7 +121,9 @@ def test_capture_with_fit_is_the_chain_up_to_its_final_fit(fit_sample, tmp_path)
     ref = smv_tv(d["fit_total"], d["fit_mask"], d["voxel_size"], d["b0_dir"], chi_prior=d["fit_start"],
                  weight=d["fit_weight"] if d["fit_weighted"] else None, radii_mm=tuple(d["fit_radii"]),
                  lam=d["fit_lam"], n_iter=d["fit_n_iter"], support=d["fit_support"], support_mu=d["fit_support_mu"],
-                 relax=d["fit_relax"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None)
+                 relax=d["fit_relax"], tv_free=d["fit_tv_free"] if d["fit_tv_free"].any() else None,
+                 tv_weight=d["fit_tv_weight"])
+    assert np.any(d["fit_tv_weight"] != 1)  # the app's edge-weighted TV map (restore.FINAL_EDGE_TV), as captured
     model, _ = load_model(None, "cpu")
     with torch.no_grad():
         chi, loss = cf.through_fit(model.eval(), d, torch.device("cpu"))

@@ -247,6 +247,10 @@ def test_chain_data_fit_text_names_the_noise_set_tv_weight():
     text = M._data_fit_text(rec)
     assert "*chain*" in text and "SMV-consistent fit of the total field" in text
     assert "TV weight 6.1e-05" in text and "noise of 0.0012 ppm" in text
+    assert "steepest gradients" not in text  # uniform TV: no edge words
+    rec["DataFit"]["FinalFit"]["EdgeWeightedTV"] = {"EdgeFraction": 0.3, "TVFactorOnEdges": 0.5}
+    text = M._data_fit_text(rec)
+    assert "TV weight times 0.5 on the 30 % of voxels where the network's chi has its steepest gradients" in text
 
 
 def test_strong_data_fit_text_names_its_final_tv_fit():

@@ -85,6 +85,36 @@ FINAL_TV_FREE_VOIDS = False
 #: (:data:`VOID_ITER`) overshoots a haemorrhage there (validation heads: ``benchmarks/RESULTS.md``, "The
 #: refit's iterations").
 FINAL_VOID_ITER = 2
+#: Edge-weighted TV in the final fit, guided by its start (the network's chi): ``(fraction, factor)``, the TV
+#: weight times ``factor`` on the ``fraction`` of chi's support where the start's gradient is largest
+#: (:func:`edge_tv_weight`), uniform on the signal voids and within a voxel of them (their edges in the start are
+#: the fit's guess, not data); None: uniform TV.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
+#: "Edge-weighted TV from the network's chi").
+FINAL_EDGE_TV: tuple[float, float] | None = (0.3, 0.5)
+
+
+def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[float], fraction: float,
+                   factor: float, keep: np.ndarray | None = None) -> np.ndarray:
+    """Per-voxel TV weight (float32, ``guide``'s grid): ``factor`` on the ``fraction`` of ``support`` where the
+    gradient magnitude of ``guide`` (ppm/mm, forward differences, zero at the last slice) is largest, 1 elsewhere
+    and on ``keep`` (e.g. the signal voids and their rim, where the guide's edges are the fit's guess).
+
+    MEDI's gradient mask (Liu et al., MRM 2012) takes its edges from the magnitude image; here they come from a
+    susceptibility estimate (the final fit's start), whose edges are the susceptibility's own.
+    """
+    g = np.asarray(guide, np.float32)
+    sup = np.asarray(support) > 0
+    if not 0.0 <= float(fraction) < 1.0 or float(factor) < 0.0:
+        raise ValueError(f"fraction must lie in [0, 1) and factor be >= 0, got {fraction}, {factor}.")
+    mag = np.sqrt(sum((np.diff(g, axis=a, append=g.take([-1], axis=a)) / np.float32(v)) ** 2
+                      for a, v in enumerate(voxel_size)))
+    out = np.ones(g.shape, np.float32)
+    if fraction > 0 and sup.any():
+        cut = np.quantile(mag[sup], 1.0 - float(fraction))
+        out[sup & (mag > cut)] = np.float32(factor)
+    if keep is not None:
+        out[np.asarray(keep) > 0] = 1
+    return out
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -382,6 +412,7 @@ def invert_nsidl_chain(
     magnitude: np.ndarray | None = None,
     surface_voids: bool | str | None = None,
     support: np.ndarray | None = None,
+    final_edge_tv: tuple[float, float] | None = FINAL_EDGE_TV,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`chi_support` of ``brain_mask``) from a chain's fields.
 
@@ -404,6 +435,9 @@ def invert_nsidl_chain(
         chi leaves unexplained around them, with ``final_void_iter`` CG iterations.
     final_tv_free_voids : no TV in the voids and across their edges in the final fit
         (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``tv_free``).
+    final_edge_tv : ``(fraction, factor)`` of :func:`edge_tv_weight` from the final fit's start (the
+        network's chi): the fit's TV weight on the start's edges, outside the voids and their one-voxel rim;
+        None: uniform.
     void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
         :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
     magnitude, surface_voids : the combined magnitude (any units) and the switch of :func:`chi_support`.
@@ -463,6 +497,8 @@ def invert_nsidl_chain(
         chi = net(restored_field(chi, tot, m, voxel_size, b0_dir, support=sup), sup)
         chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_refit, support=sup)
     if final_radii_mm:
+        from scipy import ndimage
+
         from qsmprep.qsm.smvfit import smv_tv
         from qsmprep.utils.gpu import resolve_device
 
@@ -475,7 +511,9 @@ def invert_nsidl_chain(
         chi = smv_tv(tot, m, voxel_size, b0_dir, chi_prior=chi, weight=w, radii_mm=final_radii_mm, lam=final_lam,
                      device=resolve_device(device),
                      n_iter=final_iter, support=final_sup, support_mu=final_support_mu, relax=final_relax,
-                     tv_free=tv_free if tv_free.any() else None)
+                     tv_free=tv_free if tv_free.any() else None,
+                     tv_weight=None if not final_edge_tv else edge_tv_weight(
+                         chi, final_sup, voxel_size, *final_edge_tv, keep=ndimage.binary_dilation(final_sup & ~m)))
         LOG.info("NSIDL chain: the final SMV-TV fit (%d ADMM iterations, TV weight %.2e) done at %.1f s", int(final_iter),
                  float(final_lam), time.time() - t0)
         if final_refit_voids and fitv.any():

@@ -425,6 +425,11 @@ def _data_fit_text(record: dict) -> str:
             words += f" (TV weight {lam:.2g}"
             words += (f", set from the local field's noise of {noise:.2g} ppm)" if isinstance(noise, (int, float))
                       else ")")
+        edges = final.get("EdgeWeightedTV") or {}
+        if edges:
+            words += (f", with the TV weight times {_num(edges.get('TVFactorOnEdges'), 2)} on the "
+                      f"{100 * float(edges.get('EdgeFraction', 0)):.0f} % of voxels where the network's chi has its "
+                      "steepest gradients, away from signal voids")
         details.append(words)
     return text + (" (" + "; ".join(details) + ")" if details else "")
 
