@@ -7,7 +7,7 @@ with each ``--configs`` entry: comma-separated overrides ``lamx=<factor of the a
 signal voids and across their edges), ``edges=<fraction>/<factor>`` (TV weight times ``factor`` on the ``fraction``
 of chi's support where the start's gradient is largest: ``restore.edge_tv_weight``), ``wedges=...`` (the same from
 the data weight, i.e. the magnitude: MEDI's gradient mask), ``vedges=...`` (``edges`` but uniform TV on the voids and
-within a voxel of them) (``app`` = the app's fit).  Scored over the true brain mask
+within a voxel of them: ``restore.final_edge_tv_weight``, the app's map) (``app`` = the app's fit).  Scored over the true brain mask
 (``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
 ``final_fit_start_study.py``, unless ``--void-refit``.
 
@@ -104,7 +104,7 @@ def void_refit(chi: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
 
 def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, log: str | None,
         starts: tuple[str, ...] = ("network", "ablation"), refit: bool = False) -> None:
-    from qsmprep.dl.restore import edge_tv_weight, support_mask
+    from qsmprep.dl.restore import edge_tv_weight, final_edge_tv_weight, support_mask
     from qsmprep.qsm.smvfit import smv_tv
 
     case = hh.load_case(name, 1.0)
@@ -138,13 +138,11 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
                 kw["tv_free"] = (np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0)
             t0 = time.time()
             edges = kw.pop("tv_edges", None)
-            if edges is not None:  # restore.FINAL_EDGE_TV's map, from the start ("edges") or the data weight
+            if edges is not None and edges[0] == "vedges":  # the app's map (restore.FINAL_EDGE_TV)
+                kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *edges[1:])
+            elif edges is not None:  # edges everywhere, from the start ("edges") or the data weight ("wedges")
                 guide = kw["weight"] if edges[0] == "wedges" else kw["chi_prior"]
-                keep = None
-                if edges[0] == "vedges":  # not on the voids and within a voxel of them
-                    from scipy.ndimage import binary_dilation
-                    keep = binary_dilation((np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0))
-                kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:], keep=keep)
+                kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:])
             chi = smv_tv(*a, **kw)
             if refit:
                 chi = void_refit(chi, a, kw)

@@ -240,5 +240,6 @@ def test_final_fit_edge_weighted_tv_from_its_start(monkeypatch):
 
     keep = ndimage.binary_dilation(on["support"] & ~mask)  # the calcification's void and its rim: uniform TV
     want = restore.edge_tv_weight(on["chi_prior"], on["support"], vs, 0.3, 0.5, keep=keep)
+    assert np.array_equal(restore.final_edge_tv_weight(on["chi_prior"], on["support"], mask, vs, 0.3, 0.5), want)
     assert np.array_equal(on["tv_weight"], want) and np.all(want[keep] == 1) and keep.any()
     assert 0.15 < (want == np.float32(0.5)).sum() / on["support"].sum() < 0.31

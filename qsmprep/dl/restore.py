@@ -87,7 +87,7 @@ FINAL_TV_FREE_VOIDS = False
 FINAL_VOID_ITER = 2
 #: Edge-weighted TV in the final fit, guided by its start (the network's chi): ``(fraction, factor)``, the TV
 #: weight times ``factor`` on the ``fraction`` of chi's support where the start's gradient is largest
-#: (:func:`edge_tv_weight`), uniform on the signal voids and within a voxel of them (their edges in the start are
+#: (:func:`final_edge_tv_weight`), uniform on the signal voids and within a voxel of them (their edges in the start are
 #: the fit's guess, not data); None: uniform TV.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
 #: "Edge-weighted TV from the network's chi").
 FINAL_EDGE_TV: tuple[float, float] | None = (0.3, 0.5)
@@ -115,6 +115,16 @@ def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[
     if keep is not None:
         out[np.asarray(keep) > 0] = 1
     return out
+
+
+def final_edge_tv_weight(start: np.ndarray, support: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
+                         fraction: float, factor: float) -> np.ndarray:
+    """The final fit's TV-weight map (:data:`FINAL_EDGE_TV`): :func:`edge_tv_weight` of its start on chi's
+    ``support``, uniform on the signal voids (``support`` outside ``brain_mask``) and within a voxel of them."""
+    from scipy import ndimage
+
+    voids = (np.asarray(support) > 0) & ~(np.asarray(brain_mask) > 0)
+    return edge_tv_weight(start, support, voxel_size, fraction, factor, keep=ndimage.binary_dilation(voids))
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -497,8 +507,6 @@ def invert_nsidl_chain(
         chi = net(restored_field(chi, tot, m, voxel_size, b0_dir, support=sup), sup)
         chi = smv_fit(tot, m, voxel_size, b0_dir, chi0=chi, weight=w, radii_mm=radii_mm, n_iter=n_refit, support=sup)
     if final_radii_mm:
-        from scipy import ndimage
-
         from qsmprep.qsm.smvfit import smv_tv
         from qsmprep.utils.gpu import resolve_device
 
@@ -512,8 +520,8 @@ def invert_nsidl_chain(
                      device=resolve_device(device),
                      n_iter=final_iter, support=final_sup, support_mu=final_support_mu, relax=final_relax,
                      tv_free=tv_free if tv_free.any() else None,
-                     tv_weight=None if not final_edge_tv else edge_tv_weight(
-                         chi, final_sup, voxel_size, *final_edge_tv, keep=ndimage.binary_dilation(final_sup & ~m)))
+                     tv_weight=None if not final_edge_tv else final_edge_tv_weight(
+                         chi, final_sup, m, voxel_size, *final_edge_tv))
         LOG.info("NSIDL chain: the final SMV-TV fit (%d ADMM iterations, TV weight %.2e) done at %.1f s", int(final_iter),
                  float(final_lam), time.time() - t0)
         if final_refit_voids and fitv.any():
