@@ -77,8 +77,7 @@ def overrides(cfg: str, kwargs: dict) -> dict:
                 raise ValueError(f"config {cfg!r}: tvfree takes 'voids'")
             out["tv_free"] = "voids"
         elif key in ("edges", "wedges", "vedges"):
-            frac, eps = (float(v) for v in val.split("/"))
-            out["tv_edges"] = (key, frac, eps)
+            out["tv_edges"] = (key, *(float(v) for v in val.split("/")))  # fraction/factor[/band]
         elif key == "band":
             d_max, k_min = (float(v) for v in val.split("/"))
             out["prior_band"] = (d_max, k_min)

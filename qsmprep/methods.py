@@ -216,7 +216,8 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                                          final_refit_voids=restore.FINAL_REFIT_VOIDS,
                                          final_void_iter=restore.FINAL_VOID_ITER,
                                          final_tv_free_voids=restore.FINAL_TV_FREE_VOIDS, support=support,
-                                         final_edge_tv=restore.FINAL_EDGE_TV)
+                                         final_edge_tv=restore.FINAL_EDGE_TV,
+                                         final_edge_tv_band=restore.FINAL_EDGE_TV_BAND)
         n_surface = int((support & ~restore.support_mask(brain_mask)).sum())
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
@@ -235,6 +236,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
                          "EdgeWeightedTV": None if not restore.FINAL_EDGE_TV else {
                              "Guide": "the fit's start (the network's chi)",
                              "EdgeFraction": restore.FINAL_EDGE_TV[0], "TVFactorOnEdges": restore.FINAL_EDGE_TV[1],
+                             "RampBandQuantiles": restore.FINAL_EDGE_TV_BAND,
                              "UniformOn": "the signal voids and a voxel around them"},
                          "VoidsRefitted": restore.FINAL_REFIT_VOIDS,
                          "VoidRefitIterations": restore.FINAL_VOID_ITER if restore.FINAL_REFIT_VOIDS else 0},

@@ -251,6 +251,10 @@ def test_chain_data_fit_text_names_the_noise_set_tv_weight():
     rec["DataFit"]["FinalFit"]["EdgeWeightedTV"] = {"EdgeFraction": 0.3, "TVFactorOnEdges": 0.5}
     text = M._data_fit_text(rec)
     assert "TV weight times 0.5 on the 30 % of voxels where the network's chi has its steepest gradients" in text
+    assert "ramp" not in text  # a record from before session 22: a step
+    rec["DataFit"]["FinalFit"]["EdgeWeightedTV"]["RampBandQuantiles"] = 0.1
+    text = M._data_fit_text(rec)
+    assert "steepest gradients (a linear ramp over the neighbouring 10 % of voxels), away from signal voids" in text
 
 
 def test_strong_data_fit_text_names_its_final_tv_fit():

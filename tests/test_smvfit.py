@@ -408,3 +408,28 @@ def test_edge_tv_weight_marks_the_largest_gradients():
         assert m.sum() > 100 and np.all(face[m]), vs
     with pytest.raises(ValueError, match="fraction"):
         edge_tv_weight(guide, sup, (1, 1, 1), 1.0, 0.25)
+
+
+def test_edge_tv_weight_band_is_a_ramp_that_moves_little_with_its_guide():
+    """``edge_tv_weight(band=...)``: between the ``1 - fraction -/+ band/2`` quantiles of the guide's gradient the
+    weight falls linearly from 1 to ``factor`` (below: 1, above: ``factor``), so a tiny change of the guide (e.g. phase
+    in degrees instead of radians) moves the map by a tiny amount; the step (band 0) flips whole voxels."""
+    from qsmprep.dl.restore import edge_tv_weight
+
+    n = 24
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) - n / 2,) * 3, indexing="ij")
+    sup = x ** 2 + y ** 2 + z ** 2 < 10 ** 2
+    rng = np.random.default_rng(2)
+    guide = (np.exp(-(x ** 2 + y ** 2 + z ** 2) / 30.0) + 1e-3 * rng.standard_normal(x.shape)).astype(np.float32)
+    mag = np.sqrt(sum((np.diff(guide, axis=a, append=guide.take([-1], axis=a))) ** 2 for a in range(3)))
+    lo, hi = np.quantile(mag[sup], [0.6, 0.8])
+    w = edge_tv_weight(guide, sup, (1, 1, 1), 0.3, 0.5, band=0.2)
+    assert np.allclose(w[sup & (mag <= lo)], 1) and np.allclose(w[sup & (mag >= hi)], 0.5)
+    mid = sup & (mag > lo) & (mag < hi)
+    assert np.allclose(w[mid], 1 - 0.5 * (mag[mid] - lo) / (hi - lo), atol=1e-5) and np.all(w[~sup] == 1)
+    assert abs(float((1 - w[sup]).sum()) - 0.5 * 0.3 * sup.sum()) < 0.1 * 0.5 * 0.3 * sup.sum()  # about the step's share
+    nudged = guide + (1e-4 * rng.standard_normal(x.shape)).astype(np.float32)
+    assert np.abs(edge_tv_weight(nudged, sup, (1, 1, 1), 0.3, 0.5, band=0.2) - w).max() < 0.02
+    assert np.abs(edge_tv_weight(nudged, sup, (1, 1, 1), 0.3, 0.5) - edge_tv_weight(guide, sup, (1, 1, 1), 0.3, 0.5)).max() == 0.5
+    with pytest.raises(ValueError, match="band"):
+        edge_tv_weight(guide, sup, (1, 1, 1), 0.3, 0.5, band=0.7)

@@ -91,13 +91,24 @@ FINAL_VOID_ITER = 2
 #: the fit's guess, not data); None: uniform TV.  Chosen on the validation heads (``benchmarks/RESULTS.md``,
 #: "Edge-weighted TV from the network's chi").
 FINAL_EDGE_TV: tuple[float, float] | None = (0.3, 0.5)
+#: The edge map's ramp (:func:`edge_tv_weight`'s ``band``): the weight falls from 1 to the factor between the
+#: ``1 - fraction -/+ band/2`` quantiles of the start's gradient instead of stepping at one quantile, so that
+#: equivalent inputs (phase in degrees, scanner integers, real/imaginary parts) give the same chi to well under
+#: 1e-3 ppm.  Chosen on the validation heads (``benchmarks/RESULTS.md``, "Edge-weighted TV from the network's chi").
+FINAL_EDGE_TV_BAND = 0.1
 
 
 def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[float], fraction: float,
-                   factor: float, keep: np.ndarray | None = None) -> np.ndarray:
+                   factor: float, keep: np.ndarray | None = None, band: float = 0.0) -> np.ndarray:
     """Per-voxel TV weight (float32, ``guide``'s grid): ``factor`` on the ``fraction`` of ``support`` where the
     gradient magnitude of ``guide`` (ppm/mm, forward differences, zero at the last slice) is largest, 1 elsewhere
     and on ``keep`` (e.g. the signal voids and their rim, where the guide's edges are the fit's guess).
+
+    ``band`` > 0 replaces the step at the ``1 - fraction`` quantile of the gradient by a linear ramp from 1 to
+    ``factor`` between the ``1 - fraction - band/2`` and ``1 - fraction + band/2`` quantiles, so that the map,
+    and the fit that uses it, change little when the guide changes little (with a step, a voxel whose gradient
+    sits at the quantile flips between 1 and ``factor``: equivalent inputs, e.g. phase stored in degrees, then
+    give chi maps up to ~1e-3 ppm apart).
 
     MEDI's gradient mask (Liu et al., MRM 2012) takes its edges from the magnitude image; here they come from a
     susceptibility estimate (the final fit's start), whose edges are the susceptibility's own.
@@ -106,25 +117,35 @@ def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[
     sup = np.asarray(support) > 0
     if not 0.0 <= float(fraction) < 1.0 or float(factor) < 0.0:
         raise ValueError(f"fraction must lie in [0, 1) and factor be >= 0, got {fraction}, {factor}.")
+    if not 0.0 <= float(band) <= 2.0 * min(float(fraction), 1.0 - float(fraction)):
+        raise ValueError(f"band must lie in [0, 2 min(fraction, 1 - fraction)], got {band} for fraction {fraction}.")
     mag = np.sqrt(sum((np.diff(g, axis=a, append=g.take([-1], axis=a)) / np.float32(v)) ** 2
                       for a, v in enumerate(voxel_size)))
     out = np.ones(g.shape, np.float32)
     if fraction > 0 and sup.any():
-        cut = np.quantile(mag[sup], 1.0 - float(fraction))
-        out[sup & (mag > cut)] = np.float32(factor)
+        q = 1.0 - float(fraction)
+        if band > 0:
+            lo, hi = np.quantile(mag[sup], [q - float(band) / 2, q + float(band) / 2])
+            ramp = np.clip((mag[sup] - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
+            out[sup] = (1.0 - (1.0 - float(factor)) * ramp).astype(np.float32)
+        else:
+            cut = np.quantile(mag[sup], q)
+            out[sup & (mag > cut)] = np.float32(factor)
     if keep is not None:
         out[np.asarray(keep) > 0] = 1
     return out
 
 
 def final_edge_tv_weight(start: np.ndarray, support: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
-                         fraction: float, factor: float) -> np.ndarray:
+                         fraction: float, factor: float, band: float = 0.0) -> np.ndarray:
     """The final fit's TV-weight map (:data:`FINAL_EDGE_TV`): :func:`edge_tv_weight` of its start on chi's
-    ``support``, uniform on the signal voids (``support`` outside ``brain_mask``) and within a voxel of them."""
+    ``support`` (with ``band``), uniform on the signal voids (``support`` outside ``brain_mask``) and within a voxel
+    of them."""
     from scipy import ndimage
 
     voids = (np.asarray(support) > 0) & ~(np.asarray(brain_mask) > 0)
-    return edge_tv_weight(start, support, voxel_size, fraction, factor, keep=ndimage.binary_dilation(voids))
+    return edge_tv_weight(start, support, voxel_size, fraction, factor, keep=ndimage.binary_dilation(voids),
+                          band=band)
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -423,6 +444,7 @@ def invert_nsidl_chain(
     surface_voids: bool | str | None = None,
     support: np.ndarray | None = None,
     final_edge_tv: tuple[float, float] | None = FINAL_EDGE_TV,
+    final_edge_tv_band: float = FINAL_EDGE_TV_BAND,
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`chi_support` of ``brain_mask``) from a chain's fields.
 
@@ -447,7 +469,7 @@ def invert_nsidl_chain(
         (:func:`qsmprep.qsm.smvfit.smv_tv`'s ``tv_free``).
     final_edge_tv : ``(fraction, factor)`` of :func:`edge_tv_weight` from the final fit's start (the
         network's chi): the fit's TV weight on the start's edges, outside the voids and their one-voxel rim;
-        None: uniform.
+        None: uniform.  ``final_edge_tv_band``: that map's ramp (:func:`edge_tv_weight`'s ``band``).
     void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
         :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
     magnitude, surface_voids : the combined magnitude (any units) and the switch of :func:`chi_support`.
@@ -521,7 +543,7 @@ def invert_nsidl_chain(
                      n_iter=final_iter, support=final_sup, support_mu=final_support_mu, relax=final_relax,
                      tv_free=tv_free if tv_free.any() else None,
                      tv_weight=None if not final_edge_tv else final_edge_tv_weight(
-                         chi, final_sup, m, voxel_size, *final_edge_tv))
+                         chi, final_sup, m, voxel_size, *final_edge_tv, band=final_edge_tv_band))
         LOG.info("NSIDL chain: the final SMV-TV fit (%d ADMM iterations, TV weight %.2e) done at %.1f s", int(final_iter),
                  float(final_lam), time.time() - t0)
         if final_refit_voids and fitv.any():

@@ -427,9 +427,12 @@ def _data_fit_text(record: dict) -> str:
                       else ")")
         edges = final.get("EdgeWeightedTV") or {}
         if edges:
+            band = float(edges.get("RampBandQuantiles") or 0)
             words += (f", with the TV weight times {_num(edges.get('TVFactorOnEdges'), 2)} on the "
                       f"{100 * float(edges.get('EdgeFraction', 0)):.0f} % of voxels where the network's chi has its "
-                      "steepest gradients, away from signal voids")
+                      "steepest gradients"
+                      + (f" (a linear ramp over the neighbouring {100 * band:.0f} % of voxels)" if band else "")
+                      + ", away from signal voids")
         details.append(words)
     return text + (" (" + "; ".join(details) + ")" if details else "")
 
