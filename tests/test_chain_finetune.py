@@ -154,6 +154,35 @@ def test_train_step_through_fit_lowers_the_loss_after_the_fit(fit_sample):
     assert after["loss"] < before["loss"]
 
 
+def test_lazy_training_reads_samples_when_drawn_and_trains_the_same(fit_sample, tmp_path, monkeypatch):
+    """``--train --lazy`` (training samples read when drawn, for a CPU's memory) trains as holding them all does:
+    the same draws and updates, so the same training loss and validation score after a step (to the float
+    rounding of CPU convolutions), and weights that moved from the start."""
+    import json
+
+    import torch
+
+    _, d = fit_sample
+    monkeypatch.setattr(cf, "SAMPLES", tmp_path / "samples")
+    for name in ("train-1003_3mm_fit.npz", "train-1004_3mm_fit.npz", "val-x_3mm_fit.npz"):
+        cf.save_sample(d, cf.SAMPLES / name)
+    logs, weights = {}, {}
+    for lazy in (False, True):
+        out = tmp_path / f"run{int(lazy)}"
+        argv = ["--train", "--through-fit", "--voxel", "3", "--val-glob", "val-*_3mm_fit.npz", "--out", str(out),
+                "--max-steps", "1", "--val-every", "1", "--accum", "1", "--lr", "1e-4"] + (["--lazy"] if lazy else [])
+        assert cf.main(argv) == 0
+        logs[lazy] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        weights[lazy] = torch.load(out / "step1.pt", weights_only=True)["state_dict"]
+    (s0, e2), (_, l2) = logs[False], logs[True]
+    assert s0["n_train"] == 2 and e2["step"] == l2["step"] == 1
+    assert abs(e2["loss"] - l2["loss"]) <= 1e-4 * e2["loss"] and abs(e2["xsim"] - l2["xsim"]) <= 1e-4
+    from qsmprep.dl.weights import load_model
+
+    start = load_model(None, "cpu")[0].state_dict()  # what --train starts from without --init
+    assert any(not torch.equal(weights[True][k], start[k].float()) for k in start)
+
+
 def test_update_accumulates_the_mean_gradient_over_its_samples():
     # a toy model whose loss has a known gradient: w * x - y squared, d/dw = 2 x (w x - y); one SGD step of 0.1
     # on two samples must move w by the mean of their gradients, and skip the step when a loss is not finite
