@@ -119,3 +119,36 @@ def test_second_identical_run_recomputes_nothing(bids, reference, tmp_path):
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_another_build_does_not_reuse_the_work_folder(bids, reference, tmp_path, monkeypatch, caplog):
+    """A work folder kept from another qsmprep build (an upgrade, edited code, other weights) is not reused:
+    Nipype's cache keys on node inputs, not on code, so the top workflow's name carries the build's fingerprint
+    and every computing node runs again in a folder of its own; the old folder is left as it was, with a warning."""
+    import logging
+    import shutil
+
+    from qsmprep.cli.run import main
+    from qsmprep.workflows.base import top_name
+
+    work = tmp_path / "work"
+    shutil.copytree(reference.parent / "work", work)
+    (old,) = [p for p in work.iterdir() if p.name.startswith("qsmprep_") and p.is_dir()]
+    assert old.name == top_name()
+    old_results = {p: p.stat().st_mtime_ns for p in old.rglob("result_*.pklz")}
+    assert old_results
+    monkeypatch.setattr("qsmprep.utils.build.package_fingerprint", lambda *a, **k: "0abc1234")
+    new_name = top_name()
+    assert new_name != old.name and "0abc1234" in new_name
+    with caplog.at_level(logging.WARNING):
+        code = main([str(bids), str(tmp_path / "out"), "participant", "-w", str(work), *OPTS])
+    assert code == 0
+    assert any(old.name in r.getMessage() and "other qsmprep builds" in r.getMessage() for r in caplog.records)
+    new_nodes = {p.parent.name for p in (work / new_name).rglob("result_*.pklz")}
+    old_nodes = {p.parent.name for p in old_results}
+    assert {n for n in old_nodes if not n.startswith(ALWAYS_RUN)} <= new_nodes
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("result_*.pklz")} == old_results
+    got, want = _arrays(tmp_path / "out"), _arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -132,12 +132,24 @@ def write_graph(workflow, work_dir: Path) -> list[Path]:
     return written
 
 
+def other_builds(work_dir: Path, name: str) -> list[Path]:
+    """Top-workflow folders in ``work_dir`` that another qsmprep build left (any ``qsmprep_*wf`` folder but
+    ``name``: :func:`qsmprep.workflows.base.top_name`), sorted."""
+    from qsmprep.workflows.base import TOP_PREFIX
+
+    if not work_dir.is_dir():
+        return []
+    return sorted(p for p in work_dir.glob(f"{TOP_PREFIX}_*wf") if p.is_dir() and p.name != name)
+
+
 def run_workflow(config, runs) -> int:
     """Build and run the graph with the configured plugin; returns the exit status."""
-    from qsmprep.workflows.base import TOP_NAME
-
     ex = config.execution
     workflow = build_workflow(config, runs)
+    stale = other_builds(Path(ex.work_dir), workflow.name)
+    if stale:
+        LOGGER.warning("the work folder %s also holds node folders of other qsmprep builds (%s); this build does not "
+                       "reuse them (delete them to free space)", ex.work_dir, ", ".join(p.name for p in stale))
     crash_dir = workflow.config["execution"]["crashdump_dir"]
     if ex.write_graph:
         write_graph(workflow, Path(ex.work_dir))
@@ -163,7 +175,7 @@ def run_workflow(config, runs) -> int:
         LOGGER.log(25, msg.SUBMITTED.format(plugin=plugin["plugin"], out=ex.output_dir))
         return 0
     if ex.clean_workdir:
-        shutil.rmtree(Path(ex.work_dir) / TOP_NAME, ignore_errors=True)
-        LOGGER.info("removed %s (--clean-workdir)", Path(ex.work_dir) / TOP_NAME)
+        shutil.rmtree(Path(ex.work_dir) / workflow.name, ignore_errors=True)
+        LOGGER.info("removed %s (--clean-workdir)", Path(ex.work_dir) / workflow.name)
     LOGGER.log(25, msg.FINISHED.format(out=ex.output_dir))
     return 0

@@ -12,8 +12,19 @@ from pathlib import Path
 
 from qsmprep.methods import BACKGROUND_REMOVALS, INVERSIONS, UNWRAPPINGS
 
-#: Name of the top workflow; fixed so that a rerun with the same work folder resumes.
-TOP_NAME = "qsmprep_wf"
+#: First part of the top workflow's name (:func:`top_name`).
+TOP_PREFIX = "qsmprep"
+
+
+def top_name() -> str:
+    """The top workflow's name, ``qsmprep_<version>_<fingerprint>_wf`` (its node folders' parent in the work folder):
+    the same build of qsmprep gives the same name, so a rerun with the same work folder resumes; another build (an
+    upgrade, an edited source, other weights: :func:`qsmprep.utils.build.package_fingerprint`) gets a folder of its
+    own and never reuses results that older code computed (Nipype's cache keys on node inputs, not on code)."""
+    from qsmprep import __version__
+    from qsmprep.utils.build import package_fingerprint
+
+    return _safe(f"{TOP_PREFIX}_{__version__}_{package_fingerprint()}_wf")
 
 
 def _safe(name: str) -> str:
@@ -154,7 +165,7 @@ def init_qsmprep_wf(config, runs):
     """
     from nipype.pipeline import engine as pe
 
-    workflow = pe.Workflow(name=TOP_NAME, base_dir=str(config.execution.work_dir))
+    workflow = pe.Workflow(name=top_name(), base_dir=str(config.execution.work_dir))
     for subject in sorted({r.subject for r in runs}):
         sub_wf = init_single_subject_wf(
             subject=subject,
