@@ -256,10 +256,9 @@ def smv_tv(
 
     ``tv_free``: voxels where TV does not act (every difference that touches one of them is left
     unpenalised), e.g. signal voids: no data decide chi there, and TV would flatten a lesion into its
-    surroundings; the field around the void then sets its chi.  None (default): TV everywhere.  Known quirk,
-    kept until its own validation: with ``tv_free`` the zero-padded margin beyond the support's box has no TV
-    either (a scalar ``lam`` and ``tv_weight`` keep it there); about 2 % of chi's maximum on a 32^3 test
-    problem, used by the app only for the surface voids of long-echo 7 T data.
+    surroundings; the field around the void then sets its chi.  None (default): TV everywhere.  The same as a
+    ``tv_weight`` of 0 on ``tv_free`` dilated by one voxel (the two combine by product); the zero-padded margin
+    beyond the support's box keeps full TV either way, as with a scalar ``lam``.
     ``tv_weight``: a per-voxel factor (>= 0, ``mask``'s grid) of ``lam`` on the differences from each voxel
     (a spatially weighted TV, as MEDI's gradient mask: e.g. less TV on edges a guide image shows); None: 1.
 
@@ -381,14 +380,18 @@ def smv_tv_problem(
     denom = denom.astype(np.float32)
     msup = pad(sup.astype(np.float32))
     thr = np.float32(lam / mu1)
-    if tv_free is not None and np.any(tv_free):
-        from scipy.ndimage import binary_dilation
-
-        thr = thr * pad((~binary_dilation(np.asarray(tv_free) > 0)).astype(np.float32))
+    tw = None
     if tv_weight is not None:
         tw = np.asarray(tv_weight, np.float32)
         if tw.shape != m.shape or not np.all(np.isfinite(tw)) or np.any(tw < 0):
             raise ValueError(f"tv_weight must be a finite, non-negative map of the mask's shape {m.shape}.")
+    if tv_free is not None and np.any(tv_free):
+        from scipy.ndimage import binary_dilation
+
+        # no TV on any difference that touches a free voxel: a weight of 0 on the free voxels and their neighbours
+        keep = (~binary_dilation(np.asarray(tv_free) > 0)).astype(np.float32)
+        tw = keep if tw is None else tw * keep
+    if tw is not None:
         thr = (thr * (pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)  # 1 beyond the crop, as a scalar
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
