@@ -1,0 +1,90 @@
+"""Diagnoses of the robustness matrix's misses (issue #14; validation heads by default, numbers in ``RESULTS.md``).
+
+``nuclei``: per deep-gray label, the share of its true voxels outside the chain's final mask (signal voids) and the
+app's chi there and inside against the truth, and the ROI slope over the in-mask parts alone ("Where the qsm-forward
+SE 7T slope goes, per nucleus").  ``slab``: the linear trend along the slab's cut axis of the truth, of the app's chi,
+of its final fit and of the network's start, and the score after removing the chi's own trend ("The slab's error is
+a linear ramp along the cut axis")::
+
+    .venv/bin/python benchmarks/robustness_diagnosis.py nuclei --seeds 10 11
+    .venv/bin/python benchmarks/robustness_diagnosis.py slab --seeds 10 11
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+import robustness as rb  # noqa: E402
+from _common import final_fit_recorded  # noqa: E402
+
+
+def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset")) -> None:
+    from qsmprep.sim.phantom import DGM_INDICES, LABELS
+
+    for row in rows:
+        for seed in seeds:
+            d = rb.data_for(rb.case_for(row, seed), cache)
+            app = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
+            chi, tru, b, lab, em = app["chi"], d["chi"], d["brain"], d["labels"], app["chain"]["eroded"]
+            r, t = np.where(b, chi - chi[b].mean(), 0), np.where(b, tru - tru[b].mean(), 0)
+            print(f"{row}, head {seed}: ROI slope {rb.dgm_slope(chi, tru, lab, b):.3f}")
+            inside = []
+            for i in DGM_INDICES:
+                s = (lab == i) & b
+                if s.sum() < 3:
+                    continue
+                inm, vo = s & em, s & ~em
+                f = lambda a, m: float(a[m].mean()) if m.any() else float("nan")  # noqa: E731
+                print(f"  {LABELS[i]:20s} n {int(s.sum()):5d} in voids {vo.sum() / s.sum():.2f} | all: chi {f(r, s):.3f} "
+                      f"truth {f(t, s):.3f} | in the mask: {f(r, inm):.3f} / {f(t, inm):.3f} | voids: {f(r, vo):.3f} / {f(t, vo):.3f}")
+                if inm.any():
+                    inside.append((f(t, inm), f(r, inm)))
+            a = np.asarray(inside)
+            print(f"  ROI slope over the in-mask parts alone: {np.polyfit(a[:, 0], a[:, 1], 1)[0]:.3f}")
+
+
+def slab(seeds, cache, row="ME 3T slab 64 mm") -> None:
+    for seed in seeds:
+        d = rb.data_for(rb.case_for(row, seed), cache)
+        with final_fit_recorded(then="run") as got:
+            app = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
+        tru, b = d["chi"], d["brain"]
+        sup = np.asarray(got["kwargs"]["support"]) > 0
+        m = b & sup
+        axis = next(a for a in range(3) if b.any(axis=tuple(i for i in range(3) if i != a))[[0, -1]].all())
+        shape = [1, 1, 1]
+        shape[axis] = b.shape[axis]
+        z = np.broadcast_to(np.arange(b.shape[axis], dtype=np.float64).reshape(shape), b.shape)
+        trend = lambda c: float(np.polyfit(z[m], c[m], 1)[0])  # noqa: E731
+        print(f"{row}, head {seed}: cut axis {axis}, truth's trend {trend(tru):+.2e} ppm per slice")
+        for name, c in (("network's start", np.asarray(got["kwargs"]["chi_prior"])), ("final fit", got["result"]),
+                        ("app", app["chi"])):
+            err = (c - c[m].mean()) - (tru - tru[m].mean())
+            print(f"  {name:16s} trend {trend(c):+.2e}, error's trend {trend(err):+.2e} ppm per slice")
+        chi = app["chi"]
+        cm = chi != 0
+        coef = np.polyfit(z[cm], chi[cm], 1)
+        det = np.where(cm, chi - (coef[0] * z + coef[1]), 0).astype(np.float32)
+        det = np.where(cm, det - det[cm].mean(), 0).astype(np.float32)
+        print(f"  score {rb.score(chi, d)} -> with chi's trend removed {rb.score(det, d)}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("nuclei", "slab"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(rb.VALIDATION_SEEDS[:2]))
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/qsmprep-robustness"))
+    args = ap.parse_args(argv)
+    (nuclei if args.what == "nuclei" else slab)(args.seeds, args.cache)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
