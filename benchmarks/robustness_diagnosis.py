@@ -1,7 +1,9 @@
 """Diagnoses of the robustness matrix's misses (issue #14; validation heads by default, numbers in ``RESULTS.md``).
 
-``nuclei``: per deep-gray label, the share of its true voxels outside the chain's final mask (signal voids) and the
-app's chi there and inside against the truth, and the ROI slope over the in-mask parts alone ("Where the qsm-forward
+``nuclei``: per deep-gray label, the share of its true voxels outside the local field's mask (the chain's ``eroded``:
+signal voids and the band background removal erodes around them), the app's chi there and inside against the truth,
+what put them outside (the void rule's magnitude limit, phase coherence, or neither: the eroded band), and the ROI
+slope over the inside parts alone ("Where the qsm-forward
 SE 7T slope goes, per nucleus").  ``slab``: the linear trend along the slab's cut axis of the truth, of the app's chi,
 of its final fit and of the network's start, and the score after removing the chi's own trend ("The slab's error is
 a linear ramp along the cut axis")::
@@ -26,6 +28,8 @@ from _common import final_fit_recorded  # noqa: E402
 
 
 def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset")) -> None:
+    from qsmprep.qsm import masking
+    from qsmprep.qsm.echoes import combine_magnitude
     from qsmprep.sim.phantom import DGM_INDICES, LABELS
 
     for row in rows:
@@ -33,6 +37,12 @@ def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset")) -> 
             d = rb.data_for(rb.case_for(row, seed), cache)
             app = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
             chi, tru, b, lab, em = app["chi"], d["chi"], d["brain"], d["labels"], app["chain"]["eroded"]
+            brain_mask = app["chain"]["mask"]
+            vs = tuple(float(v) for v in case_voxel(d))
+            mag = combine_magnitude(d["mag"])
+            rel = mag / float(np.median(mag[brain_mask]))
+            ph = d["phase"][..., 0] if d["phase"].ndim == 4 else d["phase"]
+            coh = masking.phase_coherence(ph, vs, max(1.5, 0.75 * max(vs)))
             r, t = np.where(b, chi - chi[b].mean(), 0), np.where(b, tru - tru[b].mean(), 0)
             print(f"{row}, head {seed}: ROI slope {rb.dgm_slope(chi, tru, lab, b):.3f}")
             inside = []
@@ -42,12 +52,20 @@ def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset")) -> 
                     continue
                 inm, vo = s & em, s & ~em
                 f = lambda a, m: float(a[m].mean()) if m.any() else float("nan")  # noqa: E731
-                print(f"  {LABELS[i]:20s} n {int(s.sum()):5d} in voids {vo.sum() / s.sum():.2f} | all: chi {f(r, s):.3f} "
-                      f"truth {f(t, s):.3f} | in the mask: {f(r, inm):.3f} / {f(t, inm):.3f} | voids: {f(r, vo):.3f} / {f(t, vo):.3f}")
+                print(f"  {LABELS[i]:20s} n {int(s.sum()):5d} outside {vo.sum() / s.sum():.2f} (in the brain mask "
+                      f"{f(brain_mask, vo):.2f}, magnitude < 0.3 median {f(rel < 0.3, vo):.2f}, coherence < 0.3 "
+                      f"{f(coh < 0.3, vo):.2f}) | all: chi {f(r, s):.3f} truth {f(t, s):.3f} | inside: {f(r, inm):.3f} / "
+                      f"{f(t, inm):.3f} | outside: {f(r, vo):.3f} / {f(t, vo):.3f}")
                 if inm.any():
                     inside.append((f(t, inm), f(r, inm)))
             a = np.asarray(inside)
-            print(f"  ROI slope over the in-mask parts alone: {np.polyfit(a[:, 0], a[:, 1], 1)[0]:.3f}")
+            print(f"  ROI slope over the inside parts alone: {np.polyfit(a[:, 0], a[:, 1], 1)[0]:.3f}")
+
+
+def case_voxel(d: dict):
+    from qsmprep.qsm.geometry import voxel_sizes
+
+    return voxel_sizes(d["affine"])
 
 
 def slab(seeds, cache, row="ME 3T slab 64 mm") -> None:
