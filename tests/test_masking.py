@@ -97,7 +97,8 @@ def test_brain_mask_synthetic_head_dice(seed):
 def test_brain_mask_3d_input_and_erosion():
     mag, truth = synthetic_head(seed=2)
     rss = np.sqrt((mag.astype(np.float64) ** 2).sum(-1))
-    m3 = masking.brain_mask(rss, (3, 3, 3))
+    # a 3-D magnitude counts as one echo for the void limit (default_min_signal): compare at the same limit
+    m3 = masking.brain_mask(rss, (3, 3, 3), min_signal=masking.VOID_MIN_SIGNAL_MULTI_ECHO)
     m4 = masking.brain_mask(mag, (3, 3, 3))
     assert np.array_equal(m3, m4)
     # without the final erosion: the intracranial mask (brain + extra-cerebral CSF)
@@ -348,3 +349,24 @@ def test_chi_support_adds_surface_voids_only_with_long_echoes():
     assert np.array_equal(chi_support(mask, None, (1, 1, 1), 7.0, 0.015), base)
     assert np.array_equal(chi_support(mask, mag, (1, 1, 1), 7.0, 0.015, surface_voids=False), base)
     assert np.array_equal(chi_support(mask, mag, (1, 1, 1), 3.0, 0.020, surface_voids=True), on)
+
+
+def test_void_limit_is_lower_for_a_single_echo():
+    """The void rule's magnitude limit (session 23): 0.3 of the median for multi-echo data, 0.2 for one echo, whose
+    long echo darkens iron-rich nuclei with coherent phase.  A void at 0.25 x the median is cut from multi-echo data
+    (4-D magnitude or phase) and kept in single-echo data; at 0.15 x it is cut from both; an explicit limit wins."""
+    ball, _ = _ball()
+    dark = np.zeros(ball.shape, bool)
+    dark[14:18, 14:18, 14:18] = True
+    one = np.where(ball, 100.0, 0.0).astype(np.float32)
+    one[dark] = 25.0
+    two = np.stack([one, 0.9 * one], axis=-1)  # two echoes: the same contrast
+    assert masking.default_min_signal(one) == masking.VOID_MIN_SIGNAL_SINGLE_ECHO == 0.2
+    assert masking.default_min_signal(two) == masking.VOID_MIN_SIGNAL_MULTI_ECHO == 0.3
+    assert masking.default_min_signal(one, phase=np.zeros(ball.shape + (3,))) == 0.3  # the phase's echoes count
+    assert masking.default_min_signal(one[..., None]) == 0.2  # 4-D with one echo
+    assert np.array_equal(masking.remove_unreliable(ball, one, (1, 1, 1)), ball)
+    assert np.array_equal(masking.remove_unreliable(ball, two, (1, 1, 1)), ball & ~dark)
+    assert np.array_equal(masking.remove_unreliable(ball, one, (1, 1, 1), min_signal=0.3), ball & ~dark)
+    one[dark] = 15.0
+    assert np.array_equal(masking.remove_unreliable(ball, one, (1, 1, 1)), ball & ~dark)

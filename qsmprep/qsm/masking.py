@@ -34,6 +34,30 @@ COHERENCE_THRESHOLD_MULTI_ECHO = 0.5
 COHERENCE_THRESHOLD_SINGLE_ECHO = 0.3
 
 
+#: Magnitude limit of the void rule (:func:`remove_unreliable`'s ``min_signal``: a fraction of the brain's median
+#: magnitude) for multi-echo data and for a single echo; chosen on the robustness matrix's validation heads
+#: (``benchmarks/RESULTS.md``, "The void rule's magnitude limit").  At one long echo the iron-rich nuclei darken
+#: (the qsm-forward 7 T pallidum at 15 ms: a median 0.4 of the brain's, a tenth of it under 0.3) while their phase
+#: stays coherent; each void cut there also loses the band that background removal erodes around it, about half of
+#: the nucleus.  0.2 keeps them (single-echo validation rows: the qsm-forward 7 T ROI slope 0.66 -> 0.74, mean XSIM
+#: +0.002); on multi-echo data, judged on all echoes' magnitude, the lower limit cost a 7 T haemorrhage 1.16x.
+VOID_MIN_SIGNAL_MULTI_ECHO = 0.3
+VOID_MIN_SIGNAL_SINGLE_ECHO = 0.2
+
+
+def _n_echoes(*images: np.ndarray | None) -> int:
+    """Echoes of the first 4-D image among ``images`` (echoes last), else 1."""
+    for im in images:
+        if im is not None and np.ndim(im) == 4:
+            return int(np.shape(im)[-1])
+    return 1
+
+
+def default_min_signal(magnitude: np.ndarray, phase: np.ndarray | None = None) -> float:
+    """The void rule's magnitude limit for these images (3-D: one echo; 4-D: echoes last)."""
+    return VOID_MIN_SIGNAL_MULTI_ECHO if _n_echoes(phase, magnitude) > 1 else VOID_MIN_SIGNAL_SINGLE_ECHO
+
+
 def default_coherence_threshold(phase: np.ndarray) -> float:
     """The phase-coherence threshold for ``phase`` (3-D: one echo; 4-D: echoes last)."""
     ph = np.asarray(phase)
@@ -249,7 +273,7 @@ def brain_mask(
     phase: np.ndarray | None = None,
     coherence_threshold: float | None = None,
     select_mm: float = 2.0,
-    min_signal: float = 0.3,
+    min_signal: float | None = None,
 ) -> np.ndarray:
     """Brain mask (bool 3-D) from GRE magnitude.
 
@@ -288,7 +312,8 @@ def brain_mask(
         magnitude is below ``min_signal`` times the median magnitude in the mask (before
         the erosion).  Closing and hole filling put dark skull, sinus air and haemorrhage
         cores into the mask; their phase is noise, and one such voxel spoils the V-SHARP field up to 12 mm around it
-        (ds-megre sub-01: local-field correlation 0.55 with them, 0.88 without).  0 disables.
+        (ds-megre sub-01: local-field correlation 0.55 with them, 0.88 without).  Default (None):
+        :func:`default_min_signal`: 0.3 for multi-echo data, 0.2 for a single echo.  0 disables.
 
     Steps: smooth RSS -> threshold (Otsu) -> keep the brain (:func:`select_brain`) -> ball
     closing -> fill holes -> largest component -> ball erosion -> remove signal voids
@@ -333,6 +358,8 @@ def brain_mask(
             m = largest_component(eroded)
     out = np.zeros(fg.shape, bool)
     out[box] = m
+    if min_signal is None:
+        min_signal = default_min_signal(magnitude, phase)
     return remove_unreliable(out, mag, vs, phase=phase, min_signal=min_signal,
                              coherence_threshold=coherence_threshold, level=level)
 
@@ -343,7 +370,7 @@ def remove_unreliable(
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     *,
     phase: np.ndarray | None = None,
-    min_signal: float = 0.3,
+    min_signal: float | None = None,
     coherence_threshold: float | None = None,
     level: float | None = None,
 ) -> np.ndarray:
@@ -351,7 +378,8 @@ def remove_unreliable(
 
     * signal voids: combined magnitude (3-D, or 4-D echoes last, any units) below
       ``min_signal`` times ``level`` (magnitude units; default the median magnitude inside
-      ``mask``); ``min_signal=0`` disables the rule;
+      ``mask``; default None: :func:`default_min_signal` of ``magnitude`` and ``phase``); ``min_signal=0``
+      disables the rule;
     * phase aliasing / noise (when ``phase`` is given, rad, 3-D or 4-D whose first echo is
       used): local phase coherence (:func:`phase_coherence`, Gaussian sigma 1.5 mm but at
       least 0.75 of the largest voxel edge) below ``coherence_threshold`` (default None:
@@ -363,6 +391,8 @@ def remove_unreliable(
     if not m.any():
         return m.copy()
     keep = m.copy()
+    if min_signal is None:
+        min_signal = default_min_signal(magnitude, phase)
     mag = combine_magnitude(np.asarray(magnitude))
     if min_signal > 0:
         ref = float(np.median(mag[m])) if level is None else float(level)
