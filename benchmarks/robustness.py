@@ -381,6 +381,19 @@ def data_for(case: Case, cache: Path) -> dict:
     return d
 
 
+def run_variant(d: dict, target, attr: str, replacement) -> tuple[dict, float]:
+    """The app on a row's data ``d`` (canonical input, no QC) with ``target.attr`` replaced by ``replacement`` while
+    it runs (validation studies: a patched function); returns :func:`run_app`'s dict and the wall time (s)."""
+    original = getattr(target, attr)
+    setattr(target, attr, replacement)
+    t0 = time.perf_counter()
+    try:
+        app = run_app(stored_inputs(d, "canonical"), d, qc=False)
+    finally:
+        setattr(target, attr, original)
+    return app, time.perf_counter() - t0
+
+
 def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
     """One row on one head: the app's chain, the plain chain, scores, QC and (conventions) the chi difference."""
     case = case_for(row, seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +63,9 @@ def main(argv=None) -> int:
                 def patched(method, ch, *a, _v=variant, **k):
                     return original(method, {**ch, "weight": reweight(ch["weight"], ch["mask"], _v)}, *a, **k)
 
-                rb.app_inversion = patched
-                t0 = time.perf_counter()
-                try:
-                    app = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)
-                finally:
-                    rb.app_inversion = original
+                app, wall = rb.run_variant(d, rb, "app_inversion", patched)
                 sc = rb.score(app["chi"], d)
-                res = {"row": row, "seed": seed, "variant": variant, **sc, "wall_s": round(time.perf_counter() - t0, 1)}
+                res = {"row": row, "seed": seed, "variant": variant, **sc, "wall_s": round(wall, 1)}
                 results = [r for r in results if (r["row"], r["seed"], r["variant"]) != (row, seed, variant)] + [res]
                 args.out.write_text(json.dumps(results, indent=1))
                 print(f"{row:28s} {seed} {variant:11s} XSIM {sc['xsim']:.4f} NRMSE {sc['nrmse']:.2f} slope {sc['slope']:.3f} "
