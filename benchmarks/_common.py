@@ -91,6 +91,18 @@ class ChainStopped(Exception):
 
 
 @contextmanager
+def patched(target, attr: str, replacement) -> Iterator[None]:
+    """``target.attr`` replaced by ``replacement`` while the block runs (studies: a function of the app's chain
+    swapped for a variant), restored afterwards."""
+    original = getattr(target, attr)
+    setattr(target, attr, replacement)
+    try:
+        yield
+    finally:
+        setattr(target, attr, original)
+
+
+@contextmanager
 def final_fit_recorded(then: str = "run") -> Iterator[dict]:
     """Record the chain's final SMV-TV fit (``qsmprep.qsm.smvfit.smv_tv``) while the block runs.
 

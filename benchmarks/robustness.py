@@ -384,13 +384,11 @@ def data_for(case: Case, cache: Path) -> dict:
 def run_variant(d: dict, target, attr: str, replacement) -> tuple[dict, float]:
     """The app on a row's data ``d`` (canonical input, no QC) with ``target.attr`` replaced by ``replacement`` while
     it runs (validation studies: a patched function); returns :func:`run_app`'s dict and the wall time (s)."""
-    original = getattr(target, attr)
-    setattr(target, attr, replacement)
+    from _common import patched
+
     t0 = time.perf_counter()
-    try:
+    with patched(target, attr, replacement):
         app = run_app(stored_inputs(d, "canonical"), d, qc=False)
-    finally:
-        setattr(target, attr, original)
     return app, time.perf_counter() - t0
 
 

@@ -439,7 +439,7 @@ def test_smv_tv_tv_free_is_a_zero_tv_weight_on_its_dilation():
     """``tv_free=v`` is ``tv_weight`` 0 on ``v`` dilated by one voxel, everywhere including the zero-padded margin
     beyond the support's box (which keeps full TV, as with a scalar weight): the two give the same chi; with both
     given, the weights multiply.  (Before session 23 ``tv_free`` also dropped TV in that margin: a difference of
-    about 2 % of chi's maximum on this problem.)"""
+    0.6 % of chi's maximum on this problem.)"""
     pytest.importorskip("torch")
     from scipy.ndimage import binary_dilation
 

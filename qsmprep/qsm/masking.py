@@ -60,9 +60,14 @@ def default_min_signal(magnitude: np.ndarray, phase: np.ndarray | None = None) -
 
 def default_coherence_threshold(phase: np.ndarray) -> float:
     """The phase-coherence threshold for ``phase`` (3-D: one echo; 4-D: echoes last)."""
-    ph = np.asarray(phase)
-    n_echoes = ph.shape[-1] if ph.ndim == 4 else 1
-    return COHERENCE_THRESHOLD_MULTI_ECHO if n_echoes > 1 else COHERENCE_THRESHOLD_SINGLE_ECHO
+    return COHERENCE_THRESHOLD_MULTI_ECHO if _n_echoes(phase) > 1 else COHERENCE_THRESHOLD_SINGLE_ECHO
+
+
+def coherence_sigma_mm(voxel_size: Sequence[float]) -> float:
+    """Gaussian sigma (mm) of :func:`phase_coherence` in :func:`remove_unreliable`: 1.5 mm, but at least 0.75 of the
+    largest voxel edge (a narrower Gaussian barely averages the neighbours, and random phase would look coherent on
+    coarse, >= 3 mm, grids)."""
+    return max(1.5, 0.75 * max(float(v) for v in voxel_size))
 
 
 def _pad(mask: np.ndarray, width: Sequence[int], mode: str = "constant") -> np.ndarray:
@@ -406,10 +411,7 @@ def remove_unreliable(
         if ph.shape != m.shape:
             raise ValueError(f"brain_mask: phase shape {ph.shape} differs from the magnitude shape {m.shape}.")
         if coherence_threshold > 0:
-            # at least 0.75 voxel: a narrower Gaussian barely averages the neighbours, and random
-            # phase would look coherent on coarse (>= 3 mm) grids
-            sigma_mm = max(1.5, 0.75 * max(float(v) for v in voxel_size))
-            keep &= phase_coherence(ph, voxel_size, sigma_mm) >= coherence_threshold
+            keep &= phase_coherence(ph, voxel_size, coherence_sigma_mm(voxel_size)) >= coherence_threshold
     if not keep.any():
         return m.copy()
     return largest_component(keep)
