@@ -2,7 +2,8 @@
 the squared error of NSIDL's chi with each limit, split by the voxels the lower limit brought into the brain mask,
 their 3-voxel neighbourhood and the tissue labels (``RESULTS.md``, the whole-chain table's session 23 note)::
 
-    .venv/bin/python benchmarks/void_limit_diagnosis.py
+    .venv/bin/python benchmarks/void_limit_diagnosis.py                      # the test head
+    .venv/bin/python benchmarks/void_limit_diagnosis.py val-sim-7T-SE-obl    # its validation twin (session 24)
 """
 
 from __future__ import annotations
@@ -55,4 +56,4 @@ def main(case_name: str = "sim-7T-SE-z", limits=(0.3, 0.2)) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(*sys.argv[1:2]))
