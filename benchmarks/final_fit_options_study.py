@@ -7,7 +7,9 @@ with each ``--configs`` entry: comma-separated overrides ``lamx=<factor of the a
 signal voids and across their edges), ``edges=<fraction>/<factor>`` (TV weight times ``factor`` on the ``fraction``
 of chi's support where the start's gradient is largest: ``restore.edge_tv_weight``), ``wedges=...`` (the same from
 the data weight, i.e. the magnitude: MEDI's gradient mask), ``vedges=...`` (``edges`` but uniform TV on the voids and
-within a voxel of them: ``restore.final_edge_tv_weight``, the app's map) (``app`` = the app's fit).  Scored over the true brain mask
+within a voxel of them: ``restore.final_edge_tv_weight``, the app's map), ``loww=<t>`` (the app's map, and uniform TV
+also where the data weight is below ``t`` times its median in the brain mask: session 24, not adopted)
+(``app`` = the app's fit).  Scored over the true brain mask
 (``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
 ``final_fit_start_study.py``, unless ``--void-refit``.
 
@@ -78,6 +80,8 @@ def overrides(cfg: str, kwargs: dict) -> dict:
             out["tv_free"] = "voids"
         elif key in ("edges", "wedges", "vedges"):
             out["tv_edges"] = (key, *(float(v) for v in val.split("/")))  # fraction/factor[/band]
+        elif key == "loww":  # the app's edge map, uniform TV also where the data weight < val x its median
+            out["tv_edges"] = ("loww", float(val))
         elif key == "band":
             d_max, k_min = (float(v) for v in val.split("/"))
             out["prior_band"] = (d_max, k_min)
@@ -139,6 +143,16 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             edges = kw.pop("tv_edges", None)
             if edges is not None and edges[0] == "vedges":  # the app's map (restore.FINAL_EDGE_TV)
                 kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *edges[1:])
+            elif edges is not None and edges[0] == "loww":  # the app's map, uniform where the data are weak
+                from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
+
+                w = np.asarray(kw["weight"], np.float32)
+                low = (np.asarray(a[1]) > 0) & (w < edges[1] * float(np.median(w[np.asarray(a[1]) > 0])))
+                kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *FINAL_EDGE_TV,
+                                                       band=FINAL_EDGE_TV_BAND)
+                kw["tv_weight"][low] = 1.0
+                print(f"  loww={edges[1]}: {int(low.sum())} voxels kept uniform "
+                      f"({low.sum() / max(int((np.asarray(a[1]) > 0).sum()), 1):.1%} of the mask)", flush=True)
             elif edges is not None:  # edges everywhere, from the start ("edges") or the data weight ("wedges")
                 guide = kw["weight"] if edges[0] == "wedges" else kw["chi_prior"]
                 kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:])
