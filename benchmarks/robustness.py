@@ -314,6 +314,19 @@ ROWS: dict[str, dict] = {
     "ME 3T real/imag": dict(te_s=ME3, convention="realimag"),
     "SE 3T offset, sign-flipped, auto": dict(te_s=(0.020,), convention="sign"),
 }
+#: Rows beyond the issue's matrix, not in the default ``--rows`` (session 24): the low end of the issue's SNR range
+#: (20-40; the matrix has SNR 30), four echoes and one.
+EXTRA_ROWS: dict[str, dict] = {
+    "ME 3T SNR 20": dict(te_s=ME3, snr=20.0),
+    "SE 3T offset SNR 20": dict(te_s=(0.020,), snr=20.0),
+}
+
+
+def row_spec(row: str) -> dict:
+    """The Case fields (and convention) of a matrix row or an extra row."""
+    return ROWS[row] if row in ROWS else EXTRA_ROWS[row]
+
+
 #: Validation heads (every threshold and setting chosen on them) and test heads (reported).
 VALIDATION_SEEDS = (10, 11)
 TEST_SEEDS = (20, 21)
@@ -347,7 +360,7 @@ ISO_VOXEL_MM = [2.0]
 
 
 def case_for(row: str, seed: int) -> Case:
-    kw = dict(ROWS[row])
+    kw = dict(row_spec(row))
     kw.pop("convention", None)
     kw.setdefault("voxel_size", (ISO_VOXEL_MM[0],) * 3)
     return Case(name=row, seed=seed, **kw)
@@ -397,7 +410,7 @@ def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
     case = case_for(row, seed)
     from qsmprep.methods import chi_mask
 
-    convention = ROWS[row].get("convention", "canonical")
+    convention = row_spec(row).get("convention", "canonical")
     d = data_for(case, cache)
     if convention == "scanner":  # the canonical input is the quantised phase, in rad
         d = {**d, "phase": (quantise(d["phase"]) * (np.pi / 2048.0)).astype(np.float32)}
@@ -410,14 +423,14 @@ def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
            "coverage": float((chi_mask("nsidl", app["chain"]["eroded"], app["chain"]["mask"]) & d["brain"]).sum()
                              / d["brain"].sum())}  # where the app's chi is defined (methods.chi_mask)
     if convention != "canonical":
-        ref_key = (json.dumps({k: v for k, v in ROWS[row].items() if k != "convention"}, sort_keys=True), seed)
+        ref_key = (json.dumps({k: v for k, v in row_spec(row).items() if k != "convention"}, sort_keys=True), seed)
         ref = canon.get(ref_key)
         if ref is None or convention == "scanner":
             ref = run_app(stored_inputs(d, "canonical"), d, qc=False)["chi"]
         em = app["chain"]["eroded"]
         res["max_chi_diff_ppm"] = float(np.max(np.abs(app["chi"] - ref))) if em.any() else float("nan")
     else:
-        canon[(json.dumps({k: v for k, v in ROWS[row].items()}, sort_keys=True), seed)] = app["chi"]
+        canon[(json.dumps({k: v for k, v in row_spec(row).items()}, sort_keys=True), seed)] = app["chi"]
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     kind = "ME" if case.multi_echo else "SE"
     a, p = res["app"], res["plain"]
@@ -433,7 +446,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(TEST_SEEDS),
                     help=f"heads (default: the test heads {TEST_SEEDS}; validation heads: {VALIDATION_SEEDS})")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), help="row names (default: all)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), help="row names (default: the matrix's; also those of EXTRA_ROWS)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qsmprep-robustness",
                     help="folder for the simulated data (reused between runs)")
     ap.add_argument("--out", type=Path, default=HERE / "robustness.json", help="JSON results (appended per row)")
@@ -470,7 +483,7 @@ def render(results: list[dict], seeds) -> str:
     lines = ["| row | head | echoes | voxel (mm) | app XSIM | target | ROI slope | plain XSIM (slope) | max abs dchi (ppm) "
              "| meets targets | QC | QC right |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {r: i for i, r in enumerate(ROWS)}
+    order = {r: i for i, r in enumerate([*ROWS, *EXTRA_ROWS])}
     for res in sorted((r for r in results if r["seed"] in seeds), key=lambda r: (order.get(r["row"], 99), r["seed"])):
         a, p, m = res["app"], res["plain"], res["meets"]
         kind = "ME" if res["echoes"] > 1 else "SE"
@@ -872,9 +885,80 @@ def study_iters(args) -> int:
     return 0
 
 
+#: Rows of the low-SNR study (``--study snr``): the canonical 3 T rows at the issue's SNR range (20-40) and the
+#: matrix's SNR 60, four echoes and one echo with the offset.
+SNR_STUDY_ROWS = {f"{kind} SNR {snr:g}": dict(te_s=ME3 if kind == "ME 3T" else (0.020,), snr=float(snr))
+                  for kind in ("ME 3T", "SE 3T offset") for snr in (20, 30, 40, 60)}
+#: ``--study snr``: factors on the final fit's TV weight (``restore.final_tv_lambda``; 1 = the app).
+SNR_STUDY_TV_FACTORS = (0.7, 1.0, 1.5)
+
+
+def study_snr(args) -> int:
+    """Low SNR (issue #14's 20-40), validation heads: the app's chain on ``SNR_STUDY_ROWS`` with the final fit's TV
+    weight times each of ``SNR_STUDY_TV_FACTORS`` (does the noise rule still pick the best weight?), chi XSIM /
+    NRMSE / ROI slope over the true brain, the targets, the QC's verdict (factor 1) and two noise measures the QC
+    could use: the local field's noise per voxel (``noise.field_noise`` in the final mask, ppm) and that over the
+    local field's interquartile range there."""
+    from qsmprep.dl import restore
+    from qsmprep.qsm.noise import field_noise
+
+    original = restore.final_tv_lambda
+    rows = []
+    for seed in study_seeds(args):
+        for row, kw in SNR_STUDY_ROWS.items():
+            case = Case(name=row, seed=seed, voxel_size=(ISO_VOXEL_MM[0],) * 3, **kw)
+            d = data_for(case, args.cache)
+            for f in SNR_STUDY_TV_FACTORS:
+                def scaled(*a, _f=f, **k):
+                    lam, sigma = original(*a, **k)
+                    return lam * _f, sigma
+
+                if f == 1.0:
+                    app = run_app(stored_inputs(d, "canonical"), d)
+                else:
+                    app, _ = run_variant(d, restore, "final_tv_lambda", scaled)
+                sc = score(app["chi"], d)
+                ch = app["chain"]
+                e = np.asarray(ch["eroded"]) > 0
+                sigma = field_noise(ch["local_ppm"], e)
+                q1, q3 = np.percentile(ch["local_ppm"][e], [25, 75])
+                kind = "ME" if case.multi_echo else "SE"
+                res = {"seed": seed, "row": row, "snr": case.snr, "echoes": len(case.te_s), "tv_factor": f,
+                       **{k: round(v, 4) for k, v in sc.items()},
+                       "meets": bool(sc["xsim"] >= XSIM_TARGET[kind] and SLOPE_RANGE[0] <= sc["slope"] <= SLOPE_RANGE[1]),
+                       "field_noise_ppm": round(float(sigma), 6), "noise_over_iqr": round(float(sigma / (q3 - q1)), 4)}
+                if "qc" in app:
+                    res["qc_passed"], res["qc_failed"] = app["qc"]["passed"], app["qc"]["failed"]
+                rows.append(res)
+                print(json.dumps(res), flush=True)
+    (args.out.parent / "robustness_snr_study.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def study_noise(args) -> int:
+    """``qc.field_noise_share`` (the local field's noise over its interquartile range, final mask) of the app's chain
+    on every canonical matrix row of the validation heads (the QC limit for multi-echo runs: against the low-SNR
+    rows of ``--study snr``)."""
+    from qsmprep.qsm.qc import field_noise_share
+
+    rows = []
+    for seed in study_seeds(args):
+        for row in ROWS:
+            if ROWS[row].get("convention", "canonical") != "canonical":
+                continue
+            d = data_for(case_for(row, seed), args.cache)
+            ch = app_chain_field(d["phase"], d["mag"], d["te_s"], d["voxel_size"], d["b0_t"], b0_dir=d["b0_dir"])
+            rows.append({"seed": seed, "row": row, "echoes": len(d["te_s"]),
+                         "field_noise_share": round(field_noise_share(ch["local_ppm"], ch["eroded"]), 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    (args.out.parent / "robustness_noise_study.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
                  "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
-                 "iters": study_iters}
+                 "iters": study_iters, "snr": study_snr,
+                 "noise": study_noise}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1000,7 +1000,7 @@ def _write_group_report(out: _StagedWriter, study: _Study, sections: list, conf:
 
 #: Quality-control columns of the wide table, from each run's ``_desc-qc.json`` (``qsmprep.qsm.qc``).
 QC_COLUMNS = ("qc_passed", "qc_failed", "mask_kept", "lowfreq_share", "echo_disagreement", "chi_range",
-              "sign_evidence", "tail_skewness", "edge_coverage", "phase_sign", "offset_order")
+              "sign_evidence", "tail_skewness", "edge_coverage", "field_noise_share", "phase_sign", "offset_order")
 QC_SIDECAR = {
     "qc_passed": {"Description": "Whether every quality-control check of the run passed (n/a: no QC file).",
                   "Levels": {"True": "passed", "False": "a check failed: see qc_failed and the report"}},
@@ -1014,6 +1014,8 @@ QC_SIDECAR = {
                                      "veins and iron-rich nuclei; below the QC limit: they probably came out too low)."},
     "edge_coverage": {"Description": "Partial coverage: largest brain-mask cross-section within 8 mm of an image face "
                                      "over the largest cross-section (0: whole brain in the field of view)."},
+    "field_noise_share": {"Description": "The local field's noise per voxel over its interquartile range in the final "
+                                         "mask (above the QC limit on multi-echo data: SNR too low for an accurate map)."},
     "phase_sign": {"Description": "Phase sign applied to the input (--phase-sign)."},
     "offset_order": {"Description": "Degree of the single-echo offset residual removed (0: none)."},
 }

@@ -130,3 +130,25 @@ def test_weak_paramagnetic_tail_is_flagged_known_answer():
     rep = qc.assess({"tail_skewness": tail_skewness(weak, mask), "sign_evidence": 1})
     assert rep["failed"] == ["tail_skewness"] and "paramagnetic tail is weak" in rep["warnings"][0]
     assert qc.assess({"tail_skewness": tail_skewness(good, mask), "sign_evidence": 1})["passed"]
+
+
+def test_field_noise_share_known_answer_and_multi_echo_scope():
+    """A linear field uniform on [-a, a] (interquartile range a, which the noise estimate cancels) plus white noise
+    of sd sigma: the share is sigma / a.  The check flags a noisy multi-echo run and skips a single echo."""
+    rng = np.random.default_rng(3)
+    n, a = 40, 0.01
+    ramp = np.broadcast_to(np.linspace(-a, a, n)[:, None, None], (n, n, n))
+    mask = np.ones((n, n, n), bool)
+    for sigma in (0.001, 0.0035):
+        field = ramp + rng.normal(0, sigma, (n, n, n))
+        assert qc.field_noise_share(field, mask) == pytest.approx(sigma / a, rel=0.05)
+    limit = qc.THRESHOLDS["field_noise_share"][1]
+    noisy = qc.field_noise_share(ramp + rng.normal(0, 0.0035, (n, n, n)), mask)
+    assert noisy > limit > qc.field_noise_share(ramp + rng.normal(0, 0.001, (n, n, n)), mask)
+    rep = qc.assess({"field_noise_share": noisy, "echoes": 4})
+    assert rep["failed"] == ["field_noise_share"] and "SNR is low" in rep["warnings"][0]
+    assert rep["thresholds"]["field_noise_share"]["applies_to"] == "multi-echo"
+    assert qc.assess({"field_noise_share": noisy, "echoes": 1})["passed"]  # single echo: not checked
+    assert qc.assess({"field_noise_share": noisy})["passed"]  # echo count unknown: not checked
+    assert np.isnan(qc.field_noise_share(np.zeros((n, n, n)), mask))  # no range
+    assert np.isnan(qc.field_noise_share(ramp, np.zeros((n, n, n), bool)))
