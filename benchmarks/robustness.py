@@ -525,6 +525,11 @@ def study_seeds(args, default=VALIDATION_SEEDS) -> list:
     return list(args.seeds) if args.seeds != list(TEST_SEEDS) else list(default)
 
 
+def canonical_rows() -> list:
+    """The matrix rows whose data are stored the canonical way (the convention rows are copies of one of them)."""
+    return [r for r, spec in ROWS.items() if spec.get("convention", "canonical") == "canonical"]
+
+
 def study_cases(args, rows):
     """``(seed, row, data, voxel size)`` for every row of ``rows`` on the study's validation heads."""
     from qsmprep.qsm.geometry import voxel_sizes
@@ -676,24 +681,18 @@ def study_qc(args) -> int:
 def study_edge(args) -> int:
     """``qc.edge_coverage`` of the app's brain mask on every canonical row of the validation heads (the
     partial-coverage threshold of ``qsmprep.qsm.qc``): whole heads against the 64 mm slab."""
-    from qsmprep.qsm.geometry import voxel_sizes
     from qsmprep.qsm.masking import brain_mask
     from qsmprep.qsm.qc import edge_coverage
 
     rows = []
-    for seed in study_seeds(args):
-        for row in ROWS:
-            if ROWS[row].get("convention", "canonical") != "canonical":
-                continue
-            d = data_for(case_for(row, seed), args.cache)
-            vs = voxel_sizes(d["affine"])
-            mag, phase = d["mag"], d["phase"]  # the canonical input: magnitude and phase in rad
-            if mag.ndim == 3:
-                mag, phase = mag[..., None], phase[..., None]
-            m = brain_mask(mag, vs, phase=phase)
-            rows.append({"seed": seed, "row": row, "edge_coverage": round(edge_coverage(m, vs), 3),
-                         "edge_coverage_true_brain": round(edge_coverage(d["brain"], vs), 3)})
-            print(json.dumps(rows[-1]), flush=True)
+    for seed, row, d, vs in study_cases(args, canonical_rows()):
+        mag, phase = d["mag"], d["phase"]  # the canonical input: magnitude and phase in rad
+        if mag.ndim == 3:
+            mag, phase = mag[..., None], phase[..., None]
+        m = brain_mask(mag, vs, phase=phase)
+        rows.append({"seed": seed, "row": row, "edge_coverage": round(edge_coverage(m, vs), 3),
+                     "edge_coverage_true_brain": round(edge_coverage(d["brain"], vs), 3)})
+        print(json.dumps(rows[-1]), flush=True)
     (args.out.parent / "robustness_edge_study.json").write_text(json.dumps(rows, indent=1))
     return 0
 
@@ -942,15 +941,11 @@ def study_noise(args) -> int:
     from qsmprep.qsm.qc import field_noise_share
 
     rows = []
-    for seed in study_seeds(args):
-        for row in ROWS:
-            if ROWS[row].get("convention", "canonical") != "canonical":
-                continue
-            d = data_for(case_for(row, seed), args.cache)
-            ch = app_chain_field(d["phase"], d["mag"], d["te_s"], d["voxel_size"], d["b0_t"], b0_dir=d["b0_dir"])
-            rows.append({"seed": seed, "row": row, "echoes": len(d["te_s"]),
-                         "field_noise_share": round(field_noise_share(ch["local_ppm"], ch["eroded"]), 4)})
-            print(json.dumps(rows[-1]), flush=True)
+    for seed, row, d, vs in study_cases(args, canonical_rows()):
+        ch = app_chain_field(d["phase"], d["mag"], d["te_s"], vs, d["b0_t"], b0_dir=d["b0_dir"])
+        rows.append({"seed": seed, "row": row, "echoes": len(d["te_s"]),
+                     "field_noise_share": round(field_noise_share(ch["local_ppm"], ch["eroded"]), 4)})
+        print(json.dumps(rows[-1]), flush=True)
     (args.out.parent / "robustness_noise_study.json").write_text(json.dumps(rows, indent=1))
     return 0
 
