@@ -453,7 +453,7 @@ def main(argv=None) -> int:
     ap.add_argument("--study", choices=tuple(STUDIES), help="run a validation study instead of the matrix")
     ap.add_argument("--render", action="store_true", help="print the Markdown table of --out (no computing)")
     ap.add_argument("--variants", nargs="+", default=None,
-                    help="--study surface / iters: only these variants (their rows replace the same rows in the study's JSON)")
+                    help="--study surface / iters / snr: only these variants (their rows replace the same rows in the study's JSON)")
     ap.add_argument("--voxel", type=float, default=2.0,
                     help="isotropic voxel size (mm) of the rows without their own (default 2; 1 for the confirmation)")
     args = ap.parse_args(argv)
@@ -888,41 +888,54 @@ def study_iters(args) -> int:
 #: matrix's SNR 60, four echoes and one echo with the offset.
 SNR_STUDY_ROWS = {f"{kind} SNR {snr:g}": dict(te_s=ME3 if kind == "ME 3T" else (0.020,), snr=float(snr))
                   for kind in ("ME 3T", "SE 3T offset") for snr in (20, 30, 40, 60)}
-#: ``--study snr``: factors on the final fit's TV weight (``restore.final_tv_lambda``; 1 = the app).
-SNR_STUDY_TV_FACTORS = (0.7, 1.0, 1.5)
+#: ``--study snr`` variants: the final fit's TV weight times a factor (``restore.final_tv_lambda``; "1" = the app), and
+#: "off" (the app with the U-Net's output zeroed: ``chain_benchmark.network_off``, the ablation).
+SNR_STUDY_VARIANTS = ("0.7", "1", "1.5", "off")
 
 
 def study_snr(args) -> int:
-    """Low SNR (issue #14's 20-40), validation heads: the app's chain on ``SNR_STUDY_ROWS`` with the final fit's TV
-    weight times each of ``SNR_STUDY_TV_FACTORS`` (does the noise rule still pick the best weight?), chi XSIM /
-    NRMSE / ROI slope over the true brain, the targets, the QC's verdict (factor 1) and two noise measures the QC
-    could use: the local field's noise per voxel (``noise.field_noise`` in the final mask, ppm) and that over the
-    local field's interquartile range there."""
+    """Low SNR (issue #14's 20-40), validation heads: the app's chain on ``SNR_STUDY_ROWS`` with each of
+    ``SNR_STUDY_VARIANTS`` (``--variants``: only these; their rows replace the same rows in the JSON): does the noise
+    rule still pick the best TV weight, and what does the network add there?  chi XSIM / NRMSE / ROI slope over the
+    true brain, the targets, the QC's verdict (the app) and two noise measures the QC could use: the local field's
+    noise per voxel (``noise.field_noise`` in the final mask, ppm) and that over the local field's interquartile
+    range there."""
+    import contextlib
+
+    import chain_benchmark as cb
+
     from qsmprep.dl import restore
     from qsmprep.qsm.noise import field_noise
 
     original = restore.final_tv_lambda
-    rows = []
+    out = args.out.parent / "robustness_snr_study.json"
+    names = list(args.variants or SNR_STUDY_VARIANTS)
+    rows = [r for r in (json.loads(out.read_text()) if args.variants and out.exists() else [])
+            if not (r.get("variant", f"{r['tv_factor']:g}") in names and r["seed"] in study_seeds(args))]
     for seed in study_seeds(args):
         for row, kw in SNR_STUDY_ROWS.items():
             case = Case(name=row, seed=seed, voxel_size=(ISO_VOXEL_MM[0],) * 3, **kw)
             d = data_for(case, args.cache)
-            for f in SNR_STUDY_TV_FACTORS:
+            for name in names:
+                f = 1.0 if name == "off" else float(name)
+
                 def scaled(*a, _f=f, **k):
                     lam, sigma = original(*a, **k)
                     return lam * _f, sigma
 
-                if f == 1.0:
+                if name == "1":
                     app = run_app(stored_inputs(d, "canonical"), d)
                 else:
-                    app, _ = run_variant(d, restore, "final_tv_lambda", scaled)
+                    with cb.network_off() if name == "off" else contextlib.nullcontext():
+                        app, _ = run_variant(d, restore, "final_tv_lambda", scaled)
                 sc = score(app["chi"], d)
                 ch = app["chain"]
                 e = np.asarray(ch["eroded"]) > 0
                 sigma = field_noise(ch["local_ppm"], e)
                 q1, q3 = np.percentile(ch["local_ppm"][e], [25, 75])
                 kind = "ME" if case.multi_echo else "SE"
-                res = {"seed": seed, "row": row, "snr": case.snr, "echoes": len(case.te_s), "tv_factor": f,
+                res = {"seed": seed, "row": row, "snr": case.snr, "echoes": len(case.te_s), "variant": name,
+                       "tv_factor": f, "network": name != "off",
                        **{k: round(v, 4) for k, v in sc.items()},
                        "meets": bool(sc["xsim"] >= XSIM_TARGET[kind] and SLOPE_RANGE[0] <= sc["slope"] <= SLOPE_RANGE[1]),
                        "field_noise_ppm": round(float(sigma), 6), "noise_over_iqr": round(float(sigma / (q3 - q1)), 4)}
@@ -930,7 +943,7 @@ def study_snr(args) -> int:
                     res["qc_passed"], res["qc_failed"] = app["qc"]["passed"], app["qc"]["failed"]
                 rows.append(res)
                 print(json.dumps(res), flush=True)
-    (args.out.parent / "robustness_snr_study.json").write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps(rows, indent=1))
     return 0
 
 
