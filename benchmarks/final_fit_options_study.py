@@ -8,7 +8,8 @@ signal voids and across their edges), ``edges=<fraction>/<factor>`` (TV weight t
 of chi's support where the start's gradient is largest: ``restore.edge_tv_weight``), ``wedges=...`` (the same from
 the data weight, i.e. the magnitude: MEDI's gradient mask), ``vedges=...`` (``edges`` but uniform TV on the voids and
 within a voxel of them: ``restore.final_edge_tv_weight``, the app's map), ``loww=<t>`` (the app's map, and uniform TV
-also where the data weight is below ``t`` times its median in the brain mask: session 24, not adopted)
+also where the data weight is below ``t`` times its median in the brain mask: session 24, not adopted), ``vring=<n>``
+(the app's map with the uniform zone grown to ``n`` voxels around the voids; the app: 1; session 24)
 (``app`` = the app's fit).  Scored over the true brain mask
 (``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
 ``final_fit_start_study.py``, unless ``--void-refit``.
@@ -80,6 +81,8 @@ def overrides(cfg: str, kwargs: dict) -> dict:
             out["tv_free"] = "voids"
         elif key in ("edges", "wedges", "vedges"):
             out["tv_edges"] = (key, *(float(v) for v in val.split("/")))  # fraction/factor[/band]
+        elif key == "vring":  # the app's edge map with the uniform zone grown to val voxels around the voids
+            out["tv_edges"] = ("vring", int(val))
         elif key == "loww":  # the app's edge map, uniform TV also where the data weight < val x its median
             out["tv_edges"] = ("loww", float(val))
         elif key == "band":
@@ -143,6 +146,15 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             edges = kw.pop("tv_edges", None)
             if edges is not None and edges[0] == "vedges":  # the app's map (restore.FINAL_EDGE_TV)
                 kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *edges[1:])
+            elif edges is not None and edges[0] == "vring":  # the app's map, a wider uniform zone about the voids
+                from scipy import ndimage
+
+                from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
+
+                voids = (np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0)
+                kw["tv_weight"] = edge_tv_weight(kw["chi_prior"], kw["support"], vs, *FINAL_EDGE_TV,
+                                                 keep=ndimage.binary_dilation(voids, iterations=edges[1]),
+                                                 band=FINAL_EDGE_TV_BAND)
             elif edges is not None and edges[0] == "loww":  # the app's map, uniform where the data are weak
                 from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
 
