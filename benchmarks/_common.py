@@ -102,6 +102,18 @@ def patched(target, attr: str, replacement) -> Iterator[None]:
         setattr(target, attr, original)
 
 
+def brain_mask_with(min_signal: float):
+    """``qsmprep.qsm.masking.brain_mask`` with its void limit (``min_signal``) fixed, as the replacement studies of that
+    limit patch in (:func:`patched`); made from the unpatched function."""
+    from qsmprep.qsm import masking
+
+    original = masking.brain_mask
+
+    def brain_mask(*a, **k):
+        return original(*a, **{**k, "min_signal": min_signal})
+    return brain_mask
+
+
 @contextmanager
 def final_fit_recorded(then: str = "run") -> Iterator[dict]:
     """Record the chain's final SMV-TV fit (``qsmprep.qsm.smvfit.smv_tv``) while the block runs.

@@ -147,14 +147,10 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             if edges is not None and edges[0] == "vedges":  # the app's map (restore.FINAL_EDGE_TV)
                 kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *edges[1:])
             elif edges is not None and edges[0] == "vring":  # the app's map, a wider uniform zone about the voids
-                from scipy import ndimage
-
                 from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
 
-                voids = (np.asarray(kw["support"]) > 0) & ~(np.asarray(a[1]) > 0)
-                kw["tv_weight"] = edge_tv_weight(kw["chi_prior"], kw["support"], vs, *FINAL_EDGE_TV,
-                                                 keep=ndimage.binary_dilation(voids, iterations=edges[1]),
-                                                 band=FINAL_EDGE_TV_BAND)
+                kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *FINAL_EDGE_TV,
+                                                       band=FINAL_EDGE_TV_BAND, ring=edges[1])
             elif edges is not None and edges[0] == "loww":  # the app's map, uniform where the data are weak
                 from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
 

@@ -405,6 +405,27 @@ def run_variant(d: dict, target, attr: str, replacement) -> tuple[dict, float]:
     return app, time.perf_counter() - t0
 
 
+def variant_rows(seeds, rows, cache: Path, out: Path, key: str, variants, patch, extra=None) -> list:
+    """A validation study of patched variants: for every seed, row and variant ``v`` the app with ``patch(v)`` =
+    ``(target, attr, replacement)`` in place (:func:`run_variant`), scored (:func:`score`), plus ``extra(app)``
+    (a dict) when given.  Each result replaces the one of the same row, seed and ``key`` (= ``v``) in ``out`` (JSON,
+    rewritten after every run) and is printed; returns all of ``out``'s results."""
+    results = json.loads(out.read_text()) if out.exists() else []
+    for seed in seeds:
+        for row in rows:
+            d = data_for(case_for(row, seed), cache)
+            for v in variants:
+                app, wall = run_variant(d, *patch(v))
+                sc = score(app["chi"], d)
+                res = {"row": row, "seed": seed, key: v, **sc, **(extra(app) if extra else {}), "wall_s": round(wall, 1)}
+                results = [r for r in results if (r["row"], r["seed"], r[key]) != (row, seed, v)] + [res]
+                out.write_text(json.dumps(results, indent=1))
+                print(f"{row:28s} {seed} {key} {v} XSIM {sc['xsim']:.4f} NRMSE {sc['nrmse']:.2f} slope {sc['slope']:.3f} "
+                      + "".join(f"{k} {x} " for k, x in (extra(app) if extra else {}).items()) + f"({wall:.0f} s)",
+                      flush=True)
+    return results
+
+
 def run_row(row: str, seed: int, cache: Path, canon: dict) -> dict:
     """One row on one head: the app's chain, the plain chain, scores, QC and (conventions) the chi difference."""
     case = case_for(row, seed)
@@ -906,6 +927,7 @@ def study_snr(args) -> int:
 
     from qsmprep.dl import restore
     from qsmprep.qsm.noise import field_noise
+    from qsmprep.qsm.qc import field_noise_share
 
     original = restore.final_tv_lambda
     out = args.out.parent / "robustness_snr_study.json"
@@ -931,14 +953,13 @@ def study_snr(args) -> int:
                 sc = score(app["chi"], d)
                 ch = app["chain"]
                 e = np.asarray(ch["eroded"]) > 0
-                sigma = field_noise(ch["local_ppm"], e)
-                q1, q3 = np.percentile(ch["local_ppm"][e], [25, 75])
                 kind = "ME" if case.multi_echo else "SE"
                 res = {"seed": seed, "row": row, "snr": case.snr, "echoes": len(case.te_s), "variant": name,
                        "tv_factor": f, "network": name != "off",
                        **{k: round(v, 4) for k, v in sc.items()},
                        "meets": bool(sc["xsim"] >= XSIM_TARGET[kind] and SLOPE_RANGE[0] <= sc["slope"] <= SLOPE_RANGE[1]),
-                       "field_noise_ppm": round(float(sigma), 6), "noise_over_iqr": round(float(sigma / (q3 - q1)), 4)}
+                       "field_noise_ppm": round(float(field_noise(ch["local_ppm"], e)), 6),
+                       "noise_over_iqr": round(field_noise_share(ch["local_ppm"], e), 4)}
                 if "qc" in app:
                     res["qc_passed"], res["qc_failed"] = app["qc"]["passed"], app["qc"]["failed"]
                 rows.append(res)

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import robustness as rb  # noqa: E402
-from _common import final_fit_recorded  # noqa: E402
+from _common import brain_mask_with, final_fit_recorded  # noqa: E402
 
 
 def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset"), min_signal=None) -> None:
@@ -38,8 +38,7 @@ def nuclei(seeds, cache, rows=("SE 7T offset, qsm-forward", "SE 7T offset"), min
         for seed in seeds:
             d = rb.data_for(rb.case_for(row, seed), cache)
             lim = masking.default_min_signal(d["mag"], d["phase"]) if min_signal is None else float(min_signal)
-            original = masking.brain_mask
-            app, _ = rb.run_variant(d, masking, "brain_mask", lambda *a, **k: original(*a, **{**k, "min_signal": lim}))
+            app, _ = rb.run_variant(d, masking, "brain_mask", brain_mask_with(lim))
             chi, tru, b, lab, em = app["chi"], d["chi"], d["brain"], d["labels"], app["chain"]["eroded"]
             brain_mask = app["chain"]["mask"]
             vs = voxel_sizes(d["affine"])

@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import chain_benchmark as cb  # noqa: E402
 import honest_heads as hh  # noqa: E402
-from _common import patched  # noqa: E402
+from _common import brain_mask_with, patched  # noqa: E402
 
 
 def main(case_name: str = "sim-7T-SE-z", limits=(0.3, 0.2)) -> int:
@@ -28,10 +28,9 @@ def main(case_name: str = "sim-7T-SE-z", limits=(0.3, 0.2)) -> int:
     from qsmprep.sim.phantom import LABELS
 
     case = hh.load_case(case_name, 1.0)
-    original = masking.brain_mask
     out = {}
     for lim in limits:
-        with patched(masking, "brain_mask", lambda *a, _l=lim, **k: original(*a, **{**k, "min_signal": _l})):
+        with patched(masking, "brain_mask", brain_mask_with(lim)):
             chain = cb.chain_for(case)
             chi = cb.METHODS["nsidl"](case, chain)
         out[lim] = (chi, chain["mask"])

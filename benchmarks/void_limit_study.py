@@ -12,7 +12,6 @@ limits (each row's data as the matrix; scores as ``robustness.score``)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import robustness as rb  # noqa: E402
+from _common import brain_mask_with  # noqa: E402
 from weight_floor_study import ROWS  # noqa: E402
 
 LIMITS = (0.3, 0.2, 0.15, 0.1)
@@ -35,23 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qsmprep-robustness"))
     ap.add_argument("--out", type=Path, default=HERE / "void_limit_study.json")
     args = ap.parse_args(argv)
-    results = json.loads(args.out.read_text()) if args.out.exists() else []
-    original = masking.brain_mask
-    for seed in args.seeds:
-        for row in args.rows:
-            d = rb.data_for(rb.case_for(row, seed), args.cache)
-            for limit in args.limits:
-                def patched(*a, _l=limit, **k):
-                    return original(*a, **{**k, "min_signal": _l})
-
-                app, wall = rb.run_variant(d, masking, "brain_mask", patched)
-                sc = rb.score(app["chi"], d)
-                res = {"row": row, "seed": seed, "min_signal": limit, **sc, "mask_voxels": int(app["chain"]["mask"].sum()),
-                       "wall_s": round(wall, 1)}
-                results = [r for r in results if (r["row"], r["seed"], r["min_signal"]) != (row, seed, limit)] + [res]
-                args.out.write_text(json.dumps(results, indent=1))
-                print(f"{row:28s} {seed} min_signal {limit:.2f} XSIM {sc['xsim']:.4f} NRMSE {sc['nrmse']:.2f} "
-                      f"slope {sc['slope']:.3f} mask {res['mask_voxels']} ({res['wall_s']:.0f} s)", flush=True)
+    rb.variant_rows(args.seeds, args.rows, args.cache, args.out, "min_signal", args.limits,
+                    lambda limit: (masking, "brain_mask", brain_mask_with(limit)),
+                    extra=lambda app: {"mask_voxels": int(app["chain"]["mask"].sum())})
     return 0
 
 

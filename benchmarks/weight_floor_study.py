@@ -14,7 +14,6 @@ percentile), ``sqrt`` (``sqrt(w)``: the squared weight of the fit grows linearly
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -53,23 +52,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qsmprep-robustness"))
     ap.add_argument("--out", type=Path, default=HERE / "weight_floor_study.json")
     args = ap.parse_args(argv)
-    results = json.loads(args.out.read_text()) if args.out.exists() else []
     original = rb.app_inversion
-    for seed in args.seeds:
-        for row in args.rows:
-            case = rb.case_for(row, seed)
-            d = rb.data_for(case, args.cache)
-            for variant in args.variants:
-                def patched(method, ch, *a, _v=variant, **k):
-                    return original(method, {**ch, "weight": reweight(ch["weight"], ch["mask"], _v)}, *a, **k)
 
-                app, wall = rb.run_variant(d, rb, "app_inversion", patched)
-                sc = rb.score(app["chi"], d)
-                res = {"row": row, "seed": seed, "variant": variant, **sc, "wall_s": round(wall, 1)}
-                results = [r for r in results if (r["row"], r["seed"], r["variant"]) != (row, seed, variant)] + [res]
-                args.out.write_text(json.dumps(results, indent=1))
-                print(f"{row:28s} {seed} {variant:11s} XSIM {sc['xsim']:.4f} NRMSE {sc['nrmse']:.2f} slope {sc['slope']:.3f} "
-                      f"({res['wall_s']:.0f} s)", flush=True)
+    def patch(variant):
+        def reweighted(method, ch, *a, **k):
+            return original(method, {**ch, "weight": reweight(ch["weight"], ch["mask"], variant)}, *a, **k)
+        return rb, "app_inversion", reweighted
+
+    rb.variant_rows(args.seeds, args.rows, args.cache, args.out, "variant", args.variants, patch)
     return 0
 
 

@@ -243,6 +243,10 @@ def test_final_fit_edge_weighted_tv_from_its_start(monkeypatch):
     want = restore.edge_tv_weight(on["chi_prior"], on["support"], vs, 0.3, 0.5, keep=keep, band=0.1)
     assert np.array_equal(restore.final_edge_tv_weight(on["chi_prior"], on["support"], mask, vs, 0.3, 0.5, band=0.1),
                           want)
+    keep2 = ndimage.binary_dilation(on["support"] & ~mask, iterations=2)  # ring=2: the rim two voxels wide
+    assert np.array_equal(restore.final_edge_tv_weight(on["chi_prior"], on["support"], mask, vs, 0.3, 0.5, band=0.1,
+                                                       ring=2),
+                          restore.edge_tv_weight(on["chi_prior"], on["support"], vs, 0.3, 0.5, keep=keep2, band=0.1))
     assert np.array_equal(on["tv_weight"], want) and np.all(want[keep] == 1) and keep.any()
     assert 0.15 < (want < 1).sum() / on["support"].sum() < 0.36 and want.min() == np.float32(0.5)
     assert rec["DataFit"]["FinalFit"]["EdgeWeightedTV"]["RampBandQuantiles"] == 0.1

@@ -137,15 +137,15 @@ def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[
 
 
 def final_edge_tv_weight(start: np.ndarray, support: np.ndarray, brain_mask: np.ndarray, voxel_size: Sequence[float],
-                         fraction: float, factor: float, band: float = 0.0) -> np.ndarray:
+                         fraction: float, factor: float, band: float = 0.0, ring: int = 1) -> np.ndarray:
     """The final fit's TV-weight map (:data:`FINAL_EDGE_TV`): :func:`edge_tv_weight` of its start on chi's
-    ``support`` (with ``band``), uniform on the signal voids (``support`` outside ``brain_mask``) and within a voxel
-    of them."""
+    ``support`` (with ``band``), uniform on the signal voids (``support`` outside ``brain_mask``) and within ``ring``
+    voxels of them (the app: one)."""
     from scipy import ndimage
 
     voids = (np.asarray(support) > 0) & ~(np.asarray(brain_mask) > 0)
-    return edge_tv_weight(start, support, voxel_size, fraction, factor, keep=ndimage.binary_dilation(voids),
-                          band=band)
+    return edge_tv_weight(start, support, voxel_size, fraction, factor,
+                          keep=ndimage.binary_dilation(voids, iterations=int(ring)), band=band)
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
