@@ -984,10 +984,48 @@ def study_noise(args) -> int:
     return 0
 
 
+THICKFIT_STUDY_ROWS = ("ME 3T 1x1x2 mm", "ME 3T 1x1x3 mm", "SE 3T offset 1x1x2 mm")
+THICKFIT_VARIANTS = ("1", "0.5", "2", "3")
+
+
+def study_thickfit(args) -> int:
+    """Anisotropic TV in the chain's final fit on thick slices (session 25, validation heads): the app on
+    ``THICKFIT_STUDY_ROWS`` with the fit's TV weight on the slice (thickest) axis times ``a`` for each ``a`` of
+    ``THICKFIT_VARIANTS`` (``--variants``; ``smv_tv``'s ``tv_axis_weight``; in-plane 1; ``1`` is the app), or, for a
+    variant ``lamX``, the fit's TV weight times ``X`` (the thick-slice cap retested); results
+    ``robustness_thickfit_study.json``."""
+    import qsmprep.qsm.smvfit as smvfit
+    from qsmprep.dl import restore
+
+    smv_tv, final_tv_lambda = smvfit.smv_tv, restore.final_tv_lambda
+
+    def patch(v):
+        if v.startswith("lam"):
+            f = float(v[3:])
+
+            def scaled(*a, **k):
+                lam, sigma = final_tv_lambda(*a, **k)
+                return lam * f, sigma
+
+            return restore, "final_tv_lambda", scaled
+        a = float(v)
+
+        def aniso(total, mask, voxel_size, *rest, **k):
+            w = [1.0, 1.0, 1.0]
+            w[int(np.argmax(voxel_size))] = a
+            return smv_tv(total, mask, voxel_size, *rest, **{**k, "tv_axis_weight": None if a == 1 else w})
+
+        return smvfit, "smv_tv", aniso
+
+    variant_rows(study_seeds(args), args.rows if args.rows != list(ROWS) else THICKFIT_STUDY_ROWS, args.cache,
+                 args.out.parent / "robustness_thickfit_study.json", "variant", args.variants or THICKFIT_VARIANTS, patch)
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
                  "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
                  "iters": study_iters, "snr": study_snr,
-                 "noise": study_noise}
+                 "noise": study_noise, "thickfit": study_thickfit}
 
 if __name__ == "__main__":
     raise SystemExit(main())

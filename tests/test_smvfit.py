@@ -459,3 +459,72 @@ def test_smv_tv_tv_free_is_a_zero_tv_weight_on_its_dilation():
     both = smv_tv(field, data, (1, 1, 1), (0, 0, 1), tv_free=void, tv_weight=half, **kw)
     product = smv_tv(field, data, (1, 1, 1), (0, 0, 1), tv_weight=half * zero, **kw)
     assert np.abs(both - product).max() <= 1e-5 * np.abs(both).max()
+
+
+def test_smv_tv_axis_weight_is_an_anisotropic_tv():
+    """``tv_axis_weight``: ones are the plain fit exactly (numpy and torch, which agree on a weighted axis too); equal
+    weights ``c`` on every axis reach the minimiser of ``c`` times the TV weight (TV's homogeneity); a larger weight
+    on one axis smooths chi along that axis more than across it; a wrong weight is refused."""
+    pytest.importorskip("torch")
+    from qsmprep.qsm.smvfit import smv_tv
+
+    x, y, z, mask, chi, field = _spheres_in_ellipsoid(32, 13)
+    rng = np.random.default_rng(1)
+    noisy = np.where(mask, field + 0.02 * np.abs(field).max() * rng.standard_normal(mask.shape), 0).astype(np.float32)
+    kw = dict(radii_mm=(4.0, 2.0), lam=1e-4, n_iter=30, chi_prior=0.5 * chi)
+    for dev in (None, "cpu"):
+        plain = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), device=dev, **kw)
+        assert np.abs(plain).max() > 0.05
+        assert np.array_equal(plain, smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), device=dev, tv_axis_weight=(1, 1, 1), **kw))
+    a = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), tv_axis_weight=(1, 1, 3), **kw)
+    b = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), tv_axis_weight=(1, 1, 3), device="cpu", **kw)
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+    conv = dict(radii_mm=(4.0, 2.0), n_iter=400, relax=1.7, device="cpu")
+    twice = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), lam=2e-4, **conv)
+    scaled = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), lam=1e-4, tv_axis_weight=(2, 2, 2), **conv)
+    assert np.linalg.norm(scaled - twice) < 0.03 * np.linalg.norm(twice)
+
+    def along(c, axis):  # mean absolute difference along an axis, inside the mask
+        d = np.abs(np.diff(c, axis=axis))
+        inside = mask & np.roll(mask, -1, axis=axis)
+        return float(d[tuple(slice(0, s - 1) if i == axis else slice(None) for i, s in enumerate(c.shape))][
+            inside[tuple(slice(0, s - 1) if i == axis else slice(None) for i, s in enumerate(c.shape))]].mean())
+
+    iso = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), lam=1e-4, **conv)
+    zw = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), lam=1e-4, tv_axis_weight=(1, 1, 3), **conv)
+    xw = smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), lam=1e-4, tv_axis_weight=(3, 1, 1), **conv)
+    assert along(zw, 2) < 0.8 * along(iso, 2)  # here 0.76 (x: 0.79): more TV smooths every axis
+    assert along(zw, 2) / along(zw, 0) < 0.95 * along(xw, 2) / along(xw, 0)  # here 0.97 against 1.09
+    with pytest.raises(ValueError, match="tv_axis_weight"):
+        smv_tv(noisy, mask, (1, 1, 1), (0, 0, 1), tv_axis_weight=(1, 0, 1), **kw)
+
+
+def test_smv_tv_center_keeps_the_guides_structure():
+    """``tv_center``: zeros are the plain fit exactly (numpy and torch); numpy and torch agree with a guide, plain and
+    over-relaxed; with a strong TV weight plain TV shrinks a ball's contrast, while TV about the true chi's gradient
+    keeps it (the true chi costs no TV then, and the data agree with it); a wrong map is refused."""
+    pytest.importorskip("torch")
+    from scipy.ndimage import binary_dilation
+
+    from qsmprep.qsm.smvfit import smv_tv
+
+    x, y, z, mask, chi, field = _spheres_in_ellipsoid(32, 13)
+    kw = dict(radii_mm=(4.0, 2.0), lam=1e-4, n_iter=25, chi_prior=0.5 * chi)
+    for dev in (None, "cpu"):
+        plain = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device=dev, **kw)
+        assert np.abs(plain).max() > 0.05
+        zero = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), device=dev, tv_center=np.zeros(mask.shape), **kw)
+        assert np.array_equal(plain, zero)
+    for relax in (1.0, 1.7):
+        a = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), tv_center=0.7 * chi, relax=relax, **kw)
+        b = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), tv_center=0.7 * chi, relax=relax, device="cpu", **kw)
+        assert np.abs(a - b).max() < 1e-4 * np.abs(a).max() + 1e-6
+    strong = dict(radii_mm=(4.0, 2.0), lam=2e-3, n_iter=300, relax=1.7, device="cpu")
+    flat = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), **strong)
+    kept = smv_tv(field, mask, (1, 1, 1), (0, 0, 1), tv_center=chi, **strong)
+    ball = (x - 4) ** 2 + y ** 2 + z ** 2 < 16
+    ring = mask & binary_dilation(ball, iterations=3) & ~binary_dilation(ball)
+    contrast = {k: float(c[ball].mean() - c[ring].mean()) for k, c in (("plain", flat), ("center", kept))}
+    assert contrast["plain"] < 0.8 * 0.2 and abs(contrast["center"] - 0.2) < 0.1 * 0.2, contrast
+    with pytest.raises(ValueError, match="tv_center"):
+        smv_tv(field, mask, (1, 1, 1), (0, 0, 1), tv_center=np.zeros((3, 3, 3)), **kw)

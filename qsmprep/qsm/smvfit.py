@@ -238,6 +238,8 @@ def smv_tv(
     relax: float = 1.0,
     callback=None,
     tv_weight: np.ndarray | None = None,
+    tv_axis_weight: Sequence[float] | None = None,
+    tv_center: np.ndarray | None = None,
 ) -> np.ndarray:
     """TV-regularised SMV-consistent fit, by ADMM::
 
@@ -261,6 +263,12 @@ def smv_tv(
     beyond the support's box keeps full TV either way, as with a scalar ``lam``.
     ``tv_weight``: a per-voxel factor (>= 0, ``mask``'s grid) of ``lam`` on the differences from each voxel
     (a spatially weighted TV, as MEDI's gradient mask: e.g. less TV on edges a guide image shows); None: 1.
+    ``tv_axis_weight``: a factor per array axis on the gradient's components inside TV (an anisotropic TV: e.g.
+    ``(1, 1, 2)`` penalises a difference across a thick slice as if the slice were half as thick); None: 1 on
+    every axis (the gradient per mm).  The data term, the dipole kernel and the SMV spheres keep ``voxel_size``.
+    ``tv_center``: TV measures chi's differences from those of this map (ppm, ``mask``'s grid, zero outside the
+    support), ``lam ||grad chi - grad tv_center||_1``: a structural prior that keeps the guide's edges and fine
+    structure unpenalised (e.g. a fraction of the network's chi); None: ``lam ||grad chi||_1``.
 
     ``device``: None runs the iterations in numpy; a torch device (``"cuda"``, ``"cpu"``) runs the
     same iterations in torch there (the set-up stays numpy; float32 rounding differs slightly).
@@ -275,8 +283,10 @@ def smv_tv(
         raise ValueError(f"relax must lie in (0, 2), got {relax}.")
     pb = smv_tv_problem(total_ppm, mask, voxel_size, b0_dir, chi_prior=chi_prior, weight=weight, radii_mm=radii_mm,
                         lam=lam, prior_weight=prior_weight, mu_ratio=mu_ratio, mu2=mu2, support=support,
-                        prior_band=prior_band, support_mu=support_mu, tv_free=tv_free, tv_weight=tv_weight)
+                        prior_band=prior_band, support_mu=support_mu, tv_free=tv_free, tv_weight=tv_weight,
+                        tv_axis_weight=tv_axis_weight, tv_center=tv_center)
     arrays = (pb.x, pb.prior_k, pb.ks, pb.pw2, pb.g_r, pb.denom, pb.msup)
+    center = pb.center
     if device is None:
         ops = _NumpyOps(pb.rfft, pb.irfft, pb.vs)
         consts = (pb.mu1, pb.mu2, pb.mu3, pb.thr)
@@ -285,13 +295,15 @@ def smv_tv(
         arrays = ops.put(*arrays)
         consts = (float(pb.mu1), float(pb.mu2), float(pb.mu3),
                   float(pb.lam) / float(pb.mu1) if np.ndim(pb.thr) == 0 else ops.put(pb.thr)[0])
+        if center is not None:
+            center = tuple(ops.put(*center))
     admm = _smv_tv_admm if device is None else _smv_tv_admm_torch
 
     def to_full(x):
         return pb.full(ops.to_numpy(x))
 
     mon = None if callback is None else (lambda it, x: callback(it, lambda: to_full(x)))
-    return to_full(admm(*arrays, *consts, int(n_iter), ops, float(relax), mon))
+    return to_full(admm(*arrays, *consts, int(n_iter), ops, float(relax), mon, center=center))
 
 
 class SMVTVProblem:
@@ -320,14 +332,25 @@ def smv_tv_problem(
     support_mu: float = 1.0,
     tv_free: np.ndarray | None = None,
     tv_weight: np.ndarray | None = None,
+    tv_axis_weight: Sequence[float] | None = None,
+    tv_center: np.ndarray | None = None,
 ) -> SMVTVProblem:
     """:func:`smv_tv`'s set-up (the same arguments, their units and meaning): everything its ADMM iterations
     need, on the padded grid, as an :class:`SMVTVProblem` (float32 numpy arrays).  Shared by :func:`smv_tv` and
-    the differentiable fit of :mod:`qsmprep.dl.finalfit`."""
+    the differentiable fit of :mod:`qsmprep.dl.finalfit`.  Its ``vs`` is the spacing (mm) of TV's gradient:
+    ``voxel_size`` divided by ``tv_axis_weight``; its ``center`` is None or ``(grad tv_center, grad^T grad tv_center)``
+    on the padded grid (a list of three arrays and one array)."""
     f = np.asarray(total_ppm, np.float32)
     m = np.asarray(mask) > 0
     sup = m if support is None else (np.asarray(support) > 0) | m
     vs = tuple(float(v) for v in voxel_size)
+    if tv_axis_weight is None:
+        vs_tv = vs
+    else:
+        aw = tuple(float(a) for a in tv_axis_weight)
+        if len(aw) != 3 or not all(np.isfinite(a) and a > 0 for a in aw):
+            raise ValueError(f"tv_axis_weight must be three positive numbers, got {tv_axis_weight!r}.")
+        vs_tv = tuple(v / a for v, a in zip(vs, aw))
     grid = _smv_grid(m, sup, vs, radii_mm, "smv_tv", BOX_MARGIN)
     parts, shape, pad, full = grid.parts, grid.shape, grid.pad, grid.full
     wk = fft_workers()
@@ -359,7 +382,7 @@ def smv_tv_problem(
         k = np.fft.rfftfreq(n, d=vs[ax]) if ax == 2 else np.fft.fftfreq(n, d=vs[ax])
         sh = [1, 1, 1]
         sh[ax] = k.size
-        grad_k = grad_k + ((2 * np.sin(np.pi * k * vs[ax]) / vs[ax]) ** 2).astype(np.float32).reshape(sh)
+        grad_k = grad_k + ((2 * np.sin(np.pi * k * vs[ax]) / vs_tv[ax]) ** 2).astype(np.float32).reshape(sh)
     mu1 = np.float32(mu_ratio * lam)
     mu2 = np.float32(mu2)
     mu3 = np.float32(support_mu)
@@ -394,28 +417,42 @@ def smv_tv_problem(
     if tw is not None:
         thr = (thr * (pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)  # 1 beyond the crop, as a scalar
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
+    center = None
+    if tv_center is not None:
+        from qsmprep.qsm.tv import _grad, _grad_t
+
+        c = np.asarray(tv_center, np.float32)
+        if c.shape != m.shape or not np.all(np.isfinite(c)):
+            raise ValueError(f"tv_center must be a finite map of the mask's shape {m.shape}.")
+        gc = [g.astype(np.float32) for g in _grad(pad(np.where(sup, c, 0).astype(np.float32)), vs_tv)]
+        center = (gc, _grad_t(gc, vs_tv).astype(np.float32))
     prior_k = rfft(x) * pwt if (chi_prior is not None and np.any(pwt)) else None
     return SMVTVProblem(x=x, prior_k=prior_k, ks=ks, pw2=pw2, g_r=g_r, denom=denom, msup=msup, mu1=mu1, mu2=mu2,
-                        mu3=mu3, thr=thr, lam=lam, vs=vs, shape=shape, pad=pad, full=full, rfft=rfft, irfft=irfft,
-                        support=sup, box=grid.box, crop=grid.crop)
+                        mu3=mu3, thr=thr, lam=lam, vs=vs_tv, shape=shape, pad=pad, full=full, rfft=rfft, irfft=irfft,
+                        support=sup, box=grid.box, crop=grid.crop, center=center)
 
 
-def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0, callback=None):
+def _smv_tv_admm(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0, callback=None,
+                 center=None):
     """:func:`smv_tv`'s ADMM iterations in numpy (``ops``: :class:`_NumpyOps`, the FFTs, gradients, soft threshold
     and allocation), written as the updates read; the reference that :func:`_smv_tv_admm_torch` (the app's loop,
-    on the CPU or a GPU) is tested against.  Returns chi on the padded grid."""
-    state = smv_tv_admm_start(x, ks, ops)
+    on the CPU or a GPU) is tested against.  ``center``: :class:`SMVTVProblem`'s (TV about a guide's gradient) or None.
+    Returns chi on the padded grid."""
+    state = smv_tv_admm_start(x, ks, ops, center)
     for it in range(n_iter):
-        state = smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax)
+        state = smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax, center)
         if callback is not None:
             callback(it + 1, state[4])
     return state[4]
 
 
-def smv_tv_admm_start(x, ks, ops):
+def smv_tv_admm_start(x, ks, ops, center=None):
     """The ADMM state ``(z, sz, y, t, u, su)`` at the start ``x`` (padded grid): the splits ``z = grad chi``
-    (TV), ``y_r = K_r chi`` (data) and ``u = chi`` (support), their scaled duals zero."""
+    (TV; ``grad chi - grad c`` with a ``center``), ``y_r = K_r chi`` (data) and ``u = chi`` (support), their scaled
+    duals zero."""
     z = ops.grad(x)
+    if center is not None:
+        z = [zi - ci for zi, ci in zip(z, center[0])]
     sz = [ops.zeros_like(x) for _ in range(3)]
     xk = ops.rfft(x)
     y = [ops.irfft(k_r * xk) for k_r in ks]
@@ -423,13 +460,17 @@ def smv_tv_admm_start(x, ks, ops):
     return z, sz, y, t, ops.copy(x), ops.zeros_like(x)
 
 
-def smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax=1.0):
+def smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, ops, relax=1.0, center=None):
     """One iteration of :func:`_smv_tv_admm` (new lists, inputs untouched: with torch tensors and functional
-    ``ops`` it is differentiable); returns the next state, whose ``[4]`` is chi."""
+    ``ops`` it is differentiable); returns the next state, whose ``[4]`` is chi.  ``center``: ``(grad c, grad^T grad
+    c)`` of TV's guide ``c`` (the split is ``z = grad chi - grad c``) or None."""
     z, sz, y, t, u, su = state
     z, sz, y, t = list(z), list(sz), list(y), list(t)
     al = np.float32(relax)
-    num = ops.rfft(mu1 * ops.grad_t([zi - si for zi, si in zip(z, sz)]) + mu3 * (u - su))
+    tv_part = mu1 * ops.grad_t([zi - si for zi, si in zip(z, sz)])
+    if center is not None:
+        tv_part = tv_part + mu1 * center[1]
+    num = ops.rfft(tv_part + mu3 * (u - su))
     for k_r, yi, ti in zip(ks, y, t):
         num = num + mu2 * k_r * ops.rfft(yi - ti)
     if prior_k is not None:
@@ -437,6 +478,8 @@ def smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, t
     xk = num / denom
     x = ops.irfft(xk)
     gx = ops.grad(x)
+    if center is not None:
+        gx = [g - c for g, c in zip(gx, center[0])]
     for a in range(3):
         h = gx[a] if relax == 1.0 else al * gx[a] + (1 - al) * z[a]  # (over-)relaxed grad chi
         v = h + sz[a]
@@ -455,7 +498,7 @@ def smv_tv_admm_step(state, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, t
 
 
 def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr, n_iter, ops, relax=1.0,
-                       callback=None):
+                       callback=None, center=None):
     """:func:`_smv_tv_admm`'s iterations in torch, rearranged for fewer passes over memory (the same chi up to
     float32 rounding): updates in place into buffers kept across iterations, spectra multiplied through their
     real views (a real factor is not promoted to a complex array), the soft threshold's remainder as
@@ -463,7 +506,7 @@ def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr
     with ``a_r = P_r W^2 g_r / (P_r W^2 + mu2)`` and ``b_r = mu2 / (P_r W^2 + mu2)``.  ``pw2`` and ``g_r`` are
     replaced in place by ``b_r`` and ``a_r`` (the caller's lists).  ``relax`` != 1: the over-relaxed updates
     (with ``z = d + sz``, ``y_r = q_r + t_r``, ``u`` the previous values); 1 runs exactly the plain loop.
-    Returns chi on the padded grid."""
+    ``center`` (tensors): TV about a guide's gradient, as :func:`smv_tv_admm_step`.  Returns chi on the padded grid."""
     torch = ops.torch
     vs, shape = ops.vs, ops.shape
     for i, (pw, g) in enumerate(zip(pw2, g_r)):
@@ -508,6 +551,10 @@ def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr
     # TV split: d = z - sz (what the chi update needs) and sz; at the start z = grad chi, sz = 0
     d = [torch.empty_like(x) for _ in range(3)]
     grad_into(d, x)
+    gc, gtc = (None, None) if center is None else center
+    if gc is not None:
+        for a in range(3):
+            d[a].sub_(gc[a])
     sz = [torch.zeros_like(x) for _ in range(3)]
     # data splits: q_r = y_r - t_r and t_r; at the start y_r = K_r chi, t_r = 0
     xk = torch.fft.rfftn(x, dim=(0, 1, 2))
@@ -519,6 +566,8 @@ def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr
     relaxed = relax != 1.0
     for it in range(n_iter):
         grad_t_into(r, d)
+        if gtc is not None:  # grad^T (z - sz + grad c)
+            r.add_(gtc)
         r.mul_(mu1).add_(u, alpha=mu3).sub_(su, alpha=mu3)
         num = torch.fft.rfftn(r, dim=(0, 1, 2))
         for k, qi in zip(mk, q):
@@ -532,10 +581,15 @@ def _smv_tv_admm_torch(x, prior_k, ks, pw2, g_r, denom, msup, mu1, mu2, mu3, thr
             for a in range(3):
                 d[a].mul_(1.0 - relax).add_(sz[a], alpha=2.0 - relax)
             grad_into([r, r, r], x, add_to=d, alpha=relax)
+            if gc is not None:  # relax (grad chi - grad c)
+                for a in range(3):
+                    d[a].sub_(gc[a], alpha=relax)
         else:
             grad_into(d, x)  # d = grad chi, then v = grad chi + sz, sz = clamp(v), d = v - 2 sz
             for a in range(3):
                 d[a].add_(sz[a])
+                if gc is not None:
+                    d[a].sub_(gc[a])
         for a in range(3):
             torch.clamp(d[a], min=thr_neg, max=thr, out=sz[a])
             d[a].sub_(sz[a], alpha=2.0)
