@@ -9,7 +9,8 @@ of chi's support where the start's gradient is largest: ``restore.edge_tv_weight
 the data weight, i.e. the magnitude: MEDI's gradient mask), ``vedges=...`` (``edges`` but uniform TV on the voids and
 within a voxel of them: ``restore.final_edge_tv_weight``, the app's map), ``loww=<t>`` (the app's map, and uniform TV
 also where the data weight is below ``t`` times its median in the brain mask: session 24, not adopted), ``vring=<n>``
-(the app's map with the uniform zone grown to ``n`` voxels around the voids; the app: 1; session 24)
+(the app's map with the uniform zone grown to ``n`` voxels around the voids; the app: 1; session 24), ``tvc=<beta>``
+(TV about ``beta`` times the start's gradient, ``smv_tv``'s ``tv_center``, with the app's edge map; session 25)
 (``app`` = the app's fit).  Scored over the true brain mask
 (``chain_benchmark.score``); without the void refit that follows the fit in the app, as in
 ``final_fit_start_study.py``, unless ``--void-refit``.
@@ -85,6 +86,8 @@ def overrides(cfg: str, kwargs: dict) -> dict:
             out["tv_edges"] = ("vring", int(val))
         elif key == "loww":  # the app's edge map, uniform TV also where the data weight < val x its median
             out["tv_edges"] = ("loww", float(val))
+        elif key == "tvc":  # TV about beta x the start's gradient (smv_tv's tv_center; session 25)
+            out["tv_center_beta"] = float(val)
         elif key == "band":
             d_max, k_min = (float(v) for v in val.split("/"))
             out["prior_band"] = (d_max, k_min)
@@ -164,6 +167,9 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             elif edges is not None:  # edges everywhere, from the start ("edges") or the data weight ("wedges")
                 guide = kw["weight"] if edges[0] == "wedges" else kw["chi_prior"]
                 kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:])
+            beta = kw.pop("tv_center_beta", None)
+            if beta:
+                kw["tv_center"] = np.where(np.asarray(kw["support"]) > 0, beta * kw["chi_prior"], 0).astype(np.float32)
             chi = smv_tv(*a, **kw)
             if refit:
                 chi = void_refit(chi, a, kw)
