@@ -17,6 +17,11 @@ Usage::
 validation heads::
 
     .venv/bin/python benchmarks/clean_field_study.py --final-tv all benchmarks/clean_field_final_tv.jsonl
+
+``--edges`` (session 25): ``strong``'s final TV fit with the chain's edge map from its start (:func:`edges_study`),
+against the app's uniform TV, from the network's start and from the ablation's::
+
+    .venv/bin/python benchmarks/clean_field_study.py --edges val-sim-3T-ME-z,val-sim-3T-SE-obl,val-qf-3T-ME-obl,val-qf-7T-ME-obl benchmarks/clean_field_edges.jsonl
 """
 
 import contextlib
@@ -116,8 +121,43 @@ def final_tv_grid(names, out):
                 fh.write(json.dumps(d) + "\n")
 
 
+#: The edge map of ``--edges`` (session 25): the chain's (``restore.FINAL_EDGE_TV``, ``restore.FINAL_EDGE_TV_BAND``).
+EDGE_CONFIGS = {"uniform": None, "edges=0.3/0.5": (0.3, 0.5, 0.1)}
+
+
+def edges_study(names, out):
+    """``strong`` without its final fit and its ablation (U-Net output zeroed), then ``strong``'s final TV fit
+    (:data:`qsmprep.dl.inference.DATA_FIT` ``["strong"]["final_tv"]``) from each, with uniform TV (the app) and with
+    the chain's edge map from the start (:data:`EDGE_CONFIGS`, ``tv_admm(tv_weight=)``); one JSON line each."""
+    from qsmprep.dl.inference import DATA_FIT
+    from qsmprep.dl.restore import edge_tv_weight
+
+    lam, it = DATA_FIT["strong"]["final_tv"]
+    for n in names:
+        case, m, args, kw = _clean_case(n)
+        w = kw["weight"]
+        for off in (False, True):
+            t0 = time.time()
+            with strong_without_final_tv(), cb.network_off() if off else contextlib.nullcontext():
+                chi0, _ = invert("nsidl", *args, **kw)
+            t_net = time.time() - t0
+            for cfg, e in EDGE_CONFIGS.items():
+                t0 = time.time()
+                tw = None if e is None else edge_tv_weight(chi0, m, case["voxel_size"], e[0], e[1], band=e[2])
+                chi = tv_admm(*args, weight=w, lam=lam, n_iter=it, chi_prior=chi0, tv_weight=tw)
+                r = cb.score(cb._ref(chi, m), case)
+                d = dict(case=n, start="ablation" if off else "network", config=cfg, xsim=r["xsim"], nrmse=r["nrmse"],
+                         hfen=r["hfen"], slope=r["roi_slope"], calc=r.get("calc_moment_rel"), haem=r.get("haem_dnrmse"),
+                         net_s=round(t_net, 1), s=round(time.time() - t0, 1))
+                print(json.dumps(d), flush=True)
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(d) + "\n")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--final-tv":
+    if sys.argv[1] == "--edges":
+        edges_study(sys.argv[2].split(","), sys.argv[3])
+    elif sys.argv[1] == "--final-tv":
         names = ([c.name for c in cb.hh.cases("validation")] if sys.argv[2] == "all" else sys.argv[2].split(","))
         final_tv_grid(names, sys.argv[3])
     else:

@@ -60,6 +60,7 @@ def tv_admm(
     pad_factor: float = 1.5,
     chi_prior: np.ndarray | None = None,
     prior_weight: float = 0.0,
+    tv_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weighted-linear TV inversion by ADMM (module docstring); chi in ppm, float32, zero outside the mask.
 
@@ -71,6 +72,8 @@ def tv_admm(
         (``mu1 = mu_ratio * lam``).  pad_factor : zero padding.
     chi_prior, prior_weight : adds ``prior_weight/2 ||chi - chi_prior||^2`` (e.g. a network's
         estimate, which then fills what neither the data nor TV determine); also the start.
+    tv_weight : a per-voxel factor (>= 0, the mask's grid) of ``lam`` on the differences from each voxel (a
+        spatially weighted TV, as MEDI's gradient mask; ``qsmprep.qsm.smvfit.smv_tv``'s); None: 1.
     """
     if lam <= 0 or mu2 <= 0:
         raise ValueError(f"tv_admm needs lam > 0 and mu2 > 0, got {lam}, {mu2}.")
@@ -98,6 +101,11 @@ def tv_admm(
     y = np.zeros_like(x)
     t = np.zeros_like(x)
     thr = np.float32(lam / mu1)
+    if tv_weight is not None:
+        tw = np.asarray(tv_weight, np.float32)
+        if tw.shape != m.shape or not np.all(np.isfinite(tw)) or np.any(tw < 0):
+            raise ValueError(f"tv_weight must be a finite, non-negative map of the mask's shape {m.shape}.")
+        thr = (thr * (g.pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)  # 1 beyond the crop
     if chi_prior is not None:  # warm start: the splits at the prior
         z = _grad(x, vs)
         y = g.irfft(d * g.rfft(x))
@@ -118,3 +126,4 @@ def tv_admm(
         y = (w2f + mu2 * (dx + t)) / (w2p + mu2)
         t = t + dx - y
     return g.to_full(x)
+
