@@ -462,16 +462,20 @@ def main(argv=None) -> int:
     ap.add_argument("--lazy", action="store_true", help="--train: read each training sample when drawn (less memory)")
     a = ap.parse_args(argv)
     if a.make:
-        lo, hi = (int(v) for v in a.make.split("-"))
-        make_train(range(lo, hi + 1), a.voxel, with_fit=a.through_fit, workers=a.workers)
+        make_train(seed_range(a.make), a.voxel, with_fit=a.through_fit, workers=a.workers)
     if a.make_heldout:
-        lo, hi = (int(v) for v in a.make_heldout.split("-"))
-        make_train(range(lo, hi + 1), a.voxel, with_fit=a.through_fit, workers=a.workers, prefix="heldout")
+        make_train(seed_range(a.make_heldout), a.voxel, with_fit=a.through_fit, workers=a.workers, prefix="heldout")
     if a.make_val:
         make_val(with_fit=a.through_fit, names=a.val_heads)
     if a.train:
         train(a)
     return 0
+
+
+def seed_range(text: str) -> range:
+    """Seeds of ``--make`` / ``--make-heldout``: ``"1000-1031"`` (both ends included) or one seed, ``"1900"``."""
+    lo, _, hi = text.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
 
 
 if __name__ == "__main__":

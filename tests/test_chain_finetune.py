@@ -237,3 +237,11 @@ def test_final_fit_recorded_records_then_runs_returns_start_or_stops():
     assert smvfit.smv_tv is orig
     with pytest.raises(ValueError), final_fit_recorded("later"):
         pass
+
+
+def test_seed_range_takes_a_range_or_one_seed():
+    """``--make`` / ``--make-heldout``: ``"a-b"`` with both ends, or one seed (the device script's dry run passes one)."""
+    assert list(cf.seed_range("1000-1003")) == [1000, 1001, 1002, 1003]
+    assert list(cf.seed_range("1900")) == [1900]
+    with pytest.raises(ValueError):
+        cf.seed_range("x")
