@@ -315,10 +315,12 @@ ROWS: dict[str, dict] = {
     "SE 3T offset, sign-flipped, auto": dict(te_s=(0.020,), convention="sign"),
 }
 #: Rows beyond the issue's matrix, not in the default ``--rows`` (session 24): the low end of the issue's SNR range
-#: (20-40; the matrix has SNR 30), four echoes and one.
+#: (20-40; the matrix has SNR 30), four echoes and one; (session 25) the issue's 0.6 x 0.6 x 2 mm voxels.
 EXTRA_ROWS: dict[str, dict] = {
     "ME 3T SNR 20": dict(te_s=ME3, snr=20.0),
     "SE 3T offset SNR 20": dict(te_s=(0.020,), snr=20.0),
+    # session 25: the third anisotropic voxel size, 0.6 x 0.6 x 2 mm (simulated on a 0.3 x 0.3 x 1 mm grid)
+    "ME 3T 0.6x0.6x2 mm": dict(te_s=ME3, voxel_size=(0.6, 0.6, 2.0)),
 }
 
 
