@@ -121,14 +121,19 @@ def final_tv_grid(names, out):
                 fh.write(json.dumps(d) + "\n")
 
 
-#: The edge map of ``--edges`` (session 25): the chain's (``restore.FINAL_EDGE_TV``, ``restore.FINAL_EDGE_TV_BAND``).
-EDGE_CONFIGS = {"uniform": None, "edges=0.3/0.5": (0.3, 0.5, 0.1)}
+def edge_configs() -> dict:
+    """The edge maps of ``--edges`` (session 25), by label: none (the app's uniform TV) and the chain's (fraction,
+    factor, band), read from ``restore.FINAL_EDGE_TV`` and ``restore.FINAL_EDGE_TV_BAND`` (0.3, 0.5, 0.1 when it ran)."""
+    from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
+
+    fraction, factor = FINAL_EDGE_TV
+    return {"uniform": None, f"edges={fraction:g}/{factor:g}": (fraction, factor, FINAL_EDGE_TV_BAND)}
 
 
 def edges_study(names, out):
     """``strong`` without its final fit and its ablation (U-Net output zeroed), then ``strong``'s final TV fit
     (:data:`qsmprep.dl.inference.DATA_FIT` ``["strong"]["final_tv"]``) from each, with uniform TV (the app) and with
-    the chain's edge map from the start (:data:`EDGE_CONFIGS`, ``tv_admm(tv_weight=)``); one JSON line each."""
+    the chain's edge map from the start (:func:`edge_configs`, ``tv_admm(tv_weight=)``); one JSON line each."""
     from qsmprep.dl.inference import DATA_FIT
     from qsmprep.dl.restore import edge_tv_weight
 
@@ -141,7 +146,7 @@ def edges_study(names, out):
             with strong_without_final_tv(), cb.network_off() if off else contextlib.nullcontext():
                 chi0, _ = invert("nsidl", *args, **kw)
             t_net = time.time() - t0
-            for cfg, e in EDGE_CONFIGS.items():
+            for cfg, e in edge_configs().items():
                 t0 = time.time()
                 tw = None if e is None else edge_tv_weight(chi0, m, case["voxel_size"], e[0], e[1], band=e[2])
                 chi = tv_admm(*args, weight=w, lam=lam, n_iter=it, chi_prior=chi0, tv_weight=tw)

@@ -149,21 +149,19 @@ def run(name: str, configs: list[str], weights: str | None, truth_cone: bool, lo
             edges = kw.pop("tv_edges", None)
             if edges is not None and edges[0] == "vedges":  # the app's map (restore.FINAL_EDGE_TV)
                 kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *edges[1:])
-            elif edges is not None and edges[0] == "vring":  # the app's map, a wider uniform zone about the voids
+            elif edges is not None and edges[0] in ("vring", "loww"):  # the app's map, with a change
                 from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
 
+                ring = edges[1] if edges[0] == "vring" else 1  # vring: a wider uniform zone about the voids
                 kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *FINAL_EDGE_TV,
-                                                       band=FINAL_EDGE_TV_BAND, ring=edges[1])
-            elif edges is not None and edges[0] == "loww":  # the app's map, uniform where the data are weak
-                from qsmprep.dl.restore import FINAL_EDGE_TV, FINAL_EDGE_TV_BAND
-
-                w = np.asarray(kw["weight"], np.float32)
-                low = (np.asarray(a[1]) > 0) & (w < edges[1] * float(np.median(w[np.asarray(a[1]) > 0])))
-                kw["tv_weight"] = final_edge_tv_weight(kw["chi_prior"], kw["support"], a[1], vs, *FINAL_EDGE_TV,
-                                                       band=FINAL_EDGE_TV_BAND)
-                kw["tv_weight"][low] = 1.0
-                print(f"  loww={edges[1]}: {int(low.sum())} voxels kept uniform "
-                      f"({low.sum() / max(int((np.asarray(a[1]) > 0).sum()), 1):.1%} of the mask)", flush=True)
+                                                       band=FINAL_EDGE_TV_BAND, ring=ring)
+                if edges[0] == "loww":  # uniform also where the data are weak
+                    m = np.asarray(a[1]) > 0
+                    w = np.asarray(kw["weight"], np.float32)
+                    low = m & (w < edges[1] * float(np.median(w[m])))
+                    kw["tv_weight"][low] = 1.0
+                    print(f"  loww={edges[1]}: {int(low.sum())} voxels kept uniform "
+                          f"({low.sum() / max(int(m.sum()), 1):.1%} of the mask)", flush=True)
             elif edges is not None:  # edges everywhere, from the start ("edges") or the data weight ("wedges")
                 guide = kw["weight"] if edges[0] == "wedges" else kw["chi_prior"]
                 kw["tv_weight"] = edge_tv_weight(np.asarray(guide, np.float32), kw["support"], vs, *edges[1:])

@@ -51,7 +51,6 @@ def test_tv_errors():
         tv_admm(np.zeros((8, 8, 8)), np.ones((8, 8, 8), bool), lam=0)
 
 
-
 def test_tv_weight_map_uniform_and_edges():
     """``tv_weight``: ones are the plain fit exactly; less TV on the true edges (the guide) brings the ball's contrast
     closer to the truth than uniform TV of the same weight (here 0.0993 against 0.0964 for a true 0.1); a wrong map

@@ -37,6 +37,7 @@ import scipy.fft as sfft
 
 from qsmprep.qsm.dipole import dipole_kernel, fft_workers
 from qsmprep.qsm.geometry import bounding_box
+from qsmprep.qsm.tv import checked_tv_weight, weighted_threshold
 
 #: Default radii (mm; chosen on the validation heads, ``benchmarks/RESULTS.md``).
 SMV_RADII_MM = (8.0, 4.0, 2.0)
@@ -403,11 +404,7 @@ def smv_tv_problem(
     denom = denom.astype(np.float32)
     msup = pad(sup.astype(np.float32))
     thr = np.float32(lam / mu1)
-    tw = None
-    if tv_weight is not None:
-        tw = np.asarray(tv_weight, np.float32)
-        if tw.shape != m.shape or not np.all(np.isfinite(tw)) or np.any(tw < 0):
-            raise ValueError(f"tv_weight must be a finite, non-negative map of the mask's shape {m.shape}.")
+    tw = checked_tv_weight(tv_weight, m.shape)
     if tv_free is not None and np.any(tv_free):
         from scipy.ndimage import binary_dilation
 
@@ -415,7 +412,7 @@ def smv_tv_problem(
         keep = (~binary_dilation(np.asarray(tv_free) > 0)).astype(np.float32)
         tw = keep if tw is None else tw * keep
     if tw is not None:
-        thr = (thr * (pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)  # 1 beyond the crop, as a scalar
+        thr = weighted_threshold(thr, tw, pad)
     x = np.zeros(shape, np.float32) if chi_prior is None else pad(np.where(sup, np.asarray(chi_prior, np.float32), 0))
     center = None
     if tv_center is not None:

@@ -47,6 +47,22 @@ def _grad_t(z: list[np.ndarray], vs) -> np.ndarray:
     return out
 
 
+def checked_tv_weight(tv_weight, shape) -> np.ndarray | None:
+    """A TV-weight map (float32) after checking it is finite, non-negative and of the mask's ``shape``; None stays None."""
+    if tv_weight is None:
+        return None
+    tw = np.asarray(tv_weight, np.float32)
+    if tw.shape != tuple(shape) or not np.all(np.isfinite(tw)) or np.any(tw < 0):
+        raise ValueError(f"tv_weight must be a finite, non-negative map of the mask's shape {tuple(shape)}.")
+    return tw
+
+
+def weighted_threshold(thr, tw: np.ndarray, pad) -> np.ndarray:
+    """The soft threshold ``thr`` times the TV-weight map ``tw`` on the padded grid (``pad``: the mask's grid to it),
+    1 beyond the crop, as a scalar threshold has it."""
+    return (thr * (pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)
+
+
 def tv_admm(
     local_ppm: np.ndarray,
     mask: np.ndarray,
@@ -102,10 +118,7 @@ def tv_admm(
     t = np.zeros_like(x)
     thr = np.float32(lam / mu1)
     if tv_weight is not None:
-        tw = np.asarray(tv_weight, np.float32)
-        if tw.shape != m.shape or not np.all(np.isfinite(tw)) or np.any(tw < 0):
-            raise ValueError(f"tv_weight must be a finite, non-negative map of the mask's shape {m.shape}.")
-        thr = (thr * (g.pad(tw - np.float32(1)) + np.float32(1))).astype(np.float32)  # 1 beyond the crop
+        thr = weighted_threshold(thr, checked_tv_weight(tv_weight, m.shape), g.pad)
     if chi_prior is not None:  # warm start: the splits at the prior
         z = _grad(x, vs)
         y = g.irfft(d * g.rfft(x))
@@ -126,4 +139,3 @@ def tv_admm(
         y = (w2f + mu2 * (dx + t)) / (w2p + mu2)
         t = t + dx - y
     return g.to_full(x)
-
