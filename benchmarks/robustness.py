@@ -1024,10 +1024,45 @@ def study_thickfit(args) -> int:
     return 0
 
 
+NETGRID_VARIANTS = ("1", "2", "3")
+
+
+def study_netgrid(args) -> int:
+    """The chain's network on a finer slice grid (session 26, validation heads): the app on ``THICKFIT_STUDY_ROWS``
+    with the grid of every network call of the chain (``restore.on_split_grid``) cut ``k`` ways along the thickest
+    axis where thick / thin >= 2 (rule 1), for each ``k`` of ``NETGRID_VARIANTS`` (``--variants``; ``1``: the data's
+    grid); a variant ``tX`` cuts every axis larger than 1.25 X mm into round(voxel / X) parts instead (rule 2: the
+    network near the voxel size it was trained on); ``app``: the app's ``restore.net_splits``.  Results
+    ``robustness_netgrid_study.json``."""
+    from qsmprep.dl import restore
+
+    app_splits = restore.net_splits
+
+    def patch(v):
+        def splits(voxel_size, *a, **k):
+            vs = [float(x) for x in voxel_size]
+            if v == "app":
+                return app_splits(vs, *a, **k)
+            if v.startswith("t"):
+                t = float(v[1:])
+                return tuple(max(1, round(x / t)) if x > 1.25 * t else 1 for x in vs)
+            ks = [1, 1, 1]
+            if max(vs) / min(vs) >= 2:
+                ks[int(np.argmax(vs))] = int(v)
+            return tuple(ks)
+
+        return restore, "net_splits", splits
+
+    variant_rows(study_seeds(args), args.rows if args.rows != list(ROWS) else THICKFIT_STUDY_ROWS, args.cache,
+                 args.out.parent / "robustness_netgrid_study.json", "variant", args.variants or NETGRID_VARIANTS, patch)
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
                  "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
                  "iters": study_iters, "snr": study_snr,
-                 "noise": study_noise, "thickfit": study_thickfit}
+                 "noise": study_noise, "thickfit": study_thickfit,
+                 "netgrid": study_netgrid}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -221,6 +221,7 @@ def _run_nsidl(local_ppm, mask, voxel_size, b0_dir, *, weight=None, b0_t=3.0, te
         n_surface = int((support & ~restore.support_mask(brain_mask)).sum())
         record["DataFit"] = {
             "Preset": "chain", "NetworkDataFit": "robust",
+            "NetworkGridParts": list(restore.net_splits(voxel_size)),
             "SignalVoids": "kept in the map (zero weight), fitted from the field around them",
             "VoidCorePower": restore.void_core_power(b0_t, te_s),
             "SurfaceVoidVoxels": n_surface,

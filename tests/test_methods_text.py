@@ -240,6 +240,24 @@ def test_from_config_with_runs():
         assert needle in md, needle
 
 
+def test_thick_slice_runs_name_the_network_grid():
+    """Runs with slices beyond the network's training aspect (restore.net_splits) get their own paragraph that says
+    the network ran on a grid with the slices cut in two; the others do not."""
+    from types import SimpleNamespace
+
+    def run(prefix, voxel):
+        return SimpleNamespace(prefix=prefix, subject="07", echo_times_s=(0.005, 0.01), b0_t=3.0,
+                               b0_dir=np.array([0.0, 0.0, 1.0]), voxel_size=voxel, phase_units="rad")
+
+    info = M.methods_from_config(_config(skip_atlas=True), [run("sub-07_acq-thin", (1.0, 1.0, 1.0)),
+                                                            run("sub-07_acq-thick", (1.0, 1.0, 3.0))])
+    md = M.methods_markdown(info)
+    words = "the network run on a grid with each slice cut into 2"
+    assert md.count(words) == 1 and "`sub-07_acq-thick`" in md
+    one = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [run("sub-07_acq-thin", (1, 1, 2.5))]))
+    assert words not in one
+
+
 def test_chain_data_fit_text_names_the_noise_set_tv_weight():
     """The chain record's final fit (TV weight from the local-field noise) is in the methods text."""
     rec = {"DataFit": {"Preset": "chain", "NetworkDataFit": "robust",

@@ -10,7 +10,9 @@ brain mask (before background removal), ``S`` = ``M`` with its enclosed holes fi
 
     f_loc = iSMV(f inpainted into the holes, S)            local field, the voids' sources kept
                                                            (the given local field if M has no holes)
-    chi_0 = NSIDL_robust(f_loc, eroded S without voids)    the network on a local field
+    chi_0 = NSIDL_robust(f_loc, eroded S without voids)    the network on a local field (on slices
+                                                           beyond 2.5x the in-plane voxel: on a grid
+                                                           with the slices cut in two, NET_SPLIT)
     chi_0 = fit_voids(chi_0, ...)                          voids fitted from the field around them
     chi   = SMV-TV(f, M, support S, from chi_0)            qsmprep.qsm.smvfit.smv_tv: the removal
                                                            operator inside the forward model, TV,
@@ -96,6 +98,12 @@ FINAL_EDGE_TV: tuple[float, float] | None = (0.3, 0.5)
 #: equivalent inputs (phase in degrees, scanner integers, real/imaginary parts) give the same chi to well under
 #: 1e-3 ppm.  Chosen on the validation heads (``benchmarks/RESULTS.md``, "Edge-weighted TV from the network's chi").
 FINAL_EDGE_TV_BAND = 0.1
+#: Thick slices beyond the network's training (largest / smallest voxel edge above :data:`NET_SPLIT_ASPECT`; it saw
+#: slices up to 2.5x the in-plane voxel): the chain's network runs on the grid whose thickest axis is cut into
+#: :data:`NET_SPLIT` parts (:func:`on_split_grid`), its chi averaged back; the fits stay on the data's grid.  Chosen on
+#: the validation heads (``benchmarks/RESULTS.md``, "The network on a finer slice grid").
+NET_SPLIT_ASPECT = 2.5
+NET_SPLIT = 2
 
 
 def edge_tv_weight(guide: np.ndarray, support: np.ndarray, voxel_size: Sequence[float], fraction: float,
@@ -146,6 +154,40 @@ def final_edge_tv_weight(start: np.ndarray, support: np.ndarray, brain_mask: np.
     voids = (np.asarray(support) > 0) & ~(np.asarray(brain_mask) > 0)
     return edge_tv_weight(start, support, voxel_size, fraction, factor,
                           keep=ndimage.binary_dilation(voids, iterations=int(ring)), band=band)
+
+
+def net_splits(voxel_size: Sequence[float], aspect: float | None = None, k: int | None = None) -> tuple[int, ...]:
+    """Parts per axis of the network's grid (:func:`on_split_grid`): the thickest axis cut into ``k`` (default
+    :data:`NET_SPLIT`) when the largest voxel edge is more than ``aspect`` (default :data:`NET_SPLIT_ASPECT`) times the
+    smallest, else no cut (all ones)."""
+    aspect = NET_SPLIT_ASPECT if aspect is None else float(aspect)
+    k = NET_SPLIT if k is None else int(k)
+    vs = [float(v) for v in voxel_size]
+    ks = [1] * len(vs)
+    if max(vs) > aspect * min(vs):
+        ks[int(np.argmax(vs))] = int(k)
+    return tuple(ks)
+
+
+def on_split_grid(fn, splits: Sequence[int], field: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float],
+                  weight: np.ndarray | None = None) -> np.ndarray:
+    """``fn(field, mask, voxel_size, weight)`` (an inversion: chi in ppm) run on the grid whose axis ``i`` is cut into
+    ``splits[i]`` parts (:func:`qsmprep.qsm.geometry.split_axis`: field and weight interpolated linearly, the mask
+    repeated), its chi averaged back onto the given grid (:func:`~qsmprep.qsm.geometry.merge_axis`) and zeroed outside
+    ``mask`` (float32).  No cut: ``fn`` on the given arrays."""
+    from qsmprep.qsm.geometry import merge_axis, split_axis
+
+    ks = [int(k) for k in splits]
+    if all(k == 1 for k in ks):
+        return fn(field, mask, voxel_size, weight)
+    f, m, w = np.asarray(field), np.asarray(mask), weight
+    for ax, k in enumerate(ks):
+        f, m = split_axis(f, ax, k), split_axis(m, ax, k, linear=False)
+        w = None if w is None else split_axis(np.asarray(w), ax, k)
+    chi = fn(f, m, [float(v) / k for v, k in zip(voxel_size, ks)], w)
+    for ax, k in enumerate(ks):
+        chi = merge_axis(chi, ax, k)
+    return np.where(np.asarray(mask) > 0, chi, 0).astype(np.float32)
 
 
 def final_tv_lambda(local_ppm: np.ndarray, eroded_mask: np.ndarray,
@@ -445,6 +487,7 @@ def invert_nsidl_chain(
     support: np.ndarray | None = None,
     final_edge_tv: tuple[float, float] | None = FINAL_EDGE_TV,
     final_edge_tv_band: float = FINAL_EDGE_TV_BAND,
+    net_split: Sequence[int] | str = "auto",
 ) -> np.ndarray:
     """Susceptibility (ppm, float32, zero outside :func:`chi_support` of ``brain_mask``) from a chain's fields.
 
@@ -470,6 +513,8 @@ def invert_nsidl_chain(
     final_edge_tv : ``(fraction, factor)`` of :func:`edge_tv_weight` from the final fit's start (the
         network's chi): the fit's TV weight on the start's edges, outside the voids and their one-voxel rim;
         None: uniform.  ``final_edge_tv_band``: that map's ramp (:func:`edge_tv_weight`'s ``band``).
+    net_split : parts per axis of the grid the network runs on (:func:`on_split_grid`); ``"auto"``:
+        :func:`net_splits` of ``voxel_size`` (thick slices cut in two, else the data's grid).
     void_cores : the last step, :func:`place_void_cores` with this power (``"auto"``:
         :func:`void_core_power` of ``b0_t`` and ``te_s``; 0: off).
     magnitude, surface_voids : the combined magnitude (any units) and the switch of :func:`chi_support`.
@@ -498,10 +543,20 @@ def invert_nsidl_chain(
     w = None if weight is None else np.where(m, np.asarray(weight, np.float32), 0).astype(np.float32)
     t0 = time.time()
 
-    def net(field, mask):
-        return invert_nsidl(field, mask, voxel_size, b0_dir, weight=w, b0_t=b0_t, te_s=te_s, device=device,
+    def inv(field, mask, vs, wt):
+        return invert_nsidl(field, mask, vs, b0_dir, weight=wt, b0_t=b0_t, te_s=te_s, device=device,
                             weights_path=weights_path, model=model, data_fit="robust",
                             weights="chain")
+
+    if isinstance(net_split, str):
+        if net_split != "auto":
+            raise ValueError(f"net_split must be parts per axis or 'auto', got {net_split!r}.")
+        splits = net_splits(voxel_size)
+    else:
+        splits = tuple(int(k) for k in net_split)
+
+    def net(field, mask):
+        return on_split_grid(inv, splits, field, mask, voxel_size, w)
 
     if isinstance(final_lam, str):
         if final_lam != "auto":

@@ -1,4 +1,5 @@
-"""Image geometry: voxel sizes and the B0 direction in array axes from a NIfTI affine; mask bounding boxes."""
+"""Image geometry: voxel sizes and the B0 direction in array axes from a NIfTI affine; mask bounding boxes; an
+axis's voxels split and merged (:func:`split_axis`, :func:`merge_axis`)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,45 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
         sl.append(slice(max(0, int(hit[0]) - margins[ax]), min(m.shape[ax], int(hit[-1]) + 1 + margins[ax])))
     return tuple(sl)
 
+
+
+def split_axis(vol: np.ndarray, axis: int, k: int, linear: bool = True) -> np.ndarray:
+    """``vol`` on the grid whose voxels along ``axis`` are cut into ``k`` equal parts (the other axes kept).
+
+    ``linear``: linear interpolation between the centres of the original voxels (constant beyond the first and
+    last centre); else each voxel repeated ``k`` times (masks).  :func:`merge_axis` of the result gives ``vol``
+    back (to rounding) when repeated, and to within the curvature of ``vol`` when interpolated (exact for a linear ramp
+    away from the ends)."""
+    v = np.asarray(vol)
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}.")
+    if k == 1:
+        return v.copy()
+    if not linear:
+        return np.repeat(v, k, axis=axis)
+    n = v.shape[axis]
+    # the centre of fine voxel j in coarse voxel units (coarse centres at 0..n-1)
+    c = np.clip((np.arange(n * k) + 0.5) / k - 0.5, 0, n - 1)
+    i0 = np.minimum(np.floor(c).astype(int), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    t = (c - i0).astype(np.float32 if v.dtype == np.float32 else np.float64)
+    shape = [1] * v.ndim
+    shape[axis] = n * k
+    t = t.reshape(shape)
+    return (np.take(v, i0, axis=axis) * (1 - t) + np.take(v, i1, axis=axis) * t).astype(v.dtype, copy=False)
+
+
+def merge_axis(vol: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """The mean of every ``k`` consecutive voxels along ``axis`` (the inverse grid change of :func:`split_axis`);
+    that axis's length must be a multiple of ``k``."""
+    v = np.asarray(vol)
+    k = int(k)
+    if v.shape[axis] % k:
+        raise ValueError(f"axis {axis} has {v.shape[axis]} voxels, not a multiple of {k}.")
+    shape = list(v.shape)
+    shape[axis:axis + 1] = [v.shape[axis] // k, k]
+    return v.reshape(shape).mean(axis=axis + 1).astype(v.dtype, copy=False)
 
 #: NIfTI ``xform_code`` values: 0 unknown, 1 scanner-based anatomical, 2 aligned to another
 #: anatomical image, 3 Talairach, 4 MNI152, 5 another template.

@@ -280,6 +280,10 @@ def methods_from_config(config, runs=None) -> MethodsInfo:
 
     def one(prefix="", tes=(), b0=None, b0_dir=None, voxel=None, units=None):
         rec = dict(record)
+        if inv.name == "nsidl" and voxel:
+            from qsmprep.dl.restore import net_splits
+
+            rec["DataFit"] = {**rec["DataFit"], "NetworkGridParts": list(net_splits(voxel))}
         if tes and inv.needs_phase_scale:
             from qsmprep.methods import reference_echo_time
 
@@ -416,6 +420,10 @@ def _data_fit_text(record: dict) -> str:
     if final_tv:
         details.append("a final weighted total-variation fit of the local field started from the network's chi"
                        f" (TV weight {final_tv.get('TVWeight'):.2g}, {final_tv.get('Iterations')} ADMM iterations)")
+    parts = fit.get("NetworkGridParts") or ()
+    if max(parts, default=1) > 1:
+        details.append(f"the network run on a grid with each slice cut into {max(parts)} (the slices are thicker, "
+                       "relative to the in-plane voxels, than any it was trained on) and its chi averaged back")
     final = fit.get("FinalFit") or {}
     if final:
         lam = final.get("TVWeight")
@@ -449,8 +457,9 @@ def _device_words(devices) -> str:
 def _method_key(r: RunInfo) -> tuple:
     rec = r.inversion_record
     fit = (rec.get("DataFit") or {}).get("Preset")
+    parts = tuple((rec.get("DataFit") or {}).get("NetworkGridParts") or ())
     return (r.unwrapping_text, r.background_text, r.inversion or r.inversion_text, rec.get("WeightsSHA256"), fit,
-            r.reference_region)
+            r.reference_region, max(parts, default=1))
 
 
 def _qsm_paragraphs(info: MethodsInfo, group: list) -> list[str]:
