@@ -61,7 +61,6 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
     return tuple(sl)
 
 
-
 def split_axis(vol: np.ndarray, axis: int, k: int, linear: bool = True) -> np.ndarray:
     """``vol`` on the grid whose voxels along ``axis`` are cut into ``k`` equal parts (the other axes kept).
 
