@@ -252,7 +252,7 @@ def test_thick_slice_runs_name_the_network_grid():
     info = M.methods_from_config(_config(skip_atlas=True), [run("sub-07_acq-thin", (1.0, 1.0, 1.0)),
                                                             run("sub-07_acq-thick", (1.0, 1.0, 3.0))])
     md = M.methods_markdown(info)
-    words = "the network run on a grid with each slice cut into 2"
+    words = "the network run on a grid with each slice cut into 2 thinner ones"
     assert md.count(words) == 1 and "`sub-07_acq-thick`" in md
     one = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [run("sub-07_acq-thin", (1, 1, 2.5))]))
     assert words not in one

@@ -422,8 +422,9 @@ def _data_fit_text(record: dict) -> str:
                        f" (TV weight {final_tv.get('TVWeight'):.2g}, {final_tv.get('Iterations')} ADMM iterations)")
     parts = fit.get("NetworkGridParts") or ()
     if max(parts, default=1) > 1:
-        details.append(f"the network run on a grid with each slice cut into {max(parts)} (the slices are thicker, "
-                       "relative to the in-plane voxels, than any it was trained on) and its chi averaged back")
+        details.append(f"the network run on a grid with each slice cut into {max(parts)} thinner ones (the slices are "
+                       "thicker, relative to the in-plane voxels, than any it was trained on) and its chi averaged "
+                       "back")
     final = fit.get("FinalFit") or {}
     if final:
         lam = final.get("TVWeight")
