@@ -1058,11 +1058,41 @@ def study_netgrid(args) -> int:
     return 0
 
 
+MASKDEPTH_VARIANTS = ("8", "6")
+
+
+def study_maskdepth(args) -> int:
+    """The brain mask's split depth (session 26, a lead, validation heads): ``masking.brain_mask`` as the app calls it
+    (the echoes' magnitude and phase) with ``split_h_mm`` = each of ``MASKDEPTH_VARIANTS`` (``--variants``; 8 is the
+    app's), on ``--rows`` (default: the canonical rows) of ``--seeds``; per mask the voxels outside the true brain, its
+    coverage of the true brain and whether it equals the app's.  No chi is computed.  Results
+    ``robustness_maskdepth_study.json`` (each replacing the one of the same row, seed and depth)."""
+    from qsmprep.qsm.masking import brain_mask
+
+    rows = args.rows if args.rows != list(ROWS) else canonical_rows()
+    out = args.out.parent / "robustness_maskdepth_study.json"
+    results = json.loads(out.read_text()) if out.exists() else []
+    for seed in study_seeds(args):
+        for row in rows:
+            d = data_for(case_for(row, seed), args.cache)
+            b = np.asarray(d["brain"]) > 0
+            masks = {v: brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"], split_h_mm=float(v))
+                     for v in (args.variants or MASKDEPTH_VARIANTS)}
+            app = brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"])
+            for v, m in masks.items():
+                res = {"row": row, "seed": seed, "split_h_mm": float(v), "outside_brain": int((m & ~b).sum()),
+                       "coverage": round(float((m & b).sum() / b.sum()), 4), "same_as_app": bool(np.array_equal(m, app))}
+                results = [r for r in results if (r["row"], r["seed"], r["split_h_mm"]) != (row, seed, float(v))] + [res]
+                print(json.dumps(res), flush=True)
+            out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
                  "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
                  "iters": study_iters, "snr": study_snr,
                  "noise": study_noise, "thickfit": study_thickfit,
-                 "netgrid": study_netgrid}
+                 "netgrid": study_netgrid, "maskdepth": study_maskdepth}
 
 if __name__ == "__main__":
     raise SystemExit(main())
