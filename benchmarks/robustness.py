@@ -1062,27 +1062,28 @@ MASKDEPTH_VARIANTS = ("8", "6")
 
 
 def study_maskdepth(args) -> int:
-    """The brain mask's split depth (session 26, a lead, validation heads): ``masking.brain_mask`` as the app calls it
-    (the echoes' magnitude and phase) with ``split_h_mm`` = each of ``MASKDEPTH_VARIANTS`` (``--variants``; 8 is the
-    app's), on ``--rows`` (default: the canonical rows) of ``--seeds``; per mask the voxels outside the true brain, its
-    coverage of the true brain and whether it equals the app's.  No chi is computed.  Results
+    """The brain mask's split depth (session 26, validation heads): ``masking.brain_mask`` as the app calls it (the
+    echoes' magnitude and phase) with ``split_h_mm`` = each of ``MASKDEPTH_VARIANTS`` (``--variants``; 8 was the app's
+    until session 26, 6 since), on ``--rows`` (default: the canonical rows) of ``--seeds``; per mask the voxels outside
+    the true brain, its coverage of the true brain and whether it equals the 8 mm mask.  No chi is computed.  Results
     ``robustness_maskdepth_study.json`` (each replacing the one of the same row, seed and depth)."""
     from qsmprep.qsm.masking import brain_mask
 
     rows = args.rows if args.rows != list(ROWS) else canonical_rows()
+    depths = sorted({float(v) for v in (args.variants or MASKDEPTH_VARIANTS)} | {8.0}, reverse=True)
     out = args.out.parent / "robustness_maskdepth_study.json"
     results = json.loads(out.read_text()) if out.exists() else []
     for seed in study_seeds(args):
         for row in rows:
             d = data_for(case_for(row, seed), args.cache)
             b = np.asarray(d["brain"]) > 0
-            masks = {v: brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"], split_h_mm=float(v))
-                     for v in (args.variants or MASKDEPTH_VARIANTS)}
-            app = brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"])
-            for v, m in masks.items():
-                res = {"row": row, "seed": seed, "split_h_mm": float(v), "outside_brain": int((m & ~b).sum()),
-                       "coverage": round(float((m & b).sum() / b.sum()), 4), "same_as_app": bool(np.array_equal(m, app))}
-                results = [r for r in results if (r["row"], r["seed"], r["split_h_mm"]) != (row, seed, float(v))] + [res]
+            masks = {h: brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"], split_h_mm=h)
+                     for h in depths}
+            for h, m in masks.items():
+                res = {"row": row, "seed": seed, "split_h_mm": h, "outside_brain": int((m & ~b).sum()),
+                       "coverage": round(float((m & b).sum() / b.sum()), 4),
+                       "same_as_8mm": bool(np.array_equal(m, masks[8.0]))}
+                results = [r for r in results if (r["row"], r["seed"], r["split_h_mm"]) != (row, seed, h)] + [res]
                 print(json.dumps(res), flush=True)
             out.write_text(json.dumps(results, indent=1))
     return 0

@@ -99,6 +99,7 @@ def merge_axis(vol: np.ndarray, axis: int, k: int) -> np.ndarray:
     shape[axis:axis + 1] = [v.shape[axis] // k, k]
     return v.reshape(shape).mean(axis=axis + 1).astype(v.dtype, copy=False)
 
+
 #: NIfTI ``xform_code`` values: 0 unknown, 1 scanner-based anatomical, 2 aligned to another
 #: anatomical image, 3 Talairach, 4 MNI152, 5 another template.
 XFORM_SCANNER, XFORM_ALIGNED = 1, 2

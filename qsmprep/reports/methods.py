@@ -458,9 +458,9 @@ def _device_words(devices) -> str:
 def _method_key(r: RunInfo) -> tuple:
     rec = r.inversion_record
     fit = (rec.get("DataFit") or {}).get("Preset")
-    parts = tuple((rec.get("DataFit") or {}).get("NetworkGridParts") or ())
+    parts = max((rec.get("DataFit") or {}).get("NetworkGridParts") or (), default=1)
     return (r.unwrapping_text, r.background_text, r.inversion or r.inversion_text, rec.get("WeightsSHA256"), fit,
-            r.reference_region, max(parts, default=1))
+            r.reference_region, parts)
 
 
 def _qsm_paragraphs(info: MethodsInfo, group: list) -> list[str]:
