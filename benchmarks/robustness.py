@@ -1062,28 +1062,42 @@ MASKDEPTH_VARIANTS = ("8", "6")
 
 
 def study_maskdepth(args) -> int:
-    """The brain mask's split depth (session 26, validation heads): ``masking.brain_mask`` as the app calls it (the
-    echoes' magnitude and phase) with ``split_h_mm`` = each of ``MASKDEPTH_VARIANTS`` (``--variants``; 8 was the app's
-    until session 26, 6 since), on ``--rows`` (default: the canonical rows) of ``--seeds``; per mask the voxels outside
-    the true brain, its coverage of the true brain and whether it equals the 8 mm mask.  No chi is computed.  Results
-    ``robustness_maskdepth_study.json`` (each replacing the one of the same row, seed and depth)."""
+    """The brain mask's split depth (sessions 26-27, validation heads): ``masking.brain_mask`` as the app calls it (the
+    echoes' magnitude and phase) with each of ``MASKDEPTH_VARIANTS`` (``--variants``: a depth in mm, ``split_h_mm``, or
+    ``<depth>m<rise>`` for that depth with pieces merged back where the brain rises less than ``<rise>`` mm above their
+    pass, ``merge_rise_mm``; the app: 8 until session 26, 6 in it, 4m18 since session 27), on ``--rows`` (default: the
+    canonical rows) of ``--seeds``; per mask the voxels outside the true brain, its coverage of the true brain and
+    whether it equals the 8 mm mask (no merging).  No chi is computed.  Results ``robustness_maskdepth_study.json`` (each
+    replacing the one of the same row, seed, depth and rise)."""
     from qsmprep.qsm.masking import brain_mask
 
+    def parse(v):
+        h, _, r = str(v).partition("m")
+        return float(h), (float(r) if r else 0.0)
+
     rows = args.rows if args.rows != list(ROWS) else canonical_rows()
-    depths = sorted({float(v) for v in (args.variants or MASKDEPTH_VARIANTS)} | {8.0}, reverse=True)
+    variants = sorted({parse(v) for v in (args.variants or MASKDEPTH_VARIANTS)} | {(8.0, 0.0)}, reverse=True)
     out = args.out.parent / "robustness_maskdepth_study.json"
     results = json.loads(out.read_text()) if out.exists() else []
+    key = lambda r: (r["row"], r["seed"], r["split_h_mm"], r.get("merge_rise_mm", 0.0))  # noqa: E731
     for seed in study_seeds(args):
         for row in rows:
             d = data_for(case_for(row, seed), args.cache)
             b = np.asarray(d["brain"]) > 0
-            masks = {h: brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"], split_h_mm=h)
-                     for h in depths}
-            for h, m in masks.items():
+            masks = {(h, r): brain_mask(d["mag"], voxel_size=d["voxel_size"], phase=d["phase"], split_h_mm=h,
+                                        merge_rise_mm=r)
+                     for h, r in variants}
+            for (h, r), m in masks.items():
                 res = {"row": row, "seed": seed, "split_h_mm": h, "outside_brain": int((m & ~b).sum()),
                        "coverage": round(float((m & b).sum() / b.sum()), 4),
-                       "same_as_8mm": bool(np.array_equal(m, masks[8.0]))}
-                results = [r for r in results if (r["row"], r["seed"], r["split_h_mm"]) != (row, seed, h)] + [res]
+                       "same_as_8mm": bool(np.array_equal(m, masks[(8.0, 0.0)]))}
+                if r:
+                    res["merge_rise_mm"] = r
+                old = [i for i, x in enumerate(results) if key(x) == key(res)]
+                if old:
+                    results[old[0]] = res
+                else:
+                    results.append(res)
                 print(json.dumps(res), flush=True)
             out.write_text(json.dumps(results, indent=1))
     return 0

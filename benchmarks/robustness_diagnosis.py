@@ -7,10 +7,15 @@ slope over the inside parts alone ("Where the qsm-forward
 SE 7T slope goes, per nucleus"; its numbers are from before the single echo's void limit 0.2, hence
 ``--min-signal 0.3``: the brain mask's void limit for the run, default the app's).  ``slab``: the linear trend along the slab's cut axis of the truth, of the app's chi,
 of its final fit and of the network's start, and the score after removing the chi's own trend ("The slab's error is
-a linear ramp along the cut axis")::
+a linear ramp along the cut axis").  ``passes``: the pieces the brain mask's split (``masking.brain_pieces`` at
+``--depths``, on the coarse grid the app selects on) cuts each head into, with each piece's top, its pass to the brain's
+piece, how far the brain's top rises above that pass, its volume and its share inside the true brain ("The split
+depth 6 -> 4 mm with the hemispheres merged back")::
 
     .venv/bin/python benchmarks/robustness_diagnosis.py nuclei --seeds 10 11 --min-signal 0.3
     .venv/bin/python benchmarks/robustness_diagnosis.py slab --seeds 10 11
+    .venv/bin/python benchmarks/robustness_diagnosis.py passes --seeds 10 11 12 13 14 15 --depths 2 3 4 \
+        --rows 'SE 7T offset' 'ME 3T' 'ME 3T 1x1x2 mm' 'SE 3T offset'
 """
 
 from __future__ import annotations
@@ -93,17 +98,51 @@ def slab(seeds, cache, row="ME 3T slab 64 mm") -> None:
         print(f"  score {rb.score(chi, d)} -> with chi's trend removed {rb.score(det, d)}")
 
 
+def passes(seeds, cache, rows, depths) -> None:
+    from scipy import ndimage
+
+    from qsmprep.qsm import masking
+
+    for row in rows:
+        for seed in seeds:
+            d = rb.data_for(rb.case_for(row, seed), cache)
+            vs = [float(v) for v in d["voxel_size"]]
+            mag = masking.combine_magnitude(np.asarray(d["mag"])).astype(np.float32)
+            sm = ndimage.gaussian_filter(mag, [1.0 / v for v in vs])  # as brain_mask: smooth_mm 1, Otsu
+            fg, vs_c, f = masking.coarse_foreground(sm > masking.otsu_threshold(sm), vs, 2.0)
+            brain = masking.coarse_foreground(np.asarray(d["brain"]) > 0, vs, 2.0)[0]
+            for h in depths:
+                pieces, depth, deepest = masking.brain_pieces(fg, vs_c, h)
+                top, k0 = float(depth[deepest]), int(pieces[deepest])
+                pas = masking.piece_passes(pieces, depth)
+                out = []
+                for j in range(1, int(pieces.max()) + 1):
+                    if j == k0:
+                        continue
+                    p = pieces == j
+                    join = (f"pass {pas[k0, j]:.1f} rise {top - pas[k0, j]:.1f}" if np.isfinite(pas[k0, j])
+                            else "not touching the brain's piece")
+                    out.append(f"[top {float(depth[p].max()):.1f} {join} vol {int(p.sum())} "
+                               f"in brain {(p & brain).sum() / p.sum():.2f}]")
+                print(f"{row}, head {seed}, depth {h:g} mm: brain's top {top:.1f} mm; other pieces "
+                      + (" ".join(out) or "none"), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("nuclei", "slab"))
+    ap.add_argument("what", choices=("nuclei", "slab", "passes"))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(rb.VALIDATION_SEEDS[:2]))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qsmprep-robustness"))
     ap.add_argument("--min-signal", type=float, default=None, help="nuclei: the brain mask's void limit (default: the app's)")
+    ap.add_argument("--rows", nargs="+", default=["SE 7T offset", "ME 3T"], help="passes: the matrix rows")
+    ap.add_argument("--depths", type=float, nargs="+", default=[2.0, 3.0, 4.0], help="passes: split depths (mm)")
     args = ap.parse_args(argv)
     if args.what == "nuclei":
         nuclei(args.seeds, args.cache, min_signal=args.min_signal)
-    else:
+    elif args.what == "slab":
         slab(args.seeds, args.cache)
+    else:
+        passes(args.seeds, args.cache, args.rows, args.depths)
     return 0
 
 

@@ -129,18 +129,48 @@ def test_brain_is_split_from_neck_and_scalp():
 
 def test_brain_is_split_from_thick_soft_tissue_through_a_wide_skull_gap():
     """A 40 mm-radius brain joined to a 32 mm-thick block of soft tissue by a 12 mm-radius bridge (a wide gap in the
-    skull): at the default split depth (masking.SPLIT_H_MM = 6 mm) the block is cut off, at the former 8 mm it is
-    kept (it rises about 7 mm above the bridge: the robustness validation head 14's leak, benchmarks/RESULTS.md)."""
+    skull): at the default split depth (masking.SPLIT_H_MM = 4 mm; 6 mm in session 26) the block is cut off, at
+    the former 8 mm it is kept (it rises about 7 mm above the bridge: the robustness validation head 14's leak, benchmarks/RESULTS.md)."""
     n = (150, 90, 90)
     g = np.meshgrid(*[np.arange(k) - k / 2 + 0.5 for k in n], indexing="ij")
     ball = (g[0] + 30) ** 2 + g[1] ** 2 + g[2] ** 2 < 40 ** 2
     block = (g[0] > 20) & (g[0] < 52) & (np.abs(g[1]) < 40) & (np.abs(g[2]) < 40)
     bridge = (g[0] >= 5) & (g[0] <= 25) & (g[1] ** 2 + g[2] ** 2 < 12 ** 2)
     fg = ball | block | bridge
-    assert masking.SPLIT_H_MM == 6.0
+    assert masking.SPLIT_H_MM == 4.0 and masking.MERGE_RISE_MM == 18.0
     kept = masking.select_brain(fg, (1, 1, 1))
     assert np.all(kept[ball]) and (kept & block).sum() < 0.02 * block.sum()  # the bridge's stub, not the block
     assert (masking.select_brain(fg, (1, 1, 1), split_h_mm=8.0) & block).sum() > 0.9 * block.sum()
+
+
+def test_joined_pieces_follow_passes_at_least_as_deep_as_asked():
+    """Three slabs side by side: 1 and 2 touch where the depth is 5, 2 and 3 where it is 1."""
+    lab = np.zeros((4, 15, 3), int)
+    lab[:, :5], lab[:, 5:10], lab[:, 10:] = 1, 2, 3
+    depth = np.ones(lab.shape)
+    depth[:, 4:6] = 5.0
+    assert masking.joined_pieces(lab, depth, 1, 4.0) == [1, 2]
+    assert masking.joined_pieces(lab, depth, 1, 6.0) == [1]
+    assert masking.joined_pieces(lab, depth, 3, 0.5) == [1, 2, 3]
+
+
+def test_split_through_the_brain_is_merged_back_and_a_neck_is_not():
+    """Two 40 mm balls 30 mm apart (hemispheres with a shallow midline groove: each top rises about 3 mm above the
+    37 mm-deep pass between them) and a 32 mm block joined to one of them by a 12 mm-radius bridge.  At a 2 mm split
+    depth the hemispheres come apart and one is lost; with the merge (the brain rises less than 18 mm above their pass)
+    both are kept, while the block (the brain rises about 28 mm above the bridge) is still cut off."""
+    n = (150, 130, 90)
+    g = np.meshgrid(*[np.arange(k) - k / 2 + 0.5 for k in n], indexing="ij")
+    left = (g[0] + 30) ** 2 + (g[1] + 15) ** 2 + g[2] ** 2 < 40 ** 2
+    right = (g[0] + 30) ** 2 + (g[1] - 15.5) ** 2 + g[2] ** 2 < 40 ** 2  # a hair deeper: one deepest voxel
+    block = (g[0] > 20) & (g[0] < 52) & (np.abs(g[1]) < 40) & (np.abs(g[2]) < 40)
+    bridge = (g[0] >= 5) & (g[0] <= 25) & (g[1] ** 2 + g[2] ** 2 < 12 ** 2)
+    brain = left | right
+    fg = brain | block | bridge
+    split = masking.select_brain(fg, (1, 1, 1), split_h_mm=2.0, merge_rise_mm=0)
+    assert split[brain].mean() < 0.75  # one hemisphere lost
+    merged = masking.select_brain(fg, (1, 1, 1), split_h_mm=2.0, merge_rise_mm=18.0)
+    assert np.all(merged[brain]) and (merged & block).sum() < 0.02 * block.sum()
 
 
 def test_brain_mask_phase_refinement_keeps_dice():

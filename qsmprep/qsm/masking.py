@@ -44,11 +44,19 @@ COHERENCE_THRESHOLD_SINGLE_ECHO = 0.3
 VOID_MIN_SIGNAL_MULTI_ECHO = 0.3
 VOID_MIN_SIGNAL_SINGLE_ECHO = 0.2
 #: Depth (mm) a thresholded region must rise above the neck joining it to the rest to be split off by
-#: :func:`select_brain` (brain / neck / face / scalp).  6 mm since session 26 (8 before): at 8 mm a robustness
-#: validation head's brain stayed joined to its scalp through the skull (the mask held 46 % of the brain's volume in
-#: soft tissue and extracerebral CSF); 6 mm separates it and leaves every other validation mask as it was
-#: (``benchmarks/RESULTS.md``, "The brain mask's split depth"; not enough on its 1 x 1 x 2 mm grid).
-SPLIT_H_MM = 6.0
+#: :func:`select_brain` (brain / neck / face / scalp).  4 mm since session 27 (6 in session 26, 8 before): a robustness
+#: validation head's brain stayed joined to its scalp through the skull at 8 mm on every grid (the mask held 46 % of
+#: the brain's volume in soft tissue and extracerebral CSF) and at 6 mm on its 1 x 1 x 2 mm grid (and into the neck on
+#: its single echo); 4 mm separates them.  Below 4 mm the two hemispheres of 7 T single echoes came apart (3 mm on one
+#: head, 2 mm on three), which :data:`MERGE_RISE_MM` undoes (``benchmarks/RESULTS.md``, "The split depth 6 -> 4 mm
+#: with the hemispheres merged back").
+SPLIT_H_MM = 4.0
+#: :func:`select_brain` merges back every piece joined to the brain's piece through a pass (the deepest point of the
+#: join between them, mm from the foreground's surface) above which the brain's deepest voxel rises less than this
+#: (mm): a wide join, as between two hemispheres split by a dark midline, not a neck.  On the validation heads the
+#: brain rose 2.6-3.3 mm above the passes between its own pieces and at least 33.9 mm above those to the neck, face
+#: and scalp; 18 mm is about the middle (session 27).  0 or None: no merging.
+MERGE_RISE_MM: float | None = 18.0
 
 
 def _n_echoes(*images: np.ndarray | None) -> int:
@@ -221,36 +229,58 @@ def fill_small_holes(mask: np.ndarray, max_volume_ml: float, voxel_size: Sequenc
 
 
 def select_brain(fg: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1),
-                 split_h_mm: float = SPLIT_H_MM) -> np.ndarray:
+                 split_h_mm: float = SPLIT_H_MM, merge_rise_mm: float | None = None) -> np.ndarray:
     """The brain part of a thresholded head (bool 3-D): split ``fg`` at its narrow necks and keep
-    the piece that holds the deepest voxel.
+    the piece that holds the deepest voxel (:func:`brain_pieces`).
+
+    Pieces joined to the kept one (transitively) through a pass above which the deepest voxel rises
+    less than ``merge_rise_mm`` are merged back (:func:`joined_pieces`; default
+    :data:`MERGE_RISE_MM`): a split that deep runs through the brain, not a neck.
+    """
+    m = np.asarray(fg, bool)
+    if not m.any():
+        return m.copy()
+    pieces, depth, deepest = brain_pieces(m, voxel_size, split_h_mm)
+    start = int(pieces[deepest])
+    rise = MERGE_RISE_MM if merge_rise_mm is None else merge_rise_mm
+    if rise and pieces.max() > 1:
+        return np.isin(pieces, joined_pieces(pieces, depth, start, float(depth[deepest]) - float(rise)))
+    return pieces == start
+
+
+def brain_pieces(fg: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1),
+                 split_h_mm: float = SPLIT_H_MM) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Split the component of ``fg`` (bool 3-D) that holds the deepest voxel at its narrow necks.
 
     Enclosed holes up to 30 ml (veins, iron-rich nuclei, haemorrhage) are filled first, so
     they cannot split the brain.  Watershed of the negated Euclidean distance map (mm) from
-    markers at the distance maxima
-    whose dynamic exceeds ``split_h_mm`` (h-domes, by grey reconstruction): the brain (the
-    thickest blob, tens of mm deep) separates from the neck/face across the foramen magnum and
-    from the scalp across thin bridges through the dark skull.  Lobes are not split because
-    the necks between them are much less than ``split_h_mm`` shallower than their centres.
+    markers at the distance maxima whose dynamic exceeds ``split_h_mm`` (h-domes, by grey
+    reconstruction): the brain (the thickest blob, tens of mm deep) separates from the neck/face
+    across the foramen magnum and from the scalp across thin bridges through the dark skull.  Lobes
+    are not split because the necks between them are much less than ``split_h_mm`` shallower than
+    their centres.
+
+    Returns ``(pieces, depth, deepest)``: int32 labels 1.. of the pieces (0 elsewhere, the other
+    components included), the distance map in mm on that component (0 elsewhere), and the index of
+    the deepest voxel.
     """
     from scipy import ndimage
     from skimage.morphology import reconstruction
     from skimage.segmentation import watershed
 
-    m = np.asarray(fg, bool)
-    if not m.any():
-        return m.copy()
-    m = fill_small_holes(m, 30.0, voxel_size)
+    m = fill_small_holes(np.asarray(fg, bool), 30.0, voxel_size)
     lab, n = ndimage.label(m)
     edt = ndimage.distance_transform_edt(m, sampling=voxel_size).astype(np.float32)
     deepest = np.unravel_index(int(np.argmax(edt)), edt.shape)
     comp = lab == lab[deepest]
+    depth = np.where(comp, edt, 0.0).astype(np.float32)
+    pieces = comp.astype(np.int32)
     # work on the bounding box of the deepest component only
     idx = np.argwhere(comp)
     lo = idx.min(0)
     hi = idx.max(0) + 1
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    e = np.where(comp[box], edt[box], 0.0).astype(np.float32)
+    e = depth[box]
     # h-domes: connected parts of {e > reconstruction(e - h)} that rise at least h above it.
     # (skimage's h_maxima marks only the tops, so two equal tops of one dome would split it.)
     rec = reconstruction(e - np.float32(split_h_mm), e, method="dilation")
@@ -262,14 +292,41 @@ def select_brain(fg: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1),
         markers, nm = ndimage.label(keep[domes], structure=np.ones((3, 3, 3)))
     else:
         markers, nm = domes, nd
-    out = np.zeros(m.shape, bool)
-    if nm <= 1:
-        out[box] = comp[box]
-        return out
-    ws = watershed(-e, markers, mask=comp[box])
-    d_local = tuple(int(d - a) for d, a in zip(deepest, lo))
-    out[box] = ws == ws[d_local]
-    return out
+    if nm > 1:
+        pieces[box] = watershed(-e, markers, mask=comp[box])
+    return pieces, depth, tuple(int(i) for i in deepest)
+
+
+def piece_passes(labels: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The pass between every two touching pieces of ``labels`` (int array, 0 = background): the largest
+    ``min(depth[u], depth[v])`` over face-neighbour voxel pairs ``u``, ``v`` across their border (``depth``:
+    same shape, e.g. mm from the surface).  Returns a symmetric ``(n + 1, n + 1)`` array, -inf where two
+    pieces do not touch (row and column 0: the background, never set)."""
+    lab = np.asarray(labels)
+    n = int(lab.max())
+    passes = np.full((n + 1, n + 1), -np.inf, np.float64)
+    for ax in range(lab.ndim):
+        a = np.moveaxis(lab, ax, 0)
+        d = np.moveaxis(np.asarray(depth, np.float64), ax, 0)
+        l1, l2 = a[:-1].ravel(), a[1:].ravel()
+        sel = (l1 != l2) & (l1 > 0) & (l2 > 0)
+        v = np.minimum(d[:-1].ravel()[sel], d[1:].ravel()[sel])
+        np.maximum.at(passes, (l1[sel], l2[sel]), v)
+    return np.maximum(passes, passes.T)
+
+
+def joined_pieces(labels: np.ndarray, depth: np.ndarray, start: int, min_pass: float) -> list[int]:
+    """Labels reachable from ``start`` through passes (:func:`piece_passes`) at least ``min_pass`` deep.
+    Returns the sorted labels, ``start`` included."""
+    passes = piece_passes(labels, depth)
+    joined, todo = {int(start)}, [int(start)]
+    while todo:
+        k = todo.pop()
+        for j in np.nonzero(passes[k] >= min_pass)[0]:
+            if int(j) not in joined:
+                joined.add(int(j))
+                todo.append(int(j))
+    return sorted(joined)
 
 
 def brain_mask(
@@ -280,6 +337,7 @@ def brain_mask(
     threshold: float | None = None,
     threshold_scale: float = 1.0,
     split_h_mm: float = SPLIT_H_MM,
+    merge_rise_mm: float | None = None,
     close_radius_mm: float = 3.0,
     erode_radius_mm: float | None = None,
     phase: np.ndarray | None = None,
@@ -298,6 +356,8 @@ def brain_mask(
         smoothed magnitude (times ``threshold_scale``).
     split_h_mm : depth (mm) used to split the thresholded head into brain / neck / face /
         scalp (:func:`select_brain`; default :data:`SPLIT_H_MM`).
+    merge_rise_mm : pieces joined to the brain through a pass it rises less than this (mm) above are
+        merged back (:func:`select_brain`; default None: :data:`MERGE_RISE_MM`; 0: never).
     close_radius_mm : radius (mm) of the ball closing that smooths the outline and closes
         sulci and vessels at the surface.
     erode_radius_mm : final ball erosion (mm).  Default (None): :data:`DEFAULT_ERODE_MM` = 2 mm,
@@ -348,7 +408,7 @@ def brain_mask(
             "brain_mask: no voxel is above the magnitude threshold; check that the input is "
             "a magnitude image (not phase) or pass threshold= explicitly."
         )
-    core = _select_brain_coarse(fg, vs, split_h_mm, select_mm)
+    core = _select_brain_coarse(fg, vs, split_h_mm, select_mm, merge_rise_mm)
     # the remaining steps only need the brain's bounding box plus a margin
     margin = [int(np.ceil(close_radius_mm / v)) + 2 for v in vs]
     idx = np.argwhere(core)
@@ -472,19 +532,27 @@ def surface_voids(
     return (dist > 0) & (dist <= depth_mm) & (mag >= floor * level) & (mag < min_signal * level)
 
 
-def _select_brain_coarse(fg: np.ndarray, vs: Sequence[float], split_h_mm: float, select_mm: float) -> np.ndarray:
-    """:func:`select_brain` on a grid of about ``select_mm`` voxels (block majority), mapped
-    back: the fine foreground within one coarse voxel of the coarse brain, largest part."""
+def coarse_foreground(fg: np.ndarray, vs: Sequence[float], select_mm: float) -> tuple[np.ndarray, list, list]:
+    """``fg`` (bool 3-D) on a grid of about ``select_mm`` voxels by block majority: ``(coarse, coarse voxel
+    size in mm, block factors)``; ``fg`` itself when every factor is 1."""
     f = [max(1, int(round(select_mm / v))) for v in vs]
     if all(k == 1 for k in f):
-        return select_brain(fg, vs, split_h_mm)
+        return np.asarray(fg, bool), [float(v) for v in vs], f
     pad = [(0, (-n) % k) for n, k in zip(fg.shape, f)]
     g = np.pad(fg, pad).astype(np.float32)
     sh = g.shape
     g = g.reshape(sh[0] // f[0], f[0], sh[1] // f[1], f[1], sh[2] // f[2], f[2]).mean(axis=(1, 3, 5))
-    coarse = g >= 0.5
-    vs_c = [v * k for v, k in zip(vs, f)]
-    core_c = select_brain(coarse, vs_c, split_h_mm)
+    return g >= 0.5, [float(v) * k for v, k in zip(vs, f)], f
+
+
+def _select_brain_coarse(fg: np.ndarray, vs: Sequence[float], split_h_mm: float, select_mm: float,
+                         merge_rise_mm: float | None = None) -> np.ndarray:
+    """:func:`select_brain` on a grid of about ``select_mm`` voxels (:func:`coarse_foreground`), mapped
+    back: the fine foreground within one coarse voxel of the coarse brain, largest part."""
+    coarse, vs_c, f = coarse_foreground(fg, vs, select_mm)
+    if all(k == 1 for k in f):
+        return select_brain(fg, vs, split_h_mm, merge_rise_mm)
+    core_c = select_brain(coarse, vs_c, split_h_mm, merge_rise_mm)
     up = np.repeat(np.repeat(np.repeat(core_c, f[0], 0), f[1], 1), f[2], 2)
     up = up[: fg.shape[0], : fg.shape[1], : fg.shape[2]]
     near = dilate_mm(up, max(vs_c), vs)
