@@ -269,6 +269,8 @@ def brain_pieces(fg: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1),
     from skimage.segmentation import watershed
 
     m = fill_small_holes(np.asarray(fg, bool), 30.0, voxel_size)
+    if not m.any():
+        raise ValueError("brain_pieces: the foreground is empty.")
     lab, n = ndimage.label(m)
     edt = ndimage.distance_transform_edt(m, sampling=voxel_size).astype(np.float32)
     deepest = np.unravel_index(int(np.argmax(edt)), edt.shape)

@@ -57,7 +57,7 @@ import numpy as np
 #: skipped for one echo); a measure beyond its limit fails.  Chosen on validation heads (module docstring).
 THRESHOLDS = {
     "mask_kept": ("min", 0.77),
-    "lowfreq_share": ("max", 0.25),
+    "lowfreq_share": ("max", 0.31),
     "echo_disagreement": ("max", 0.004),
     "chi_range": ("max", 1.0),
     "sign_evidence": ("min", 0),
@@ -69,7 +69,9 @@ THRESHOLDS = {
 #: Where the limits come from: validation heads 10 and 11 of ``benchmarks/robustness.py`` (2 mm and
 #: thick slices; the matrix's clean runs against known-bad runs, ``--study qc``):
 #: ``mask_kept`` clean 0.79-0.93, iSMV of twice the slice thickness at 1 x 1 x 3 mm 0.76;
-#: ``lowfreq_share`` clean 0.02-0.15, single-echo offset left in 0.37-0.75;
+#: ``lowfreq_share`` clean 0.02-0.15 on heads 10 and 11, single-echo offset left in 0.37-0.75 (limit 0.25 until
+#: session 27, when the fresh validation heads 12-15 put a clean oblique run at 0.251: clean 0.02-0.251 over 79 runs
+#: that meet every target, so the limit is the middle of 0.251-0.369, 0.31);
 #: ``echo_disagreement`` clean 0-0.0023, one echo inconsistent in a 30 mm ball 0.0063;
 #: ``sign_evidence`` clean +1 on every row, the other handedness taken as stored -1 on every row;
 #: ``chi_range`` clean 0.09-0.20 ppm (2 mm), a single-echo offset 0.18-0.57: only gross failures
