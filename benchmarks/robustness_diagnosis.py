@@ -99,18 +99,14 @@ def slab(seeds, cache, row="ME 3T slab 64 mm") -> None:
 
 
 def passes(seeds, cache, rows, depths) -> None:
-    from scipy import ndimage
-
     from qsmprep.qsm import masking
 
     for row in rows:
         for seed in seeds:
             d = rb.data_for(rb.case_for(row, seed), cache)
             vs = [float(v) for v in d["voxel_size"]]
-            mag = masking.combine_magnitude(np.asarray(d["mag"])).astype(np.float32)
-            sm = ndimage.gaussian_filter(mag, [1.0 / v for v in vs])  # as brain_mask: smooth_mm 1, Otsu
-            fg, vs_c, f = masking.coarse_foreground(sm > masking.otsu_threshold(sm), vs, 2.0)
-            brain = masking.coarse_foreground(np.asarray(d["brain"]) > 0, vs, 2.0)[0]
+            fg, vs_c, _ = masking.coarse_foreground(masking.head_foreground(d["mag"], vs)[0], vs, masking.SELECT_MM)
+            brain = masking.coarse_foreground(np.asarray(d["brain"]) > 0, vs, masking.SELECT_MM)[0]
             for h in depths:
                 pieces, depth, deepest = masking.brain_pieces(fg, vs_c, h)
                 top, k0 = float(depth[deepest]), int(pieces[deepest])

@@ -57,6 +57,8 @@ SPLIT_H_MM = 4.0
 #: brain rose 2.6-3.3 mm above the passes between its own pieces and at least 33.9 mm above those to the neck, face
 #: and scalp; 18 mm is about the middle (session 27).  0 or None: no merging.
 MERGE_RISE_MM: float | None = 18.0
+#: :func:`brain_mask` selects the brain on a grid of about this voxel size (mm; speed).
+SELECT_MM = 2.0
 
 
 def _n_echoes(*images: np.ndarray | None) -> int:
@@ -344,7 +346,7 @@ def brain_mask(
     erode_radius_mm: float | None = None,
     phase: np.ndarray | None = None,
     coherence_threshold: float | None = None,
-    select_mm: float = 2.0,
+    select_mm: float = SELECT_MM,
     min_signal: float | None = None,
 ) -> np.ndarray:
     """Brain mask (bool 3-D) from GRE magnitude.
@@ -395,21 +397,8 @@ def brain_mask(
     Morphology is Euclidean (mm balls), never cross-shaped iterations.  The result may hold
     small holes (removed voxels): they carry no usable phase, and V-SHARP works around them.
     """
-    from scipy import ndimage
-
-    mag = combine_magnitude(np.asarray(magnitude))
-    if mag.ndim != 3:
-        raise ValueError(f"brain_mask expects a 3-D or 4-D magnitude, got shape {mag.shape}.")
     vs = [float(v) for v in voxel_size]
-    mag = np.nan_to_num(mag.astype(np.float32))
-    sm = ndimage.gaussian_filter(mag, [smooth_mm / v for v in vs]) if smooth_mm > 0 else mag
-    thr = otsu_threshold(sm) * threshold_scale if threshold is None else float(threshold)
-    fg = sm > thr
-    if not fg.any():
-        raise ValueError(
-            "brain_mask: no voxel is above the magnitude threshold; check that the input is "
-            "a magnitude image (not phase) or pass threshold= explicitly."
-        )
+    fg, mag = head_foreground(magnitude, vs, smooth_mm=smooth_mm, threshold=threshold, threshold_scale=threshold_scale)
     core = _select_brain_coarse(fg, vs, split_h_mm, select_mm, merge_rise_mm)
     # the remaining steps only need the brain's bounding box plus a margin
     margin = [int(np.ceil(close_radius_mm / v)) + 2 for v in vs]
@@ -436,6 +425,29 @@ def brain_mask(
         min_signal = default_min_signal(magnitude, phase)
     return remove_unreliable(out, mag, vs, phase=phase, min_signal=min_signal,
                              coherence_threshold=coherence_threshold, level=level)
+
+
+def head_foreground(magnitude: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), *, smooth_mm: float = 1.0,
+                    threshold: float | None = None, threshold_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The thresholded head :func:`brain_mask` starts from: ``(fg, mag)``, ``fg`` the voxels of the Gaussian-smoothed
+    (``smooth_mm``) combined magnitude above ``threshold`` (default Otsu's threshold times ``threshold_scale``), ``mag``
+    the combined magnitude (float32, NaN as 0).  ``magnitude``: 3-D, or 4-D with echoes last; any units."""
+    from scipy import ndimage
+
+    mag = combine_magnitude(np.asarray(magnitude))
+    if mag.ndim != 3:
+        raise ValueError(f"brain_mask expects a 3-D or 4-D magnitude, got shape {mag.shape}.")
+    vs = [float(v) for v in voxel_size]
+    mag = np.nan_to_num(mag.astype(np.float32))
+    sm = ndimage.gaussian_filter(mag, [smooth_mm / v for v in vs]) if smooth_mm > 0 else mag
+    thr = otsu_threshold(sm) * threshold_scale if threshold is None else float(threshold)
+    fg = sm > thr
+    if not fg.any():
+        raise ValueError(
+            "brain_mask: no voxel is above the magnitude threshold; check that the input is "
+            "a magnitude image (not phase) or pass threshold= explicitly."
+        )
+    return fg, mag
 
 
 def remove_unreliable(
