@@ -64,7 +64,7 @@ THRESHOLDS = {
     "tail_skewness": ("min", 0.09),
     "edge_coverage": ("max", 0.25),
     "dgm_contrast": ("min", 0.0),
-    "field_noise_share": ("max", 0.30, "multi-echo"),
+    "field_noise_share": ("max", 0.32, "multi-echo"),
 }
 #: Where the limits come from: validation heads 10 and 11 of ``benchmarks/robustness.py`` (2 mm and
 #: thick slices; the matrix's clean runs against known-bad runs, ``--study qc``):
@@ -85,8 +85,10 @@ THRESHOLDS = {
 #: gap, to two decimals (0.17 before: set on session 11's rows, where the qsm-forward 3 T single-echo rows
 #: still missed their slope); ``field_noise_share`` (session 24, ``robustness.py --study snr`` and the matrix's rows on
 #: heads 10 and 11): multi-echo rows that meet the targets 0.12-0.27 (2 mm; the 1 mm validation heads 0.08-0.14),
-#: four echoes at SNR 20, which miss XSIM 0.60 (0.592, 0.594), 0.33 and 0.35; the limit is the middle of that gap.
-THRESHOLD_SOURCE = "benchmarks/robustness.py validation heads 10, 11 (see benchmarks/RESULTS.md)"
+#: four echoes at SNR 20, which miss XSIM 0.60 (0.592, 0.594), 0.33 and 0.35; the limit was the middle of that gap,
+#: 0.30, until session 27, when the fresh validation heads 12-15 ran four echoes at SNR 20 too: 0.622 / 0.631 / 0.624
+#: meet every target at 0.298 / 0.301 / 0.317, 0.593 misses at 0.368; the middle of 0.317-0.327 is 0.32.
+THRESHOLD_SOURCE = "benchmarks/robustness.py validation heads 10-15 (see benchmarks/RESULTS.md)"
 
 #: One sentence per failed check (formatted with ``value`` and ``limit``).
 MESSAGES = {
