@@ -307,11 +307,12 @@ def piece_passes(labels: np.ndarray, depth: np.ndarray) -> np.ndarray:
     same shape, e.g. mm from the surface).  Returns a symmetric ``(n + 1, n + 1)`` array, -inf where two
     pieces do not touch (row and column 0: the background, never set)."""
     lab = np.asarray(labels)
+    dep = np.asarray(depth, np.float64)
     n = int(lab.max())
     passes = np.full((n + 1, n + 1), -np.inf, np.float64)
     for ax in range(lab.ndim):
         a = np.moveaxis(lab, ax, 0)
-        d = np.moveaxis(np.asarray(depth, np.float64), ax, 0)
+        d = np.moveaxis(dep, ax, 0)
         l1, l2 = a[:-1].ravel(), a[1:].ravel()
         sel = (l1 != l2) & (l1 > 0) & (l2 > 0)
         v = np.minimum(d[:-1].ravel()[sel], d[1:].ravel()[sel])
@@ -322,15 +323,10 @@ def piece_passes(labels: np.ndarray, depth: np.ndarray) -> np.ndarray:
 def joined_pieces(labels: np.ndarray, depth: np.ndarray, start: int, min_pass: float) -> list[int]:
     """Labels reachable from ``start`` through passes (:func:`piece_passes`) at least ``min_pass`` deep.
     Returns the sorted labels, ``start`` included."""
-    passes = piece_passes(labels, depth)
-    joined, todo = {int(start)}, [int(start)]
-    while todo:
-        k = todo.pop()
-        for j in np.nonzero(passes[k] >= min_pass)[0]:
-            if int(j) not in joined:
-                joined.add(int(j))
-                todo.append(int(j))
-    return sorted(joined)
+    from scipy.sparse.csgraph import connected_components
+
+    _, comp = connected_components(piece_passes(labels, depth) >= min_pass, directed=False)
+    return [int(j) for j in np.nonzero(comp == comp[int(start)])[0]]
 
 
 def brain_mask(
