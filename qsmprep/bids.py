@@ -520,7 +520,8 @@ def check_header(path, img) -> tuple[tuple, np.ndarray]:
     Refuses (:class:`InputError`): a zero-length axis; anything but a 3-D image or a 4-D echo
     stack (a trailing axis of length 1 is dropped); fewer than :data:`MIN_AXIS_VOXELS` voxels
     along a spatial axis; a non-finite or singular affine (a zero voxel size or collinear axes,
-    which leave the voxel size and the B0 direction undefined); a declared size the file cannot
+    which leave the voxel size and the B0 direction undefined) or a sheared one (two voxel axes more than
+    :data:`MAX_SHEAR_DEG` from perpendicular); a declared size the file cannot
     hold (:func:`check_declared_size`).  Returns ``(shape3, affine)``.
     """
     shape = tuple(int(n) for n in img.shape)
@@ -544,6 +545,13 @@ def check_header(path, img) -> tuple[tuple, np.ndarray]:
             why = f"voxel size {tuple(round(float(e), 6) for e in edges)} mm has a zero"
         elif abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(edges)):
             why = "its voxel axes are collinear, determinant 0"
+        else:
+            axes = affine[:3, :3] / edges
+            for i, j in ((0, 1), (0, 2), (1, 2)):
+                angle = float(np.degrees(np.arccos(np.clip(axes[:, i] @ axes[:, j], -1.0, 1.0))))
+                if abs(angle - 90.0) > MAX_SHEAR_DEG:
+                    why = f"its voxel axes {i} and {j} meet at {angle:.1f} degrees, a sheared grid"
+                    break
     if why:
         raise InputError(msg.BAD_AFFINE.format(path=path, why=why))
     check_declared_size(path, img)
@@ -617,7 +625,8 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
 
     Returns ``"rad"``, ``"scanner"`` or ``"deg"``, the units the graph converts
     (:func:`qsmprep.qsm.echoes.scale_phase_to_radians` with this ``units``), or the reason to
-    refuse the run: ``"unknown"`` or ``"conflict"``.
+    refuse the run: ``"unknown"``, ``"conflict"`` or ``"over_pi"`` (phase divided by pi: values
+    filling [-1, 1], whatever the sidecar says).
 
     Without a ``declared`` unit, or with one that names neither radians nor degrees (e.g. BIDS's
     ``"arbitrary"``), the range decides: :func:`qsmprep.qsm.echoes.classify_phase_range` (rad:
@@ -636,6 +645,8 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
 
     kind = classify_phase_range(lo, hi, integer_valued)
     unit = str(declared).strip().lower() if declared is not None else ""
+    if kind == "over_pi":  # phase over pi, whatever the sidecar says (radians would not fill [-1, 1] exactly)
+        return kind
     if unit in DEGREE_UNITS:
         m = max(abs(lo), abs(hi))
         if m <= PHASE_RAD_LIMIT:
@@ -648,7 +659,38 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
     return kind
 
 
-_PHASE_UNITS_MESSAGES = {"unknown": msg.PHASE_UNITS_UNKNOWN, "conflict": PHASE_UNITS_CONFLICT}
+_PHASE_UNITS_MESSAGES = {"unknown": msg.PHASE_UNITS_UNKNOWN, "conflict": PHASE_UNITS_CONFLICT,
+                         "over_pi": msg.PHASE_OVER_PI}
+
+#: Largest |correlation| between a magnitude and its phase (bright voxels) before the phase is taken for a
+#: copy of a magnitude image: genuine phase scores -0.16..0.21 on the bundled examples and the robustness
+#: matrix's heads (both simulators), a copied magnitude 1.
+PHASE_MAGNITUDE_MAX_CORRELATION = 0.9
+#: Two sidecars agree on an echo time within this (s) or 0.01 %, on a field strength within 5 % (a Siemens
+#: "3 T" scanner reports 2.89 T).
+ECHO_TIME_ATOL_S, FIELD_STRENGTH_RTOL = 1e-6, 0.05
+#: Largest deviation (degrees) of the angle between two voxel axes from 90 degrees: scanner grids are
+#: orthogonal; a sheared one leaves the voxel size and the B0 direction ill-defined.
+MAX_SHEAR_DEG = 0.5
+
+
+def magnitude_phase_correlation(magnitude: np.ndarray, phase: np.ndarray) -> float:
+    """Pearson correlation of ``phase`` with ``magnitude`` over the bright voxels (magnitude above 0.2 of its
+    99th percentile; a strided sample of at most about 200 000 voxels), NaN when fewer than 100 are bright.
+    A wrapped phase does not follow the magnitude (about 0); a magnitude image stored as the phase does (1)."""
+    mag = np.asarray(magnitude).reshape(-1)
+    pha = np.asarray(phase).reshape(-1)
+    step = max(1, mag.size // 200_000)
+    mag, pha = mag[::step].astype(np.float64), pha[::step].astype(np.float64)
+    bright = mag > 0.2 * np.percentile(mag, 99)
+    if bright.sum() < 100 or np.ptp(pha[bright]) == 0 or np.ptp(mag[bright]) == 0:
+        return float("nan")
+    return float(np.corrcoef(mag[bright], pha[bright])[0, 1])
+
+
+def _same_echo_times(a, b) -> bool:
+    a, b = np.atleast_1d(np.asarray(a, float)), np.atleast_1d(np.asarray(b, float))
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= np.maximum(ECHO_TIME_ATOL_S, 1e-4 * np.abs(a))))
 
 
 def b0_transform(path, img) -> tuple[np.ndarray, str]:
@@ -705,8 +747,17 @@ def _build_run(layout, key, files) -> QsmRun:
         te = _get_float(te_meta, "EchoTime", "s", te_path, allow_list=True)
         b0_meta, b0_path = (meta, mag) if "MagneticFieldStrength" in meta else (meta_ph, pha) if "MagneticFieldStrength" in meta_ph else (meta, mag)
         b0_here = _get_float(b0_meta, "MagneticFieldStrength", "T", b0_path)
+        b0_seen = [(b0_here, b0_path)]
+        if "MagneticFieldStrength" in meta and "MagneticFieldStrength" in meta_ph:
+            b0_seen.append((_get_float(meta_ph, "MagneticFieldStrength", "T", pha), pha))
         if b0 is None:
-            b0 = b0_here
+            b0, b0_first = b0_here, b0_path
+        for value, where in b0_seen:
+            if abs(value - b0) > FIELD_STRENGTH_RTOL * b0:
+                raise InputError(msg.FIELD_STRENGTH_CONFLICT.format(
+                    path=where, b0=value, reference=b0_first, b0_ref=b0,
+                    sidecar=_defining_sidecar(where, "MagneticFieldStrength"),
+                    sidecar_ref=_defining_sidecar(b0_first, "MagneticFieldStrength")))
         mag_img, mag_data, grid = _check_image(mag, reference)
         if reference is None:
             reference = (mag, grid)
@@ -714,6 +765,9 @@ def _build_run(layout, key, files) -> QsmRun:
         if declared_units is None and meta_ph.get("Units") is not None:
             declared_units = str(meta_ph.get("Units"))
         _, pha_data, _ = _check_image(pha, reference)
+        if mag_data.ndim != pha_data.ndim:
+            raise InputError(msg.PART_LAYOUT_MISMATCH.format(path=pha, ndim=pha_data.ndim, shape=pha_data.shape,
+                                                             reference=mag, ref_ndim=mag_data.ndim))
         if mag_data.shape != pha_data.shape:
             raise InputError(
                 msg.GRID_MISMATCH.format(path=pha, what=f"shape {pha_data.shape} vs {mag_data.shape}", reference=mag)
@@ -721,6 +775,9 @@ def _build_run(layout, key, files) -> QsmRun:
         if parts == "mag-phase":
             _check_not_constant(mag, mag_data, msg.MAG_NO_SIGNAL)
             lo, hi = _check_not_constant(pha, pha_data, msg.PHASE_CONSTANT)
+            r = magnitude_phase_correlation(mag_data, pha_data)
+            if abs(r) > PHASE_MAGNITUDE_MAX_CORRELATION:
+                raise InputError(msg.PHASE_LOOKS_LIKE_MAGNITUDE.format(path=pha, reference=mag, r=r))
         else:
             _check_not_constant(mag, mag_data, PART_NO_SIGNAL.replace("{part}", "real"))
             lo, hi = _check_not_constant(pha, pha_data, PART_NO_SIGNAL.replace("{part}", "imaginary"))
@@ -737,6 +794,12 @@ def _build_run(layout, key, files) -> QsmRun:
             if len(tes) != n_vol:
                 raise InputError(msg.ECHO_COUNT_MISMATCH.format(path=mag, n_vol=n_vol, n_te=len(tes)))
             stack = (mag, pha)
+        if "EchoTime" in meta and "EchoTime" in meta_ph:
+            te_ph = _get_float(meta_ph, "EchoTime", "s", pha, allow_list=True)
+            if not _same_echo_times(te, te_ph):
+                raise InputError(msg.ECHO_TIME_CONFLICT.format(
+                    mag=mag, phase=pha, te_mag=te, te_phase=te_ph, sidecar_mag=_defining_sidecar(mag, "EchoTime"),
+                    sidecar_phase=_defining_sidecar(pha, "EchoTime")))
         echoes.extend((t, mag, pha) for t in tes)
         del mag_data, pha_data
 

@@ -164,6 +164,29 @@ PHASE_ZERO_TO_TWO_PI = (
     "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, which looks like radians in [0, 2pi); "
     "wrap it to [-pi, pi) (subtract 2pi above pi) in a copy of the dataset and run qsmprep on that copy."
 )
+PHASE_OVER_PI = (
+    "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, which looks like phase divided by pi (normalised "
+    "to [-1, 1]) rather than radians, which would use only a third of the turn; multiply it by pi in a copy "
+    "of the dataset and run qsmprep on that copy."
+)
+PHASE_LOOKS_LIKE_MAGNITUDE = (
+    "{path} looks like a magnitude image, not a phase image (its values follow those of {reference}: "
+    "correlation {r:.2f} in the bright voxels, where a phase image scores about 0); check that the "
+    "part-phase file holds this echo's phase and re-export it from the scanner data."
+)
+PART_LAYOUT_MISMATCH = (
+    "{path} is {ndim}-D (shape {shape}) but {reference}, the other part of the same echo, is {ref_ndim}-D; "
+    "give both parts the same layout (one 3-D image per echo, or one 4-D stack of all echoes per part "
+    "with 'EchoTime' listing them)."
+)
+ECHO_TIME_CONFLICT = (
+    "The sidecars of {mag} and {phase} disagree on 'EchoTime' ({te_mag} vs {te_phase} s); fix the wrong one "
+    "({sidecar_mag} or {sidecar_phase}) so that both parts of an echo give its echo time."
+)
+FIELD_STRENGTH_CONFLICT = (
+    "{path} has 'MagneticFieldStrength' {b0:g} T but {reference} of the same run has {b0_ref:g} T; fix the "
+    "wrong sidecar ({sidecar} or {sidecar_ref}): one run is acquired at one field strength."
+)
 PHASE_UNITS_UNKNOWN = (
     "The phase of {path} ranges from {lo:.4g} to {hi:.4g}, neither wrapped radians within [-pi, pi] "
     "nor integer scanner units (unwrapped or rescaled phase?); give the scanner's wrapped phase, in "

@@ -99,8 +99,9 @@ def make_bids(
     _json(root / f"{suffix}.json", {"MagneticFieldStrength": B0_T})
     tes = TES_S[:n_echoes]
     mag4, ph4, _, _, aff = simulate(tes=tes, oblique_deg=oblique_deg)
-    if scanner_units:
-        ph4 = np.round(ph4 / np.pi * 2048.0).clip(-2048, 2047)
+    if scanner_units:  # 12-bit codes, with a scanner's uniformly random phase where there is no signal
+        noise = np.random.default_rng(1).uniform(-np.pi, np.pi, ph4.shape)
+        ph4 = np.round(np.where(mag4 < 20.0, noise, ph4) / np.pi * 2048.0).clip(-2048, 2047)
     for sub in subjects:
         for ses in sessions:
             for run in runs:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TES_S, make_bids
+from conftest import TES_S, make_bids, simulate
 
 from qsmprep.bids import InputError, check_output_dir, collect_runs
 
@@ -74,9 +74,18 @@ def test_single_echo_t2starw(tmp_path):
 
 
 def test_scanner_units_detected(tmp_path):
+    """12-bit codes (2048 per pi) are detected and converted back to the radians they code."""
+    import nibabel as nb
+
+    from qsmprep.qsm.echoes import magnitude_phase, wrap_to_pi
+
     bids = make_bids(tmp_path / "ds", scanner_units=True)
     (run,) = collect_runs(bids)
     assert run.phase_units == "scanner"
+    codes = np.stack([np.asarray(nb.load(str(p)).dataobj) for p in run.phase], -1)
+    _, rad = magnitude_phase(codes, codes, run.parts, run.phase_units)
+    mag, ph, _, brain, _ = simulate()
+    assert np.abs(wrap_to_pi(rad - ph)[brain]).max() <= np.pi / 2048  # one code
 
 
 def test_b0_direction_from_oblique_affine(tmp_path):

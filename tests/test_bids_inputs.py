@@ -432,3 +432,115 @@ def test_field_strength_in_range_accepted(bids):
     (bids / "MEGRE.json").write_text(json.dumps({"MagneticFieldStrength": 11.7}))
     (run,) = collect_runs(bids)
     assert run.b0_t == 11.7
+
+
+# --------------------------------------------------------------------------- 7. session 28's bad-input audit
+
+
+def test_magnitude_stored_as_phase_refused(bids):
+    """A magnitude image copied over the phase (0..N integers, a valid sidecar) was read as scanner codes."""
+    import nibabel as nb
+
+    for echo in (1, 2, 3):
+        mag = np.asarray(nb.load(str(bids / ECHO.format(echo=echo, part="mag"))).dataobj)
+        _rewrite(bids, "phase", lambda d, e, _m=mag: np.round(_m * 4095.0 / _m.max()), echoes=(echo,), dtype=np.int16)
+    _refused(bids, r"looks like a magnitude image, not a phase image .*correlation 1\.00", "part-phase_MEGRE.nii.gz")
+
+
+def test_magnitude_phase_correlation_known_answers():
+    from qsmprep.bids import magnitude_phase_correlation
+
+    rng = np.random.default_rng(0)
+    mag = rng.uniform(0, 1000, (30, 30, 30))
+    assert magnitude_phase_correlation(mag, 3 * mag + 7) == pytest.approx(1.0)
+    assert abs(magnitude_phase_correlation(mag, rng.uniform(-np.pi, np.pi, mag.shape))) < 0.05  # wrapped phase
+    assert np.isnan(magnitude_phase_correlation(np.zeros((4, 4, 4)), np.ones((4, 4, 4))))
+
+
+def test_four_d_phase_with_three_d_magnitude_refused_with_the_layout_fix(bids):
+    _rewrite(bids, "phase", lambda d, e: np.stack([d] * 3, -1), echoes=(2,))
+    _refused(bids, r"is 4-D \(shape \(32, 32, 32, 3\)\) but .*sub-01_echo-2_part-mag_MEGRE.nii.gz, the other part of "
+             r"the same echo, is 3-D; give both parts the same layout", "sub-01_echo-2_part-phase_MEGRE.nii.gz")
+
+
+def test_echo_time_conflict_between_parts_refused(bids):
+    side = bids / ECHO.format(echo=2, part="phase").replace(".nii.gz", ".json")
+    meta = json.loads(side.read_text())
+    ok = dict(meta, EchoTime=meta["EchoTime"] * (1 + 1e-6))  # rounding in a converter: the same echo time
+    side.write_text(json.dumps(ok))
+    assert len(collect_runs(bids)) == 1
+    side.write_text(json.dumps(dict(meta, EchoTime=0.015)))
+    text = _refused(bids, r"disagree on 'EchoTime' \(0\.012 vs 0\.015 s\)", "sub-01_echo-2_part-phase_MEGRE.nii.gz")
+    assert "sub-01_echo-2_part-mag_MEGRE" in text
+
+
+def test_field_strength_conflict_between_echoes_refused(bids):
+    for echo in (2, 3):
+        for part in ("mag", "phase"):
+            side = bids / ECHO.format(echo=echo, part=part).replace(".nii.gz", ".json")
+            side.write_text(json.dumps({**json.loads(side.read_text()), "MagneticFieldStrength": 7.0}))
+    _refused(bids, r"has 'MagneticFieldStrength' 7 T but .*sub-01_echo-1_part-mag_MEGRE.nii.gz of the same run has 3 T",
+             "sub-01_echo-2_part-mag_MEGRE.nii.gz")
+
+
+def test_field_strength_close_values_accepted(bids):
+    """A Siemens '3 T' scanner reports 2.89 T: within 5 % of 3 is the same field strength."""
+    side = bids / ECHO.format(echo=2, part="phase").replace(".nii.gz", ".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "MagneticFieldStrength": 2.89}))
+    (run,) = collect_runs(bids)
+    assert run.b0_t == 3.0
+
+
+@pytest.mark.parametrize("shear, refused", [(0.2, True), (0.004, False)])
+def test_sheared_affine_refused(bids, shear, refused):
+    """A sheared sform (voxel axes 11 degrees from perpendicular) gave a voxel size and a B0 direction from a
+    non-orthogonal matrix; a shear of 0.2 degrees (float rounding in a resampling tool) is accepted."""
+    from conftest import make_affine
+
+    aff = make_affine()
+    aff[0, 2] = shear * aff[2, 2]
+    for part in ("mag", "phase"):
+        _rewrite(bids, part, lambda d, e: d, affine=aff)
+    if refused:
+        _refused(bids, r"unusable affine \(its voxel axes 0 and 2 meet at 78\.7 degrees, a sheared grid\)",
+                 "sub-01_echo-1_part-mag_MEGRE.nii.gz")
+    else:
+        assert len(collect_runs(bids)) == 1
+
+
+@pytest.mark.parametrize("units", ["rad", "arbitrary"])
+def test_phase_over_pi_refused(wrapped_bids, units):
+    """Phase divided by pi (values filling [-1, 1]) was read as radians covering a third of the turn."""
+    _rewrite(wrapped_bids, "phase", lambda d, e: d / np.pi)
+    _set_units(wrapped_bids, units)
+    _refused(wrapped_bids, r"looks like phase divided by pi .*multiply it by pi", "part-phase_MEGRE.nii.gz")
+    assert phase_units(-1.0, 1.0, False, "rad") == "over_pi" and phase_units(-0.9, 0.7, False) == "rad"
+
+
+def test_unwrapped_phase_as_integers_refused(wrapped_bids):
+    """Unwrapped phase in integer milliradians (-21990..21990) was taken for scanner codes with that span as a turn."""
+    _rewrite(wrapped_bids, "phase", lambda d, e: np.round(1000 * (d + 2 * np.pi * e)) * (1 if e % 2 else -1),
+             dtype=np.int16)
+    _set_units(wrapped_bids, "arbitrary")
+    _refused(wrapped_bids, "neither wrapped radians.*nor integer scanner units", "part-phase_MEGRE.nii.gz")
+
+
+def test_missing_imaginary_part_refused(bids):
+    """Real/imaginary data (GE) with one part of an echo missing: one sentence naming the part to add."""
+    import nibabel as nb
+
+    anat = bids / "sub-01" / "anat"
+    for e in (1, 2, 3):
+        mag_p, ph_p = (anat / ECHO.format(echo=e, part=p).split("/")[-1] for p in ("mag", "phase"))
+        m, p = (np.asarray(nb.load(str(x)).dataobj) for x in (mag_p, ph_p))
+        for part, arr in (("real", m * np.cos(p)), ("imag", m * np.sin(p))):
+            if not (part == "imag" and e == 2):
+                nb.save(nb.Nifti1Image(arr.astype(np.float32), nb.load(str(mag_p)).affine),
+                        str(anat / f"sub-01_echo-{e}_part-{part}_MEGRE.nii.gz"))
+                (anat / f"sub-01_echo-{e}_part-{part}_MEGRE.json").write_text(json.dumps({"EchoTime": 0.006 * e}))
+        for x in (mag_p, ph_p):
+            x.unlink()
+            x.with_name(x.name.replace(".nii.gz", ".json")).unlink()
+    text = _refused(bids, r"No part-imag image matches .*sub-01_echo-2_part-real_MEGRE.nii.gz; add "
+                    r"sub-01_echo-2_part-imag_MEGRE.nii.gz", "sub-01_echo-2_part-real_MEGRE.nii.gz")
+    assert "remove the part-real image" in text

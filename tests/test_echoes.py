@@ -21,7 +21,9 @@ def test_radians_pass_through():
     [
         (np.arange(-4096, 4096), np.pi / 4096),  # Siemens signed 12 bit
         (np.arange(0, 4096), 2 * np.pi / 4096),  # unsigned 12 bit
-        (np.arange(-3142, 3143), 2 * np.pi / 6285),  # Philips-like milliradians (span 6285 codes)
+        (np.arange(-3142, 3143), 1e-3),  # Philips / GE milliradians (span 6285 codes): 2000 pi codes per turn
+        (np.arange(0, 256), 2 * np.pi / 256),  # unsigned 8 bit
+        (np.arange(-32768, 32768, 7), np.pi / 32768),  # 16 bit
     ],
 )
 def test_integer_scanner_units(codes, rad_per_code):
@@ -53,6 +55,21 @@ def test_bad_phase_units_raise():
         E.scale_phase_to_radians(np.array([0.5, 7.3, -12.1]))  # unwrapped or degrees-like floats
     with pytest.raises(ValueError, match="radians"):
         E.scale_phase_to_radians(np.array([-5.0, 0.0, 5.0]))  # integer but range < 20*pi
+    with pytest.raises(ValueError, match="radians"):  # unwrapped phase stored as integer milliradians
+        E.scale_phase_to_radians(np.arange(-21990, 21991, 10).astype(np.int16))
+    with pytest.raises(ValueError, match="radians"):  # a 0..295 magnitude stored as phase: no scanner's turn
+        E.scale_phase_to_radians(np.arange(0, 296).astype(np.int16))
+    with pytest.raises(ValueError, match="radians"):  # phase over pi, normalised to [-1, 1]
+        E.scale_phase_to_radians(np.linspace(-1.0, 1.0, 101))
+
+
+def test_scanner_turn_known_answers():
+    assert E.scanner_turn(4096) == 4096 and E.scanner_turn(8192) == 8192 and E.scanner_turn(256) == 256
+    assert E.scanner_turn(4001) == 4096  # 12-bit codes that do not reach the extremes
+    assert E.scanner_turn(6285) == pytest.approx(2000 * np.pi)  # milliradians
+    assert E.scanner_turn(360) == 360  # whole degrees 0..359
+    assert E.scanner_turn(43981) is None  # unwrapped milliradians -21990..21990
+    assert E.scanner_turn(296) is None and E.scanner_turn(3800) is None and E.scanner_turn(4200) is None
 
 
 # ----------------------------------------------------------------------------- magnitude

@@ -42,6 +42,26 @@ PHASE_UNITS = ("rad", "deg", "scanner")
 PHASE_RAD_LIMIT = float(np.pi * 1.01)
 #: Limit of a wrapped phase in degrees, +-180 + 1 %.
 PHASE_DEG_LIMIT = 180.0 * 1.01
+#: Codes per turn of integer scanner phase: 8- to 16-bit codes, whole degrees and milliradians (Philips, GE).
+SCANNER_TURNS = tuple(2.0 ** b for b in range(8, 17)) + (360.0, 2000.0 * np.pi)
+#: A run's integer phase spans one of :data:`SCANNER_TURNS` within this range of it: a wrapped phase (with
+#: the noise of the background) covers nearly the whole turn, and no more than it.
+SCANNER_TURN_RANGE = (0.95, 1.02)
+
+
+def scanner_turn(span: float) -> float | None:
+    """The codes per turn (one of :data:`SCANNER_TURNS`) of integer phase spanning ``span`` codes
+    (``max - min + 1``), or None when the span is no scanner's turn (e.g. unwrapped phase stored as integers,
+    or a magnitude image)."""
+    lo, hi = SCANNER_TURN_RANGE
+    for turn in SCANNER_TURNS:
+        if lo * turn <= span <= hi * turn:
+            return turn
+    return None
+
+
+#: A phase within +-1 reaching both ends (at least this close) is phase over pi, not radians.
+PHASE_OVER_PI_REACH = 0.95
 
 
 def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
@@ -49,24 +69,30 @@ def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
 
     A wrapped phase covers (nearly) a whole turn, so its range tells its units, in this order:
 
+    * ``"over_pi"``: every value within +-1 (to 1e-4) and reaching beyond +-:data:`PHASE_OVER_PI_REACH` at
+      both ends: phase divided by pi (normalised to [-1, 1]), not radians, which would use only a third of
+      the turn (refused by :mod:`qsmprep.bids` with the fix).
     * ``"rad"``: every value within +-:data:`PHASE_RAD_LIMIT` (pi + 1 %), or within
       [-0.01 pi, 2 pi + 1 %] (radians stored in [0, 2 pi): wrapping makes them the same phase).
-    * ``"scanner"``: integer-valued, spanning (``hi - lo + 1``) at least 20 pi codes, and either
-      beyond +-:data:`PHASE_DEG_LIMIT` (12-bit codes -4096..4095 or 0..4095, Philips -3142..3142,
-      unsigned 8-bit 0..255) or spanning 256 codes within 2 % (signed 8-bit -128..127).  Whole
-      degrees 0..359 are a 360-code turn, converted exactly as degrees would be.
+    * ``"scanner"``: integer-valued, spanning (``hi - lo + 1``) one of :data:`SCANNER_TURNS`
+      (:func:`scanner_turn`), and either beyond +-:data:`PHASE_DEG_LIMIT` (12-bit codes -4096..4095 or
+      0..4095, Philips -3142..3142, unsigned 8-bit 0..255) or spanning 256 codes within 2 % (signed 8-bit
+      -128..127).  Whole degrees 0..359 are a 360-code turn, converted exactly as degrees would be.
     * ``"deg"``: within +-:data:`PHASE_DEG_LIMIT` (181.8) and reaching beyond +-160, floats or
       whole degrees; or non-integer values within [-3.6, 363.6] reaching beyond 320 (0..360 degrees).
     * ``"unknown"``: anything else (unwrapped or rescaled phase, values just beyond the limits,
-      integer data spanning fewer than 20 pi codes).
+      integer data spanning no scanner's turn, such as unwrapped phase or a magnitude image stored as integers).
     """
     m = max(abs(lo), abs(hi))
+    if m <= 1.0 + 1e-4 and lo <= -PHASE_OVER_PI_REACH and hi >= PHASE_OVER_PI_REACH:
+        return "over_pi"
     if m <= PHASE_RAD_LIMIT:
         return "rad"
     if lo >= -0.01 * np.pi and hi <= 2 * PHASE_RAD_LIMIT:
         return "rad"
     span = hi - lo + 1.0
-    if integer_valued and span >= 20.0 * np.pi and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0):
+    if (integer_valued and scanner_turn(span) is not None
+            and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0)):
         return "scanner"
     if 160.0 < m <= PHASE_DEG_LIMIT:
         return "deg"
@@ -92,15 +118,15 @@ def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray
       (e.g. radians stored in [0, 2 pi)).
     * ``"deg"``: ``wrap(value * pi / 180)``.
     * ``"scanner"``: integer scanner units (e.g. Siemens -4096..4095 or 0..4095, Philips
-      milliradians -3142..3142): one full turn is taken as the observed span ``max - min + 1``
-      codes, rounded to a power of two when it is within 2 % of one (12-bit data need not reach
-      the extremes), and the values are mapped with ``wrap(value * 2*pi / span)`` to [-pi, pi].
+      milliradians -3142..3142): one full turn is the scanner turn (:func:`scanner_turn`) that the
+      observed span ``max - min + 1`` codes matches (12-bit data need not reach the extremes), and the
+      values are mapped with ``wrap(value * 2*pi / turn)`` to [-pi, pi].
       No offset is subtracted, so apply this to all echoes of a run at once (the 4-D array) to
       keep them consistent; signed and unsigned codes give the same radians modulo 2*pi.
-      Integer data spanning fewer than 20 pi codes are refused.
+      Integer data spanning no scanner turn (e.g. fewer than 243 codes) are refused.
 
     ``"auto"`` raises ``ValueError`` for a range it cannot tell (``"unknown"``, e.g. unwrapped
-    phase).  NaN/inf are set to 0.
+    phase, or ``"over_pi"``).  NaN/inf are set to 0.
     """
     if units not in ("auto",) + PHASE_UNITS:
         raise ValueError(f"phase units must be 'auto' or one of {PHASE_UNITS}, got {units!r}.")
@@ -116,7 +142,7 @@ def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray
     integer_like = _integer_like(x)
     if units == "auto":
         units = classify_phase_range(lo, hi, integer_like)
-        if units == "unknown":
+        if units in ("unknown", "over_pi"):
             raise ValueError(
                 f"Phase values range from {lo:.4g} to {hi:.4g}: neither radians within [-pi, pi] "
                 "nor integer scanner units nor degrees; convert the phase image to radians (or to the "
@@ -129,15 +155,12 @@ def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray
     elif units == "deg":
         scale = np.float32(np.pi / 180.0)
     else:
-        span = hi - lo + 1.0
-        if not integer_like or span < 20.0 * np.pi:
+        span = scanner_turn(hi - lo + 1.0) if integer_like else None
+        if span is None:
             raise ValueError(
                 f"Phase values range from {lo:.4g} to {hi:.4g}: not integer scanner units spanning a turn; "
                 "convert the phase image to radians (or to the scanner's integer phase units) before running qsmprep."
             )
-        p2 = 2.0 ** np.round(np.log2(span))
-        if abs(span - p2) / p2 < 0.02:
-            span = p2
         scale = np.float32(TWO_PI / span)
     out = x.astype(np.float32) * scale
     out -= np.float32(TWO_PI) * np.rint(out * np.float32(1.0 / TWO_PI))
