@@ -236,8 +236,10 @@ def test_from_config_with_runs():
                           b0_dir=np.array([0.0, 0.1, 0.995]), voxel_size=(0.8, 0.8, 1.5), phase_units="scanner")
     md = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [run]))
     for needle in ("`sub-07_acq-fast`", "2 echoes (TE = 5, 10 ms)", "0.8 × 0.8 × 1.5 mm",
-                   "integer scanner units", "(7.5 ms)"):
+                   "integer scanner units", "(7.5 ms)", "quantile classes of a log-linear R2* fit"):
         assert needle in md, needle
+    one = SimpleNamespace(**{**vars(run), "echo_times_s": (0.02,)})  # one echo: no R2*, no slab trend
+    assert "R2*" not in M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [one]))
 
 
 def test_thick_slice_runs_name_the_network_grid():

@@ -339,7 +339,7 @@ class _QualityControlInputSpec(BaseInterfaceInputSpec):
     in_field = File(exists=True, desc="fitted total field (Hz), as the fit gave it")
     in_offset = File(exists=True, desc="fitted phase offset (rad)")
     echo_times = traits.List(traits.Float, desc="echo times (s)")
-    in_records = traits.List(File(exists=True), desc="JSON records of the steps (phase sign, offset residual)")
+    in_records = traits.List(File(exists=True), desc="JSON records of the steps (phase sign, offset residual, slab trend)")
 
 
 class _QualityControlOutputSpec(TraitedSpec):
@@ -459,6 +459,41 @@ class DipoleInversion(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- referencing
+
+
+class _SlabTrendInputSpec(BaseInterfaceInputSpec):
+    in_chi = File(exists=True, mandatory=True, desc="susceptibility (ppm) from the inversion")
+    in_mask = File(exists=True, mandatory=True, desc="where chi is defined (the inversion's mask)")
+    in_magnitude = File(exists=True, mandatory=True, desc="the echoes' magnitudes (4-D, echoes last)")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s), one per magnitude volume")
+
+
+class _SlabTrendOutputSpec(TraitedSpec):
+    out_chi = File(exists=True, desc="susceptibility (ppm) without the slab's unmeasured trend (unchanged for a whole head)")
+    out_record = File(exists=True, desc="JSON: whether a cut axis was found, the axis and the trend removed")
+
+
+class SlabTrend(SimpleInterface):
+    """Multi-echo partial coverage: remove the chi trend along the slab's cut axis that chi shares across R2*
+    classes (:func:`qsmprep.qsm.slab.remove_slab_trend`); a whole head passes unchanged."""
+
+    input_spec = _SlabTrendInputSpec
+    output_spec = _SlabTrendOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.qsm.slab import cut_axis, r2star_loglinear, remove_slab_trend
+
+        chi, img = load_volume(self.inputs.in_chi)
+        mask = _mask(self.inputs.in_mask)
+        voxel_size, _ = geometry(img)
+        r2s = None
+        if cut_axis(mask) is not None:  # the echoes are read only for a slab
+            mag, _ = load_volume(self.inputs.in_magnitude)
+            r2s = r2star_loglinear(mag, self.inputs.echo_times, mask)
+        out, record = remove_slab_trend(chi, mask, r2s, voxel_size)
+        self._results["out_chi"] = save_volume(out, img, "chi.nii.gz", runtime.cwd)
+        self._results["out_record"] = _write_json(record, "slab_trend.json", runtime.cwd)
+        return runtime
 
 
 class _ReferenceInputSpec(BaseInterfaceInputSpec):

@@ -27,7 +27,11 @@ what a wrong run leaves behind, without the truth:
     Partial coverage: the largest cross-section of the brain mask found within 8 mm of an image
     face, over the mask's largest cross-section along that axis (0 when the whole brain sits
     inside the field of view; near 1 for a slab or a field of view that cuts the brain).  chi
-    near a cut face has no field beyond it and is less reliable there.
+    near a cut face has no field beyond it and is less reliable there, and a slow trend of chi
+    along the cut axis is not measured at all: across a slab its field is nearly harmonic, and
+    background removal takes it away with the background (validation slabs: the error's slice
+    mean runs linearly from one cut face to the other, about 0.01-0.02 ppm over 64 mm).  Multi-echo
+    runs estimate that trend from R2* instead (:mod:`qsmprep.qsm.slab`).
 ``field_noise_share``
     The local field's noise per voxel (:func:`qsmprep.qsm.noise.field_noise`) over the local field's
     interquartile range, both in the final mask: noise against the tissue contrast the inversion has
@@ -107,7 +111,9 @@ MESSAGES = {
                       "or a mask that cut them), so deep-gray values are underestimated; read them with care"),
     "edge_coverage": ("the brain mask reaches the edge of the image ({value:.0%} of its largest cross-section within "
                       "8 mm of a face, limit {limit:.0%}): the acquisition covers part of the brain (a slab, or a field "
-                      "of view that cuts it), and chi near the cut faces is less reliable"),
+                      "of view that cuts it); chi near the cut faces is less reliable, and the field does not measure "
+                      "chi's trend along the cut axis (multi-echo runs estimate it from R2*), so compare values at the "
+                      "same position along that axis"),
     "field_noise_share": ("the local field's noise is {value:.0%} of its interquartile range (limit {limit:.0%}): the "
                           "data's SNR is low for this acquisition, chi is noisy and small contrasts are unreliable; more "
                           "echoes, averages or larger voxels help"),

@@ -524,6 +524,11 @@ def _qsm_paragraphs(info: MethodsInfo, group: list) -> list[str]:
         devices = {r.inversion_record.get("Device") for r in group} - {None}
         where = f" on {_device_words(devices)}" if devices else ""
         text.append(f"The inversion was run with PyTorch{' ' + torch_v if torch_v else ''} [@pytorch]{where}.")
+    if multi:
+        text.append("Where the brain mask of a multi-echo run reached two opposite faces of the image (partial "
+                    "coverage, a slab), the linear χ trend along that axis, which the field does not measure, was "
+                    "estimated as the trend χ shares across 16 quantile classes of a log-linear R2* fit of the echo "
+                    "magnitudes and removed.")
     region = r0.reference_region
     if region:
         text.append(f"χ (ppm) was referenced to the {region}, i.e. its mean there was set to zero.")

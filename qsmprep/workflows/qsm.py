@@ -18,6 +18,7 @@ _MEM_FACTORS = {
     "fit_field": (8, 12),
     "background": (0, 40),  # padded complex FFTs, one per radius
     "reference": (0, 4),
+    "slab_trend": (1, 6),  # the echoes' magnitudes, R2*, chi, the mask
 }
 _MEM_FLOOR_GB = 0.2
 
@@ -117,6 +118,7 @@ def init_qsm_wf(
         PhaseSign,
         QualityControl,
         ReferenceChi,
+        SlabTrend,
         UnwrapEchoes,
     )
 
@@ -183,7 +185,7 @@ def init_qsm_wf(
         (brain_mask, inversion_node, [("out_mask", "in_brain_mask")]),
         (load_echoes, inversion_node, [("out_combined", "in_magnitude")]),
         (fit_field, inversion_node, [("out_weight", "in_weight")]),
-        (inversion_node, reference, [("out_chi", "in_chi"), ("out_mask", "in_mask")]),
+        (inversion_node, reference, [("out_mask", "in_mask")]),
         (brain_mask, qc, [("out_mask", "in_brain_mask")]),
         (background, qc, [("out_mask", "in_mask")]),
         (sign, qc, [("out_local", "in_local")]),
@@ -213,4 +215,15 @@ def init_qsm_wf(
         ])  # fmt:skip
     else:
         workflow.connect(fit_field, "out_field", sign, "in_total")
+    if n_echoes > 1:
+        # partial coverage: the chi trend along the cut axis that the field does not measure, from R2* classes
+        slab = pe.Node(SlabTrend(echo_times=tes), name="slab_trend", mem_gb=mem("slab_trend"))
+        workflow.connect([
+            (inversion_node, slab, [("out_chi", "in_chi"), ("out_mask", "in_mask")]),
+            (load_echoes, slab, [("out_magnitude", "in_magnitude")]),
+            (slab, reference, [("out_chi", "in_chi")]),
+            (slab, records, [("out_record", "in2")]),
+        ])  # fmt:skip
+    else:
+        workflow.connect(inversion_node, "out_chi", reference, "in_chi")
     return workflow
