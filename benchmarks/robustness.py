@@ -1103,11 +1103,100 @@ def study_maskdepth(args) -> int:
     return 0
 
 
+#: Rows of the Bregman study (``--study bregman``): the qsm-forward 7 T single echo, whose ROI slope misses, its `sim`
+#: twin, and rows with more field noise as controls.
+BREGMAN_STUDY_ROWS = ("SE 7T offset, qsm-forward", "SE 7T offset", "ME 3T", "ME 3T SNR 30", "ME 3T, qsm-forward",
+                      "SE 3T offset, qsm-forward")
+#: ``--study bregman`` variants: ``K@N``: K Bregman steps after the final fit, N ADMM iterations each; ``0``: the app.
+BREGMAN_VARIANTS = ("0", "1@40", "1@130", "2@40")
+
+
+def study_bregman(args) -> int:
+    """Bregman iterations after the chain's final SMV-TV fit (session 28, validation heads; not adopted): TV lowers the
+    contrast of small structures, and "adding back the residual" (Osher et al. 2005: ``f_k+1 = f_k + (f - D chi_k)``,
+    the fit run again from ``chi_k`` on ``f_k+1``) restores it where the data allow.  The app on
+    ``BREGMAN_STUDY_ROWS`` with :func:`qsmprep.qsm.smvfit.smv_tv` followed by each variant's steps (same options, the
+    weight and the TV map included).  Results ``robustness_bregman_study.json``."""
+    from qsmprep.qsm import smvfit
+    from qsmprep.qsm.dipole import forward_field
+
+    original = smvfit.smv_tv
+
+    def patch(v):
+        k, n = (0, 0) if v == "0" else (int(x) for x in v.split("@"))
+
+        def bregman(total, mask, vs, b0, **kw):
+            chi = original(total, mask, vs, b0, **kw)
+            m = np.asarray(mask) > 0
+            sup = m if kw.get("support") is None else np.asarray(kw["support"]) > 0
+            f = t = np.asarray(total, np.float32)
+            for _ in range(k):
+                f = f + np.where(m, t - forward_field(np.where(sup, chi, 0).astype(np.float32), vs, b0), 0).astype(np.float32)
+                chi = original(f, mask, vs, b0, **{**kw, "chi_prior": chi, "n_iter": n})
+            return chi
+
+        return smvfit, "smv_tv", bregman
+
+    variant_rows(study_seeds(args), args.rows if args.rows != list(ROWS) else BREGMAN_STUDY_ROWS, args.cache,
+                 args.out.parent / "robustness_bregman_study.json", "variant", args.variants or BREGMAN_VARIANTS, patch)
+    return 0
+
+
+#: ``--study slabtrend`` variants: the app's slab trend off / on (``qsmprep.qsm.slab``), with the echoes' magnitudes
+#: under a receive-bias ramp of +-30 % along the slab's cut axis (the third axis) or without.
+SLABTREND_VARIANTS = ("off", "on", "off, bias +0.3", "on, bias +0.3", "off, bias -0.3", "on, bias -0.3")
+
+
+def study_slabtrend(args) -> int:
+    """A slab's chi trend from R2* classes (session 28, rule 1 of ``runs/rule_s28.txt``; validation heads): the app on
+    the slab row of each head with :func:`qsmprep.qsm.slab.remove_slab_trend` off (its cut-axis detector patched to
+    find none) or on, the magnitudes with or without a receive-bias ramp along the cut axis; then the detector on the
+    brain mask of every canonical whole-head row (``masking.brain_mask``, as the app calls it), which must find no
+    cut axis.  Results ``robustness_slabtrend_study.json``."""
+    import contextlib
+
+    from _common import patched
+
+    from qsmprep.qsm import slab
+    from qsmprep.qsm.masking import brain_mask
+
+    out = args.out.parent / "robustness_slabtrend_study.json"
+    results = json.loads(out.read_text()) if out.exists() else []
+    variants = list(args.variants or SLABTREND_VARIANTS)
+    for seed in study_seeds(args):
+        d0 = data_for(case_for("ME 3T slab 64 mm", seed), args.cache)
+        for v in variants:
+            amp = float(v.split("bias ")[1]) if "bias" in v else 0.0
+            nz = d0["mag"].shape[2]
+            ramp = (1.0 + amp * (np.arange(nz) / (nz - 1) - 0.5)).astype(np.float32)
+            d = {**d0, "mag": (np.asarray(d0["mag"]) * ramp[None, None, :, None]).astype(np.float32)}
+            t0 = time.perf_counter()
+            with (patched(slab, "cut_axis", lambda *a, **k: None) if v.startswith("off") else contextlib.nullcontext()):
+                app = run_app(stored_inputs(d, "canonical"), d, qc=False)
+            sc = score(app["chi"], d)
+            res = {"row": "ME 3T slab 64 mm", "seed": seed, "variant": v, **{k: round(x, 4) for k, x in sc.items()},
+                   "wall_s": round(time.perf_counter() - t0, 1)}
+            results = [r for r in results if (r["row"], r["seed"], r["variant"]) != (res["row"], seed, v)] + [res]
+            out.write_text(json.dumps(results, indent=1))
+            print(json.dumps(res), flush=True)
+        for row in canonical_rows():
+            if row == "ME 3T slab 64 mm" or row_spec(row).get("slab_mm"):
+                continue
+            dd = data_for(case_for(row, seed), args.cache)
+            m = brain_mask(dd["mag"], voxel_size=dd["voxel_size"], phase=dd["phase"])
+            res = {"row": row, "seed": seed, "variant": "detector", "cut_axis": slab.cut_axis(m)}
+            results = [r for r in results if (r["row"], r["seed"], r["variant"]) != (row, seed, "detector")] + [res]
+            print(json.dumps(res), flush=True)
+        out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
 STUDIES: dict = {"offset": study_offset, "sign": study_sign, "thick": study_thick, "qc": study_qc, "edge": study_edge,
                  "mask": study_mask, "voids": study_voids, "tvfree": study_tvfree, "surface": study_surface,
                  "iters": study_iters, "snr": study_snr,
                  "noise": study_noise, "thickfit": study_thickfit,
-                 "netgrid": study_netgrid, "maskdepth": study_maskdepth}
+                 "netgrid": study_netgrid, "maskdepth": study_maskdepth, "bregman": study_bregman,
+                 "slabtrend": study_slabtrend}
 
 if __name__ == "__main__":
     raise SystemExit(main())
