@@ -145,6 +145,8 @@ class QsmRun:
     parts: str = "mag-phase"
     b0_affine: tuple | None = None
     b0_source: str = "sform"
+    reordered: bool = False
+    """True when the echo files' ``echo-`` indices do not follow their echo times (they are read in TE order)."""
     t1w: Path | None = None
     """A T1w image of the same subject and session, used as an intermediate for registration."""
 
@@ -211,6 +213,7 @@ class QsmRun:
             f"    B0: {self.b0_t:g} T  direction (array axes): ({b0})  obliquity: {self.obliquity_deg:.1f} deg"
             + (f"  (from the {self.b0_source}: the sform is not scanner-based)" if self.b0_source == "qform" else "") + "\n"
             f"    grid: {sh} voxels of {vs} mm  phase units: {self.phase_units}"
+            + ("\n    echo files ordered by EchoTime, not by their echo- index" if self.reordered else "")
         )
 
 
@@ -807,6 +810,7 @@ def _build_run(layout, key, files) -> QsmRun:
     if len(set(tes)) != len(tes):
         dup = next(t for t in tes if tes.count(t) > 1)
         raise InputError(msg.DUPLICATE_ECHO_TIME.format(path=echoes[0][1], te=dup))
+    reordered = False
     if stack is not None:
         magnitude, phase = (stack[0],), (stack[1],)
         order = np.argsort(tes)
@@ -818,6 +822,7 @@ def _build_run(layout, key, files) -> QsmRun:
                 )
             )
     else:
+        reordered = [e[0] for e in echoes] != sorted(e[0] for e in echoes)
         echoes.sort(key=lambda e: e[0])
         magnitude, phase = tuple(e[1] for e in echoes), tuple(e[2] for e in echoes)
         tes = [e[0] for e in echoes]
@@ -844,6 +849,7 @@ def _build_run(layout, key, files) -> QsmRun:
         parts=parts,
         b0_affine=tuple(tuple(float(v) for v in row) for row in b0_affine[0]),
         b0_source=b0_affine[1],
+        reordered=reordered,
     )
 
 

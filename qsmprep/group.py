@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-RUN_KEYS = ("participant_id", "session_id", "acquisition", "run")
+RUN_KEYS = ("participant_id", "session_id", "acquisition", "reconstruction", "run")
 #: Columns a per-run ROI table (and its sidecar) must have.
 REQUIRED_COLUMNS = ("participant_id", "structure", "hemisphere", "mean_ppm")
 #: Columns parsed as numbers even when the sidecar gives them no ``Units``.
@@ -435,8 +435,11 @@ def read_participants_json(bids_dir) -> dict:
 
 
 def long_to_wide(long_df, value: str = "mean_ppm"):
-    """One row per run (``RUN_KEYS``), one column ``<structure>_<hemisphere>`` of ``value``."""
+    """One row per run (``RUN_KEYS``; an absent one is 'n/a'), one column ``<structure>_<hemisphere>`` of ``value``."""
     df = long_df.copy()
+    for c in RUN_KEYS:
+        if c not in df.columns:
+            df[c] = "n/a"
     df["region"] = df["structure"].astype(str) + "_" + df["hemisphere"].astype(str)
     order = list(dict.fromkeys(df["region"]))
     wide = (df.groupby(list(RUN_KEYS) + ["region"], sort=False, dropna=False)[value].first()
@@ -1000,7 +1003,11 @@ def _write_group_report(out: _StagedWriter, study: _Study, sections: list, conf:
 
 #: Quality-control columns of the wide table, from each run's ``_desc-qc.json`` (``qsmprep.qsm.qc``).
 QC_COLUMNS = ("qc_passed", "qc_failed", "mask_kept", "lowfreq_share", "echo_disagreement", "chi_range",
-              "sign_evidence", "tail_skewness", "edge_coverage", "field_noise_share", "phase_sign", "offset_order")
+              "sign_evidence", "tail_skewness", "edge_coverage", "field_noise_share", "phase_sign", "offset_order",
+              "slab_trend_ppm")
+#: Where the steps' columns come from in a ``_desc-qc.json``: column -> (step record, key in it).
+QC_STEP_KEYS = {"phase_sign": ("phase_sign", "sign"), "offset_order": ("offset_residual", "order"),
+                "slab_trend_ppm": ("slab_trend", "trend_ppm_across")}
 QC_SIDECAR = {
     "qc_passed": {"Description": "Whether every quality-control check of the run passed (n/a: no QC file).",
                   "Levels": {"True": "passed", "False": "a check failed: see qc_failed and the report"}},
@@ -1017,7 +1024,9 @@ QC_SIDECAR = {
     "field_noise_share": {"Description": "The local field's noise per voxel over its interquartile range in the final "
                                          "mask (above the QC limit on multi-echo data: SNR too low for an accurate map)."},
     "phase_sign": {"Description": "Phase sign applied to the input (--phase-sign)."},
-    "offset_order": {"Description": "Degree of the single-echo offset residual removed (0: none)."},
+    "offset_order": {"Description": "Degree of the single-echo offset residual removed (0: none; n/a: several echoes)."},
+    "slab_trend_ppm": {"Description": "Multi-echo partial coverage (a slab): the chi trend along the cut axis removed, "
+                                      "from one cut face to the other (n/a: a whole brain, or one echo).", "Units": "ppm"},
 }
 
 
@@ -1044,11 +1053,10 @@ def qc_frame(out_dir, sources):
             row.update({k: meas.get(k) for k in QC_COLUMNS if k in meas})
             row["qc_passed"] = qc.get("passed")
             row["qc_failed"] = ",".join(qc.get("failed") or []) or None
-            for step in steps.values():
-                if isinstance(step, dict):
-                    for key in ("phase_sign", "offset_order"):
-                        if key in step:
-                            row[key] = step[key]
+            for column, (step, key) in QC_STEP_KEYS.items():
+                record = steps.get(step)
+                if isinstance(record, dict) and key in record:
+                    row[column] = record[key]
         rows.append(row)
     return pd.DataFrame(rows, columns=list(QC_COLUMNS))
 

@@ -250,7 +250,7 @@ def participant_means(long_df, value: str = "mean_ppm", *, bilateral: bool = Tru
     """
     import pandas as pd
 
-    keys = ["participant_id", "session_id", "acquisition", "run"]
+    keys = ["participant_id", "session_id", "acquisition", "reconstruction", "run"]
     df = long_df.copy()
     for k in keys:
         if k not in df.columns:

@@ -36,6 +36,32 @@ def bids_stem(prefix: str, suffix: str, **entities) -> str:
     return "_".join(parts + ([suffix] if suffix else []))
 
 
+def fmap_prefix(prefix: str) -> str:
+    """A run prefix as a field map's name can carry it: BIDS field maps have no ``rec`` entity, so its label joins
+    the ``acq`` label (``acq-<a>rec<r>``, or ``acq-rec<r>``), which keeps runs that differ only in ``rec`` apart.
+
+    >>> fmap_prefix("sub-01_ses-a_acq-fast_rec-mag_run-2")
+    'sub-01_ses-a_acq-fastrecmag_run-2'
+    >>> fmap_prefix("sub-01_rec-b")
+    'sub-01_acq-recb'
+    >>> fmap_prefix("sub-01_acq-fast_run-1")
+    'sub-01_acq-fast_run-1'
+    """
+    parts = prefix.split("_")
+    rec = next((p for p in parts if p.startswith("rec-")), None)
+    if rec is None:
+        return prefix
+    parts.remove(rec)
+    label = "rec" + rec[len("rec-"):]
+    acq = next((i for i, p in enumerate(parts) if p.startswith("acq-")), None)
+    if acq is not None:
+        parts[acq] += label
+    else:
+        at = next((i for i, p in enumerate(parts) if p.startswith("run-")), len(parts))
+        parts.insert(at, "acq-" + label)
+    return "_".join(parts)
+
+
 @dataclass(frozen=True)
 class Output:
     """One derivative file of a run: its suffix, entities, extension and folder (datatype)."""
@@ -48,7 +74,7 @@ class Output:
     """A JSON sidecar is written beside it."""
 
     def stem(self, prefix: str) -> str:
-        return bids_stem(prefix, self.suffix, **self.entities)
+        return bids_stem(fmap_prefix(prefix) if self.datatype == "fmap" else prefix, self.suffix, **self.entities)
 
     @property
     def tail(self) -> str:

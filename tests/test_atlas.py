@@ -215,7 +215,7 @@ def test_atlas_wf_runs(head2mm, tmp_path):
     assert chi_mni.shape == (197, 233, 189)
     assert res["register"].xfm_to_mni.endswith(".h5") and res["register"].xfm_from_mni.endswith(".h5")
     lines = open(res["roi_stats"].roi_tsv).read().splitlines()
-    assert len(lines) == 13 and lines[1].startswith("sub-01\tses-1\tn/a\t2\tcaudate\tL\t1\t")
+    assert len(lines) == 13 and lines[1].startswith("sub-01\tses-1\tn/a\tn/a\t2\tcaudate\tL\t1\t")
     assert "whole-brain mean" in lines[1]
     assert json.load(open(res["roi_stats"].roi_json))["mean_ppm"]["Units"] == "ppm"
 

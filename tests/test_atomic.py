@@ -156,6 +156,15 @@ def test_sigkill_mid_write_leaves_no_truncated_file(tmp_path, existing):
         assert not final.exists()
     # The partial data survives only under the hidden temporary name, never a BIDS name.
     assert all(name.startswith(".") for name in _leftovers(tmp_path))
+    # and the next run's sweep removes it (it predates that run), keeping other files
+    (tmp_path / ".bidsignore").write_text("x\n")
+    young = tmp_path / "sub-01" / ".sub-01_Chimap.abcd1234.tmp.nii.gz"  # a live writer's: after the sweep's start
+    young.parent.mkdir()
+    young.write_bytes(b"being written")
+    os.utime(young, (time.time() + 5, time.time() + 5))
+    removed = atomic.remove_stale_temporaries(tmp_path, before=time.time())
+    assert [p.name for p in removed] == [tmp.name] and not tmp.exists()
+    assert young.exists() and (tmp_path / ".bidsignore").exists() and (tmp_path / "ready").exists()
 
 
 # ------------------------------------------------------------------------ concurrent processes

@@ -48,6 +48,9 @@ def test_echo_times_sorted_by_value(tmp_path):
     assert run.echo_times_s == pytest.approx((0.006, 0.012, 0.03))
     assert [p.name[:13] for p in run.magnitude] == ["sub-01_echo-3", "sub-01_echo-2", "sub-01_echo-1"]
     assert [p.name[:13] for p in run.phase] == ["sub-01_echo-3", "sub-01_echo-2", "sub-01_echo-1"]
+    assert run.reordered and "echo files ordered by EchoTime" in run.describe()  # --dry-run says so
+    (run,) = collect_runs(make_bids(tmp_path / "ds2"))
+    assert not run.reordered and "ordered by EchoTime" not in run.describe()
 
 
 def test_four_d_stack(tmp_path):

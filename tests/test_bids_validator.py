@@ -175,3 +175,37 @@ def test_import_is_light():
             "print(sorted(m for m in ('numpy', 'nibabel', 'nipype', 'torch', 'bids') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_run_outputs_with_rec_entity_are_valid(tmp_path):
+    """Every per-run output name of a run with ``rec-`` (two runs that differ only in it) passes the validator: the
+    field maps carry the rec label inside acq (BIDS field maps have no rec entity), and the two runs stay apart."""
+    import json
+
+    import nibabel as nb
+    import numpy as np
+
+    from qsmprep.cli.prepare import write_bidsignore, write_dataset_description
+    from qsmprep.naming import run_path, sidecar_path
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dataset_description(out, bids)
+    write_bidsignore(out)
+    img = nb.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    paths = set()
+    for prefix in ("sub-01_rec-a", "sub-01_acq-fast_rec-b_run-1"):
+        for key in ("mask", "total_field", "local_field", "magnitude", "chi"):
+            path = out / run_path(key, prefix, "sub-01")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nb.save(img, str(path))
+            units = {"total_field": "Hz", "mask": "arbitrary", "magnitude": "arbitrary"}.get(key, "ppm")
+            sidecar_path(path).write_text(json.dumps({"Units": units, "SkullStripped": True}))
+            paths.add(path.name)
+    assert "sub-01_acq-reca_desc-total_fieldmap.nii.gz" in paths and "sub-01_rec-a_Chimap.nii.gz" in paths
+    assert "sub-01_acq-fastrecb_run-1_magnitude.nii.gz" in paths and len(paths) == 10
+    result = bv.validate(out)
+    assert result.ok, result.summary()

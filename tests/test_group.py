@@ -78,8 +78,9 @@ def test_run_group_long_wide_and_join(study):
     regions = [lab.name for lab in DGM_LABELS]
     from qsmprep.group import QC_COLUMNS
 
-    n = 6 + len(QC_COLUMNS)
-    assert list(wide.columns[:n + 3]) == ["participant_id", "session_id", "acquisition", "run", "source", "status",
+    n = 7 + len(QC_COLUMNS)
+    assert list(wide.columns[:n + 3]) == ["participant_id", "session_id", "acquisition", "reconstruction", "run",
+                                          "source", "status",
                                           *QC_COLUMNS, "age", "sex", "group"]
     assert list(wide.columns[n + 3:]) == regions
     assert wide["qc_passed"].isna().all()  # these runs have no QC file
@@ -130,7 +131,8 @@ def test_long_to_wide_known_answer():
         "mean_ppm": [0.01, 0.02, 0.03, np.nan],
     })
     wide = long_to_wide(long)
-    assert list(wide.columns) == ["participant_id", "session_id", "acquisition", "run", "caudate_L", "putamen_L"]
+    assert list(wide.columns) == ["participant_id", "session_id", "acquisition", "reconstruction", "run",
+                                  "caudate_L", "putamen_L"]  # a table without the rec column: n/a
     assert wide.caudate_L.tolist() == [0.01, 0.03]
     assert wide.putamen_L.iloc[0] == 0.02 and np.isnan(wide.putamen_L.iloc[1])
 
@@ -203,8 +205,8 @@ def _mangle(path, how):
         path.write_bytes(gzip.compress(text.encode()))
     elif how in ("empty_cell", "not_a_number"):
         cells = lines[2].split("\t")
-        assert lines[0].split("\t")[9] == "mean_ppm"
-        cells[9] = "" if how == "empty_cell" else "nan%"
+        k = lines[0].split("\t").index("mean_ppm")
+        cells[k] = "" if how == "empty_cell" else "nan%"
         lines[2] = "\t".join(cells)
         path.write_text("".join(lines))
     else:  # pragma: no cover
@@ -217,7 +219,7 @@ def _mangle(path, how):
     ("truncated", "ends inside line .* looks truncated"),
     ("truncated_mid_number", "no final newline.* looks truncated"),
     ("truncated_at_line", "has no row for .* looks truncated"),
-    ("ragged", "is ragged: line 4 has 16"),
+    ("ragged", "is ragged: line 4 has 17"),
     ("empty", "is empty"),
     ("binary", "is not a text file"),
     ("empty_cell", "empty cell in column mean_ppm on line 3"),
@@ -596,16 +598,56 @@ def test_wide_table_lists_each_runs_qc(study):
     """The run's _desc-qc.json (written beside its tables) reaches the wide table: passed, failed checks, measures."""
     import pandas as pd
 
+    import numpy as np
+
+    from qsmprep.qsm.offsets import remove_offset_residual
+    from qsmprep.qsm.phase_sign import choose_phase_sign
+    from qsmprep.qsm.slab import remove_slab_trend
+
     bids, out = study
     roi = next(out.glob("sub-01/anat/*_desc-dgm_stats.tsv"))
+    # the steps' records as the app's functions write them (a run with the sign forced, an offset, a slab)
+    g = np.meshgrid(*[np.arange(24) - 11.5] * 3, indexing="ij")
+    ball = (g[0] ** 2 + g[1] ** 2 + g[2] ** 2) < 100
+    field = np.where(ball, 0.01 * np.sin(g[0] / 2.0), 0).astype(np.float32)
+    _, sign_record = choose_phase_sign(field, ball, ball.astype(np.float32), (1, 1, 1), (0, 0, 1), "-1")
+    _, offset_record = remove_offset_residual(field + np.where(ball, 1e-4 * g[0] ** 2, 0).astype(np.float32), ball,
+                                              ball, (1, 1, 1), order=2)
+    cut = ball[:, :, 8:16]
+    _, slab_record = remove_slab_trend(np.where(cut, 0.001 * g[2][:, :, 8:16], 0).astype(np.float32), cut,
+                                       np.where(cut, 20.0 + g[0][:, :, 8:16], 0).astype(np.float32), (1, 1, 1))
     qc = {"passed": False, "failed": ["lowfreq_share"], "warnings": ["QC: ..."],
           "measures": {"mask_kept": 0.9, "lowfreq_share": 0.5, "chi_range": 0.3, "sign_evidence": 1},
-          "steps": {"phase_sign": {"phase_sign": -1, "message": "phase sign -1 chosen"}}}
+          "steps": {"phase_sign": sign_record, "offset_residual": offset_record, "slab_trend": slab_record}}
     roi.with_name(roi.name.replace("_desc-dgm_stats.tsv", "_desc-qc.json")).write_text(json.dumps(qc))
     run_group(bids, out)
     wide = pd.read_csv(out / "group" / "group_desc-dgm_wide.tsv", sep="\t", dtype=str, keep_default_na=False)
     row = wide[wide.participant_id == "sub-01"].iloc[0]
     assert (row.qc_passed, row.qc_failed, row.lowfreq_share, row.phase_sign) == ("False", "lowfreq_share", "0.5", "-1")
+    assert row.offset_order == str(offset_record["order"]) == "2"
+    assert float(row.slab_trend_ppm) == pytest.approx(0.007, abs=1e-6)  # 0.001 ppm per slice over 7 slices
     assert set(wide[wide.participant_id != "sub-01"].qc_passed) == {"n/a"}
     side = json.loads((out / "group" / "group_desc-dgm_wide.json").read_text())
     assert "qc_passed" in side and side["chi_range"]["Units"] == "ppm"
+
+
+def test_runs_that_differ_only_in_rec_are_kept_apart(tmp_path):
+    """Two runs of one participant that differ only in ``rec-``: two rows, the reconstruction as a column (the
+    group level used to refuse them as 'the same run')."""
+    import pandas as pd
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    for rec, offset in (("a", 0.0), ("b", 0.05)):
+        dseg = np.zeros((8, 8, 8), np.int16)
+        chi = np.zeros((8, 8, 8), np.float32)
+        for lab in DGM_LABELS:
+            sl = slice(4 * (lab.index - 1), 4 * lab.index)
+            dseg.reshape(-1)[sl] = lab.index
+            chi.reshape(-1)[sl] = offset + lab.index / 1000.0
+        df = roi_table(chi, dseg, participant_id="sub-01", reconstruction=rec)
+        write_roi_table(df, out / "sub-01" / "anat" / f"sub-01_rec-{rec}_desc-dgm_stats.tsv")
+    run_group(bids, out)
+    wide = pd.read_csv(out / "group" / "group_desc-dgm_wide.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert list(wide.reconstruction) == ["a", "b"] and set(wide.participant_id) == {"sub-01"}
+    assert float(wide.caudate_L.iloc[1]) - float(wide.caudate_L.iloc[0]) == pytest.approx(0.05)

@@ -117,7 +117,9 @@ def test_bids_entities():
     from qsmprep.interfaces.atlas import bids_entities
 
     e = bids_entities("/d/sub-07/ses-2/anat/sub-07_ses-2_acq-hr_run-03_echo-1_part-mag_MEGRE.nii.gz")
-    assert e == {"participant_id": "sub-07", "session_id": "ses-2", "acquisition": "hr", "run": "03"}
+    assert e == {"participant_id": "sub-07", "session_id": "ses-2", "acquisition": "hr", "reconstruction": "n/a",
+                 "run": "03"}
+    assert bids_entities("sub-07_rec-mag_run-1_MEGRE.nii.gz")["reconstruction"] == "mag"
     assert bids_entities("sub-1_MEGRE.nii")["run"] == "n/a"
 
 

@@ -16,6 +16,7 @@ ROI_COLUMNS: dict[str, dict] = {
     "participant_id": {"Description": "Participant label with the 'sub-' prefix."},
     "session_id": {"Description": "Session label with the 'ses-' prefix; 'n/a' without sessions."},
     "acquisition": {"Description": "Value of the 'acq' entity of the run; 'n/a' if absent."},
+    "reconstruction": {"Description": "Value of the 'rec' entity of the run; 'n/a' if absent."},
     "run": {"Description": "Value of the 'run' entity of the run; 'n/a' if absent."},
     "structure": {
         "Description": "Deep-gray-matter structure (merged from AAL3 labels).",
@@ -81,7 +82,7 @@ def erode_labels(dseg: np.ndarray, iterations: int = 1, *, keep_small: bool = Tr
 
 def roi_table(chi_ppm: np.ndarray, dseg: np.ndarray, voxel_size=(1.0, 1.0, 1.0), *,
               mask: np.ndarray | None = None, labels=DGM_LABELS, participant_id: str = "n/a",
-              session_id: str = "n/a", acquisition: str = "n/a", run: str = "n/a",
+              session_id: str = "n/a", acquisition: str = "n/a", reconstruction: str = "n/a", run: str = "n/a",
               reference_region: str = "n/a", erode_voxels: int = 0):
     """Susceptibility statistics per DGM label.
 
@@ -92,7 +93,7 @@ def roi_table(chi_ppm: np.ndarray, dseg: np.ndarray, voxel_size=(1.0, 1.0, 1.0),
     voxel_size : voxel edge lengths in mm; ``volume_mm3 = voxel_count * prod(voxel_size)``.
     mask : optional boolean brain mask; voxels outside it (and non-finite chi) are ignored.
     labels : the label table (default the 12 DGM labels).
-    participant_id, session_id, acquisition, run, reference_region : copied into every row.
+    participant_id, session_id, acquisition, reconstruction, run, reference_region : copied into every row.
     erode_voxels : erode each label by this many voxels first (3x3x3 cube; reduces partial
         volume and registration-edge errors); a label that erosion would empty is kept whole.
 
@@ -130,7 +131,7 @@ def roi_table(chi_ppm: np.ndarray, dseg: np.ndarray, voxel_size=(1.0, 1.0, 1.0),
             stats = (np.nan,) * 5
         rows.append({
             "participant_id": participant_id, "session_id": session_id,
-            "acquisition": acquisition, "run": run,
+            "acquisition": acquisition, "reconstruction": reconstruction, "run": run,
             "structure": lab.structure, "hemisphere": lab.hemisphere, "label": lab.index,
             "voxel_count": n, "volume_mm3": n * vox_mm3,
             "mean_ppm": stats[0], "median_ppm": stats[1], "std_ppm": stats[2],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from qsmprep import __version__
@@ -62,6 +63,7 @@ def run_participant(config) -> int:
 
     subjects = sorted({r.subject for r in runs})
     log_buffer = LogBuffer().attach()  # saved to sub-XX/log/<run_uuid>/qsmprep.log at the end
+    started = time.time()
     try:
         LOGGER.log(25, msg.STARTED.format(version=__version__, run_uuid=ex.run_uuid, n_runs=len(runs),
                                           n_subjects=len(subjects)))
@@ -70,6 +72,11 @@ def run_participant(config) -> int:
         write_dataset_files(config, subjects)
         return run_workflow(config, runs)
     finally:
+        from qsmprep.utils.atomic import remove_stale_temporaries
+
+        for sub in subjects:  # what an earlier, killed run of these subjects left half written
+            for path in remove_stale_temporaries(Path(ex.output_dir) / f"sub-{sub}", before=started - 60.0):
+                LOGGER.info("removed %s, a temporary file an interrupted earlier run left", path)
         log_buffer.detach()
         log_buffer.save((Path(ex.output_dir) / f"sub-{sub}" / "log" / ex.run_uuid / "qsmprep.log" for sub in subjects),
                         root=ex.output_dir)

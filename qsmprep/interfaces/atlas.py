@@ -24,6 +24,7 @@ _ENTITY_RE = {
     "participant_id": re.compile(r"(?:^|_)(sub-[a-zA-Z0-9]+)"),
     "session_id": re.compile(r"(?:^|_)(ses-[a-zA-Z0-9]+)"),
     "acquisition": re.compile(r"(?:^|_)acq-([a-zA-Z0-9]+)"),
+    "reconstruction": re.compile(r"(?:^|_)rec-([a-zA-Z0-9]+)"),
     "run": re.compile(r"(?:^|_)run-([a-zA-Z0-9]+)"),
 }
 
@@ -32,7 +33,9 @@ def bids_entities(path) -> dict:
     """Row identifiers of a run from a BIDS file name ('n/a' where an entity is absent).
 
     >>> bids_entities("/x/sub-01_ses-pre_acq-fast_run-2_echo-1_part-mag_MEGRE.nii.gz")
-    {'participant_id': 'sub-01', 'session_id': 'ses-pre', 'acquisition': 'fast', 'run': '2'}
+    {'participant_id': 'sub-01', 'session_id': 'ses-pre', 'acquisition': 'fast', 'reconstruction': 'n/a', 'run': '2'}
+    >>> bids_entities("sub-02_rec-b_MEGRE.nii")["reconstruction"]
+    'b'
     >>> bids_entities("sub-02_MEGRE.nii")["session_id"]
     'n/a'
     """

@@ -315,7 +315,7 @@ def _roi_html(stats_path: Path | None, bars_png: Path) -> list[str]:
     from qsmprep.reports import figures as F
 
     df = pd.read_csv(stats_path, sep="\t", na_values=["n/a"], keep_default_na=False,
-                     dtype={"run": str, "session_id": str, "acquisition": str})
+                     dtype={"run": str, "session_id": str, "acquisition": str, "reconstruction": str})
     out = ["<h3>ROI statistics</h3>"]
     p = F.roi_bar_png(bars_png, df, title="mean chi per region")
     out.append(_img(p, "Mean chi per region (bars) with the interquartile range"))

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -109,6 +110,30 @@ def atomic_path(path: str | os.PathLike, root: str | os.PathLike | None = None) 
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+#: The hidden temporary files of :func:`atomic_path` (``.<stem>.<8 random characters>.tmp<ext>``).
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, before: float) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` under ``folder`` last modified before ``before``
+    (a ``time.time()``): what a killed process (a scheduler's time limit, the out-of-memory killer) left half
+    written.  A live writer's file is younger than the run that sweeps, so pass the sweeping run's start time.
+    Links are not followed.  Returns the removed paths."""
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if _TEMPORARY.match(name) and not p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    if p.stat().st_mtime < before:
+                        p.unlink()
+                        removed.append(p)
+    return sorted(removed)
 
 
 def write_text(path: str | os.PathLike, text: str, root: str | os.PathLike | None = None) -> Path:

@@ -9,8 +9,9 @@ DESCRIPTION = (
     "information, fixed random seed). The deep-gray-matter labels of AAL3 (caudate, putamen, "
     "pallidum, thalamus as the union of its nuclei, substantia nigra and red nucleus, left and "
     "right) were brought into each run's space with label-preserving (genericLabel) "
-    "interpolation, and susceptibility statistics were computed in each region after a 1 mm "
-    "erosion of the labels."
+    "interpolation, and susceptibility statistics were computed in each region after eroding the "
+    "labels by 1 mm in whole voxels (floor(1 mm / smallest voxel edge): one voxel at 1 mm, none at "
+    "voxels coarser than 1 mm; the number is in each table's sidecar, LabelErosionVoxels)."
 )
 
 
