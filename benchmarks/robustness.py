@@ -321,6 +321,9 @@ EXTRA_ROWS: dict[str, dict] = {
     "SE 3T offset SNR 20": dict(te_s=(0.020,), snr=20.0),
     # session 25: the third anisotropic voxel size, 0.6 x 0.6 x 2 mm (simulated on a 0.3 x 0.3 x 1 mm grid)
     "ME 3T 0.6x0.6x2 mm": dict(te_s=ME3, voxel_size=(0.6, 0.6, 2.0)),
+    # session 28: single echoes below the SNR range, validation only (where one echo misses for noise)
+    "SE 3T offset SNR 15": dict(te_s=(0.020,), snr=15.0),
+    "SE 3T offset SNR 12": dict(te_s=(0.020,), snr=12.0),
 }
 
 

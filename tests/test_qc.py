@@ -135,7 +135,7 @@ def test_weak_paramagnetic_tail_is_flagged_known_answer():
 
 def test_field_noise_share_known_answer_and_multi_echo_scope():
     """A linear field uniform on [-a, a] (interquartile range a, which the noise estimate cancels) plus white noise
-    of sd sigma: the share is sigma / a.  The check flags a noisy multi-echo run and skips a single echo."""
+    of sd sigma: the share is sigma / a.  The check flags a noisy multi-echo run, and a single echo at its own limit."""
     rng = np.random.default_rng(3)
     n, a = 40, 0.01
     ramp = np.broadcast_to(np.linspace(-a, a, n)[:, None, None], (n, n, n))
@@ -149,7 +149,16 @@ def test_field_noise_share_known_answer_and_multi_echo_scope():
     rep = qc.assess({"field_noise_share": noisy, "echoes": 4})
     assert rep["failed"] == ["field_noise_share"] and "SNR is low" in rep["warnings"][0]
     assert rep["thresholds"]["field_noise_share"]["applies_to"] == "multi-echo"
-    assert qc.assess({"field_noise_share": noisy, "echoes": 1})["passed"]  # single echo: not checked
-    assert qc.assess({"field_noise_share": noisy})["passed"]  # echo count unknown: not checked
+    # a single echo has its own, higher limit (it meets its lower target at more noise)
+    single = qc.THRESHOLDS["field_noise_share_single_echo"]
+    assert single[2:] == ("single-echo", "field_noise_share") and single[1] > limit
+    assert noisy < single[1] and qc.assess({"field_noise_share": noisy, "echoes": 1})["passed"]
+    noisier = qc.field_noise_share(ramp + rng.normal(0, 0.005, (n, n, n)), mask)
+    rep = qc.assess({"field_noise_share": noisier, "echoes": 1})
+    assert noisier > single[1] and rep["failed"] == ["field_noise_share"] and "SNR is low" in rep["warnings"][0]
+    assert rep["thresholds"]["field_noise_share_single_echo"] == {"kind": "max", "limit": single[1],
+                                                                  "applies_to": "single-echo",
+                                                                  "measure": "field_noise_share"}
+    assert qc.assess({"field_noise_share": noisier})["passed"]  # echo count unknown: not checked
     assert np.isnan(qc.field_noise_share(np.zeros((n, n, n)), mask))  # no range
     assert np.isnan(qc.field_noise_share(ramp, np.zeros((n, n, n), bool)))
