@@ -66,6 +66,7 @@ def test_remove_slab_trend_known_answer_and_whole_head_untouched():
     chi, truth, m, r2, vs = _slab_case()
     out, rec = slab.remove_slab_trend(chi, m, r2, vs)
     assert rec["applied"] and rec["axis"] == 2 and rec["trend_ppm_per_mm"] == pytest.approx(4e-4, rel=1e-5)
+    assert "estimated from 16 R2* classes and removed (+0.0152 ppm" in rec["message"]  # the report's note
     assert out[m].mean() == pytest.approx(chi[m].mean(), abs=1e-6)  # chi's mean is kept
     err = (out - out[m].mean()) - (truth - truth[m].mean())
     assert np.abs(err[m]).max() < 1e-5 and np.all(out[~m] == 0)

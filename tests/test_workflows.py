@@ -498,3 +498,26 @@ def test_stop_on_first_crash_reaches_nipype(datasets, tmp_path):
     assert build_workflow(cfg, _runs(bids)).config["execution"]["stop_on_first_crash"] is False
     cfg.nipype.stop_on_first_crash = True
     assert build_workflow(cfg, _runs(bids)).config["execution"]["stop_on_first_crash"] is True
+
+
+def test_offset_residual_node_records_a_message_for_the_report(tmp_path):
+    """The single-echo offset step says in its record (the report's QC note) what it removed: the degree and the
+    share of the local field it explained."""
+    import json
+
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.interfaces.qsm import OffsetResidual
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    g = np.indices((32, 32, 32)).astype(np.float32) - 15.5
+    brain = ((g ** 2).sum(0) < 14 ** 2).astype(np.uint8)
+    local = np.where(brain, 2e-4 * (g[0] ** 2 + 0.5 * g[1] ** 2), 0).astype(np.float32)
+    node = pe.Node(OffsetResidual(in_field=_write(local, aff, tmp_path / "l.nii.gz"),
+                                  in_mask=_write(brain, aff, tmp_path / "m.nii.gz"),
+                                  in_brain_mask=_write(brain, aff, tmp_path / "b.nii.gz"), order="2"),
+                   name="off", base_dir=str(tmp_path))
+    rec = json.loads(open(node.run().outputs.out_record).read())
+    assert rec["order"] == 2 and rec["explained"] > 0.05
+    assert rec["message"] == ("Single echo: the receive-phase offset's residual was fitted out of the local field with "
+                              f"a degree-2 polynomial (it explained {rec['explained']:.0%} of it).")

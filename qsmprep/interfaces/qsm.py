@@ -263,6 +263,9 @@ class OffsetResidual(SimpleInterface):
         order = self.inputs.order if self.inputs.order == "auto" else int(self.inputs.order)
         out, record = remove_offset_residual(local, mask, brain, voxel_size, method=self.inputs.method, order=order)
         record["requested"] = self.inputs.order
+        record["message"] = (f"Single echo: the receive-phase offset's residual was fitted out of the local field with "
+                             f"a degree-{record['order']} polynomial (it explained {record['explained']:.0%} of it)."
+                             if record["order"] else "Single echo: no receive-phase offset residual was removed.")
         self._results["out_field"] = save_volume(out, img, "local_field_ppm.nii.gz", runtime.cwd)
         if isdefined(self.inputs.in_total):
             from qsmprep.qsm.constants import hz_per_ppm
