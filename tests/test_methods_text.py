@@ -238,8 +238,13 @@ def test_from_config_with_runs():
     for needle in ("`sub-07_acq-fast`", "2 echoes (TE = 5, 10 ms)", "0.8 × 0.8 × 1.5 mm",
                    "integer scanner units", "(7.5 ms)", "quantile classes of a log-linear R2* fit"):
         assert needle in md, needle
+    assert "For a single echo" not in md and "that makes veins and iron-rich nuclei paramagnetic" in md
     one = SimpleNamespace(**{**vars(run), "echo_times_s": (0.02,)})  # one echo: no R2*, no slab trend
-    assert "R2*" not in M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [one]))
+    md1 = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True), [one]))
+    assert "R2*" not in md1 and "what background removal left of that offset will be fitted out" in md1  # planned
+    md0 = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True, single_echo_offset="0", phase_sign="-1"),
+                                                   [one]))
+    assert "left of that offset" not in md0 and "with its sign reversed (the scanner's handedness, set by" in md0
 
 
 def test_thick_slice_runs_name_the_network_grid():

@@ -19,7 +19,7 @@ import html
 import json
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qsmprep import naming
@@ -68,6 +68,8 @@ class RunInfo:
     inversion_record: dict = field(default_factory=dict)
     reference_region: str | None = None
     atlas: bool = False
+    phase_sign: str = "auto"
+    single_echo_offset: str = "auto"
     software_version: str | None = None
 
 
@@ -232,9 +234,11 @@ def methods_from_outputs(out_dir, subject=None) -> MethodsInfo:
             continue
         used_subjects.append(sub)
         sub_runs = [_run_from_sidecars(out_dir, prefix, base) for prefix, base in found.items()]
-        runs.extend(sub_runs)
         cfg = _newest_config(out_dir, sub)
         wf = cfg.get("workflow", {}) if isinstance(cfg.get("workflow"), dict) else {}
+        sub_runs = [replace(r, phase_sign=str(wf.get("phase_sign", "auto")),
+                            single_echo_offset=str(wf.get("single_echo_offset", "auto"))) for r in sub_runs]
+        runs.extend(sub_runs)
         if any(r.atlas for r in sub_runs) and cfg:
             flavors.add(registration_flavor(bool(wf.get("sloppy")), bool(wf.get("atlas_precise"))))
             seed = (cfg.get("seeds") or {}).get("master")
@@ -295,6 +299,7 @@ def methods_from_config(config, runs=None) -> MethodsInfo:
             background_text=BACKGROUND_REMOVALS[wf.background_removal].description,
             inversion=inv.name, inversion_text=inv.description, inversion_record=rec,
             reference_region=REFERENCE_REGION, atlas=not wf.skip_atlas,
+            phase_sign=str(wf.phase_sign), single_echo_offset=str(wf.single_echo_offset),
         )
 
     if runs:
@@ -490,6 +495,19 @@ def _qsm_paragraphs(info: MethodsInfo, group: list) -> list[str]:
         conv = " (" + "; ".join(f"{_num(hz_per_ppm(b), 2)} Hz/ppm at {_num(b)} T" for b in b0s) + ")"
     text = [f"The background field was removed with {bfr}{cite}, which shrinks the brain mask to the voxels "
             f"where the result is valid; the local field was converted to ppm of B0{conv}."]
+    offset = r0.single_echo_offset
+    if any(len(r.echo_times_s) == 1 for r in group) and offset != "0":
+        degree = ("a polynomial of degree 2 (or 4, when a degree-4 polynomial explained more than 30 % of what degree "
+                  "2 left; each run's quality-control record gives the degree)" if offset == "auto"
+                  else f"a polynomial of degree {offset}")
+        text.append("For a single echo, which cannot separate the receive-phase offset from the field, what background "
+                    f"removal left of that offset was fitted out of the local field with {degree}.")
+    if r0.phase_sign in ("1", "-1"):
+        text.append("The phase was taken " + ("as stored" if r0.phase_sign == "1" else "with its sign reversed")
+                    + " (the scanner's handedness, set by the user).")
+    else:
+        text.append("The phase sign (the scanner's handedness) was the one that makes veins and iron-rich nuclei "
+                    "paramagnetic; each run's quality-control record gives the choice.")
     inv = INVERSIONS.get(r0.inversion) if r0.inversion else None
     rec = r0.inversion_record
     if inv is not None:
