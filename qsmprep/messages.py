@@ -13,6 +13,8 @@ EXIT_WORKFLOW_FAILED = 1
 EXIT_INPUT_ERROR = 2
 #: A requested resource (the GPU) is not usable on this machine.
 EXIT_CANNOT_EXECUTE = 126
+#: Interrupted (Ctrl-C), as shells report SIGINT.
+EXIT_INTERRUPTED = 130
 
 # --- input dataset ----------------------------------------------------------
 BIDS_DIR_MISSING = "The input dataset {path} does not exist; give the path to a BIDS dataset folder."
@@ -116,6 +118,8 @@ FINISHED = "qsmprep finished successfully; results are in {out}."
 SUBMITTED = ("qsmprep submitted the graph with {plugin}; the jobs write the results and the subject reports to "
              "{out} as they finish.")
 FAILED = "qsmprep failed; see the crash files in {crash_dir} and rerun the same command to resume."
+INTERRUPTED = ("qsmprep was interrupted; no output is left half-written under its final name, so rerun the same "
+               "command (with the same work folder) to resume.")
 
 # --- input checks of issue #15 (qsmprep/bids.py) ----------------------------
 # Dataset files read before pybids indexes the dataset.

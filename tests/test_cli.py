@@ -648,3 +648,19 @@ def test_readme_documents_every_option():
     missing = [flag for flag in [*flags, "--use-plugin", "--config-file", "--version"] if f"`{flag}" not in table
                and f", {flag}" not in table]
     assert not missing, f"options missing from the README table: {missing}"
+
+
+def test_interrupt_is_one_sentence_and_exit_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (a KeyboardInterrupt reaching the command line) ends with one sentence and the shell's 130, not a
+    traceback."""
+    import qsmprep.cli.run as cli_run
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_run, "run_participant", interrupted)
+    bids = make_bids(tmp_path / "ds")
+    code = main([str(bids), str(tmp_path / "out"), "participant"])
+    text = capsys.readouterr().err.strip()
+    assert code == msg.EXIT_INTERRUPTED == 130 and text.startswith("qsmprep: qsmprep was interrupted")
+    assert _one_sentence(text.split(": ", 1)[1]) and "rerun the same command" in text

@@ -148,11 +148,15 @@ def main(argv=None) -> int:
 
     config = parse_args(argv)
     setup_logging(config.execution.verbosity)
-    if config.execution.analysis_level == "group":
-        return run_group_level(config)
-    if config.execution.reports_only:
-        return run_reports(config)
-    return run_participant(config)
+    try:
+        if config.execution.analysis_level == "group":
+            return run_group_level(config)
+        if config.execution.reports_only:
+            return run_reports(config)
+        return run_participant(config)
+    except KeyboardInterrupt:  # one sentence instead of a traceback
+        print(f"qsmprep: {msg.INTERRUPTED}", file=sys.stderr)
+        return msg.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover
