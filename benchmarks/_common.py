@@ -280,7 +280,7 @@ def app_chain_field(phase, mag, te_s, voxel_size, b0_t, *, bfr: str | None = Non
     magnitude = combine_magnitude(mag).astype(np.float32)  # the graph's out_combined, for the inversion
     # the graph's SlabTrend reads the echoes only for a multi-echo slab; here R2* is kept for it (over the brain
     # mask: the slab trend uses R2* only inside chi's mask, which the brain mask covers up to filled holes)
-    r2star = r2star_loglinear(mag, te) if len(te) > 1 and cut_axis(mask) is not None else None
+    r2star = r2star_loglinear(mag, te) if len(te) > 1 and cut_axis(mask, vs) is not None else None
     del mag
     return dict(mask=mask, field_hz=field_hz, weight=weight, local_ppm=local, eroded=eroded, bfr=method, records=records,
                 magnitude=magnitude, r2star=r2star)
@@ -326,6 +326,7 @@ def app_inversion(method: str, chain: dict, voxel_size, b0_dir, b0_t: float, te_
     if chain.get("r2star") is not None:  # the graph's SlabTrend (multi-echo runs; unchanged unless a slab)
         from qsmprep.qsm.slab import remove_slab_trend
 
-        chi, _ = run(f"slab_{method}", remove_slab_trend, chi, out, chain["r2star"], tuple(float(v) for v in voxel_size))
+        chi, _ = run(f"slab_{method}", remove_slab_trend, chi, out, chain["r2star"], tuple(float(v) for v in voxel_size),
+                     brain_mask=chain["mask"])
     chi, _ = run(f"ref_{method}", reference_mean, chi, out)
     return np.where(out, chi, 0.0).astype(np.float32)

@@ -1187,7 +1187,7 @@ def study_slabtrend(args) -> int:
                 continue
             dd = data_for(case_for(row, seed), args.cache)
             m = brain_mask(dd["mag"], voxel_size=dd["voxel_size"], phase=dd["phase"])
-            res = {"row": row, "seed": seed, "variant": "detector", "cut_axis": slab.cut_axis(m)}
+            res = {"row": row, "seed": seed, "variant": "detector", "cut_axis": slab.cut_axis(m, dd["voxel_size"])}
             results = [r for r in results if (r["row"], r["seed"], r["variant"]) != (row, seed, "detector")] + [res]
             print(json.dumps(res), flush=True)
         out.write_text(json.dumps(results, indent=1))

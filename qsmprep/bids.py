@@ -628,8 +628,9 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
 
     Returns ``"rad"``, ``"scanner"`` or ``"deg"``, the units the graph converts
     (:func:`qsmprep.qsm.echoes.scale_phase_to_radians` with this ``units``), or the reason to
-    refuse the run: ``"unknown"``, ``"conflict"`` or ``"over_pi"`` (phase divided by pi: values
-    filling [-1, 1], whatever the sidecar says).
+    refuse the run: ``"unknown"``, ``"conflict"``, ``"partial_turn"`` (integer codes covering only part of
+    a scanner turn) or ``"over_pi"`` (phase divided by pi: values filling [-1, 1]; a sidecar's ``rad``
+    wins unless both ends lie within 1e-3 of +-1).
 
     Without a ``declared`` unit, or with one that names neither radians nor degrees (e.g. BIDS's
     ``"arbitrary"``), the range decides: :func:`qsmprep.qsm.echoes.classify_phase_range` (rad:
@@ -648,8 +649,8 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
 
     kind = classify_phase_range(lo, hi, integer_valued)
     unit = str(declared).strip().lower() if declared is not None else ""
-    if kind == "over_pi":  # phase over pi, whatever the sidecar says (radians would not fill [-1, 1] exactly)
-        return kind
+    if kind == "over_pi":  # phase over pi; a sidecar's rad wins unless both ends are within 1e-3 of +-1
+        return "rad" if unit in RADIAN_UNITS and not (lo <= -0.999 and hi >= 0.999) else kind
     if unit in DEGREE_UNITS:
         m = max(abs(lo), abs(hi))
         if m <= PHASE_RAD_LIMIT:
@@ -663,7 +664,7 @@ def phase_units(lo: float, hi: float, integer_valued: bool, declared: str | None
 
 
 _PHASE_UNITS_MESSAGES = {"unknown": msg.PHASE_UNITS_UNKNOWN, "conflict": PHASE_UNITS_CONFLICT,
-                         "over_pi": msg.PHASE_OVER_PI}
+                         "over_pi": msg.PHASE_OVER_PI, "partial_turn": msg.PHASE_PARTIAL_TURN}
 
 #: Largest |correlation| between a magnitude and its phase (bright voxels) before the phase is taken for a
 #: copy of a magnitude image: genuine phase scores -0.16..0.21 on the bundled examples and the robustness
@@ -679,12 +680,13 @@ MAX_SHEAR_DEG = 0.5
 
 def magnitude_phase_correlation(magnitude: np.ndarray, phase: np.ndarray) -> float:
     """Pearson correlation of ``phase`` with ``magnitude`` over the bright voxels (magnitude above 0.2 of its
-    99th percentile; a strided sample of at most about 200 000 voxels), NaN when fewer than 100 are bright.
+    99th percentile; a strided sample of about 200 000 voxels per volume), NaN when fewer than 100 are bright.
     A wrapped phase does not follow the magnitude (about 0); a magnitude image stored as the phase does (1)."""
-    mag = np.asarray(magnitude).reshape(-1)
-    pha = np.asarray(phase).reshape(-1)
-    step = max(1, mag.size // 200_000)
-    mag, pha = mag[::step].astype(np.float64), pha[::step].astype(np.float64)
+    # the same strided view of both (no copy of the whole images, whatever their memory layout)
+    step = max(1, int(round((np.prod(np.shape(magnitude)[:3]) / 200_000) ** (1.0 / 3.0))))
+    view = (slice(None, None, step),) * 3
+    mag = np.asarray(magnitude[view], dtype=np.float64).reshape(-1)
+    pha = np.asarray(phase[view], dtype=np.float64).reshape(-1)
     bright = mag > 0.2 * np.percentile(mag, 99)
     if bright.sum() < 100 or np.ptp(pha[bright]) == 0 or np.ptp(mag[bright]) == 0:
         return float("nan")

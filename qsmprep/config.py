@@ -215,6 +215,11 @@ class WorkflowSettings:
         help="single-echo runs only (several echoes fit the offset): polynomial degree of the receive-phase "
              "offset whose background-removal residual is removed before the inversion; auto = 2, or 4 when a "
              "smooth residual remains; 0 = off")
+    slab_trend: str = option(
+        "auto", flags=("--slab-trend",), choices=("auto", "off"),
+        help="multi-echo runs whose brain mask reaches two opposite faces of the image (a slab): auto = remove the "
+             "chi trend along the cut axis, which the field does not measure, estimated from R2* classes "
+             "(recorded in the QC JSON); off = keep chi's own trend")
 
 
 @dataclass

@@ -1022,7 +1022,8 @@ QC_SIDECAR = {
     "edge_coverage": {"Description": "Partial coverage: largest brain-mask cross-section within 8 mm of an image face "
                                      "over the largest cross-section (0: whole brain in the field of view)."},
     "field_noise_share": {"Description": "The local field's noise per voxel over its interquartile range in the final "
-                                         "mask (above the QC limit on multi-echo data: SNR too low for an accurate map)."},
+                                         "mask (above the QC limit, one for multi-echo data and a higher one for a "
+                                         "single echo: SNR too low for an accurate map)."},
     "phase_sign": {"Description": "Phase sign applied to the input (--phase-sign)."},
     "offset_order": {"Description": "Degree of the single-echo offset residual removed (0: none; n/a: several echoes)."},
     "slab_trend_ppm": {"Description": "Multi-echo partial coverage (a slab): the chi trend along the cut axis removed, "

@@ -173,6 +173,11 @@ PHASE_OVER_PI = (
     "to [-1, 1]) rather than radians, which would use only a third of the turn; multiply it by pi in a copy "
     "of the dataset and run qsmprep on that copy."
 )
+PHASE_PARTIAL_TURN = (
+    "The phase of {path} holds integer codes from {lo:.0f} to {hi:.0f}, only part of any scanner's turn, so the codes "
+    "per turn cannot be told (a background masked to zero, or unwrapped phase?); give the scanner's wrapped phase with "
+    "its background noise, or convert it to radians in a copy of the dataset and run qsmprep on that copy."
+)
 PHASE_LOOKS_LIKE_MAGNITUDE = (
     "{path} looks like a magnitude image, not a phase image (its values follow those of {reference}: "
     "correlation {r:.2f} in the bright voxels, where a phase image scores about 0); check that the "

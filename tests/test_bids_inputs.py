@@ -511,10 +511,25 @@ def test_sheared_affine_refused(bids, shear, refused):
 @pytest.mark.parametrize("units", ["rad", "arbitrary"])
 def test_phase_over_pi_refused(wrapped_bids, units):
     """Phase divided by pi (values filling [-1, 1]) was read as radians covering a third of the turn."""
-    _rewrite(wrapped_bids, "phase", lambda d, e: d / np.pi)
+    def over_pi(d, e):  # phase over pi; the background's noise reaches both ends of [-1, 1]
+        out = d / np.pi
+        out.flat[0], out.flat[-1] = -1.0, 1.0
+        return out
+
+    _rewrite(wrapped_bids, "phase", over_pi)
     _set_units(wrapped_bids, units)
     _refused(wrapped_bids, r"looks like phase divided by pi .*multiply it by pi", "part-phase_MEGRE.nii.gz")
     assert phase_units(-1.0, 1.0, False, "rad") == "over_pi" and phase_units(-0.9, 0.7, False) == "rad"
+    assert phase_units(-0.995, 0.992, False, "rad") == "rad"  # a sidecar's rad wins unless both ends are at +-1
+    assert phase_units(-0.995, 0.992, False) == "over_pi"
+
+
+def test_masked_integer_phase_refused_naming_the_cause(wrapped_bids):
+    """12-bit codes whose background was masked to zero and that cover only part of the turn: the codes per turn
+    cannot be told, and the sentence says why (not 'unwrapped phase?')."""
+    _rewrite(wrapped_bids, "phase", lambda d, e: np.round(np.clip(d, -1.2, 1.2) / np.pi * 2048 + 2048), dtype=np.int16)
+    _set_units(wrapped_bids, "arbitrary")
+    _refused(wrapped_bids, r"only part of any scanner's turn, .*a background masked to zero", "part-phase")
 
 
 def test_unwrapped_phase_as_integers_refused(wrapped_bids):
@@ -522,7 +537,7 @@ def test_unwrapped_phase_as_integers_refused(wrapped_bids):
     _rewrite(wrapped_bids, "phase", lambda d, e: np.round(1000 * (d + 2 * np.pi * e)) * (1 if e % 2 else -1),
              dtype=np.int16)
     _set_units(wrapped_bids, "arbitrary")
-    _refused(wrapped_bids, "neither wrapped radians.*nor integer scanner units", "part-phase_MEGRE.nii.gz")
+    _refused(wrapped_bids, "only part of any scanner's turn.*or unwrapped phase", "part-phase_MEGRE.nii.gz")
 
 
 def test_missing_imaginary_part_refused(bids):

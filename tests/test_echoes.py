@@ -24,6 +24,8 @@ def test_radians_pass_through():
         (np.arange(-3142, 3143), 1e-3),  # Philips / GE milliradians (span 6285 codes): 2000 pi codes per turn
         (np.arange(0, 256), 2 * np.pi / 256),  # unsigned 8 bit
         (np.arange(-32768, 32768, 7), np.pi / 32768),  # 16 bit
+        (np.arange(-31416, 31417, 5), 1e-4),  # 1e-4 rad codes
+        (np.arange(-1800, 1801), np.pi / 1800),  # tenths of degrees
     ],
 )
 def test_integer_scanner_units(codes, rad_per_code):
@@ -70,6 +72,11 @@ def test_scanner_turn_known_answers():
     assert E.scanner_turn(360) == 360  # whole degrees 0..359
     assert E.scanner_turn(43981) is None  # unwrapped milliradians -21990..21990
     assert E.scanner_turn(296) is None and E.scanner_turn(3800) is None and E.scanner_turn(4200) is None
+    assert E.scanner_turn(62833) == pytest.approx(20000 * np.pi)  # 1e-4 rad codes: not 0.96 of 16 bits
+    assert E.scanner_turn(3601) == 3600  # tenths of degrees
+    assert E.partial_scanner_turn(2500) and not E.partial_scanner_turn(100)
+    assert E.classify_phase_range(0, 4095, True) == "scanner"  # a full 12-bit turn wins over half of 13 bits
+    assert E.classify_phase_range(0, 2499, True) == "partial_turn"  # a masked background: the turn cannot be told
 
 
 # ----------------------------------------------------------------------------- magnitude

@@ -245,6 +245,8 @@ def test_from_config_with_runs():
     md0 = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True, single_echo_offset="0", phase_sign="-1"),
                                                    [one]))
     assert "left of that offset" not in md0 and "with its sign reversed (the scanner's handedness, set by" in md0
+    md_off = M.methods_markdown(M.methods_from_config(_config(skip_atlas=True, slab_trend="off"), [run]))
+    assert "R2*" not in md_off  # --slab-trend off
 
 
 def test_thick_slice_runs_name_the_network_grid():

@@ -17,11 +17,16 @@ def _ball(n=40, r=16.0):
 
 def test_cut_axis_known_answers():
     _, ball = _ball()
-    assert slab.cut_axis(ball) is None  # a whole head inside the field of view
-    assert slab.cut_axis(ball[:, :, 12:28]) == 2  # a slab about the middle: both faces cut
-    assert slab.cut_axis(ball[14:26]) == 0
-    assert slab.cut_axis(ball[:, :, :26]) is None  # one face cut (the top of the head missing): no slab
-    assert slab.cut_axis(np.zeros((8, 8, 8), bool)) is None
+    vs = (2.0, 2.0, 2.0)
+    head = np.pad(ball, 8)  # a whole head 16 mm or more from every face
+    assert slab.cut_axis(head, vs) is None
+    assert slab.cut_axis(ball[:, :, 12:28], vs) == 2  # a slab about the middle: both faces cut
+    assert slab.cut_axis(ball[14:26], vs) == 0
+    assert slab.cut_axis(np.pad(ball[:, :, :26], 8)[8:-8, 8:-8, 8:], vs) is None  # one face cut (the top missing)
+    assert slab.cut_axis(np.zeros((8, 8, 8), bool), vs) is None
+    # a slab whose outermost slices lost their signal still is one (within 8 mm of each face)
+    dropped = np.pad(ball[:, :, 12:28], ((0, 0), (0, 0), (2, 2)))
+    assert slab.cut_axis(dropped, vs) == 2 and slab.cut_axis(dropped, vs, band_mm=2.0) is None
 
 
 def test_r2star_loglinear_known_answer_and_receive_bias():
@@ -71,12 +76,18 @@ def test_remove_slab_trend_known_answer_and_whole_head_untouched():
     err = (out - out[m].mean()) - (truth - truth[m].mean())
     assert np.abs(err[m]).max() < 1e-5 and np.all(out[~m] == 0)
     # a whole head (no cut axis), or one echo (no R2*): the same array back
-    _, ball = _ball()
-    whole = np.where(ball, 0.01, 0).astype(np.float32)
-    same, rec = slab.remove_slab_trend(whole, ball, np.full(ball.shape, 20.0, np.float32), vs)
+    head = np.pad(_ball()[1], 8)
+    whole = np.where(head, 0.01, 0).astype(np.float32)
+    same, rec = slab.remove_slab_trend(whole, head, np.full(head.shape, 20.0, np.float32), vs)
     assert same is whole and not rec["applied"] and rec["reason"] == "no cut axis"
     same, rec = slab.remove_slab_trend(chi, m, None, vs)
     assert same is chi and not rec["applied"]
+    # a classical inversion's chi mask is eroded away from the cut faces: the brain mask decides, chi's mask is fitted
+    eroded = m.copy()
+    eroded[:, :, :3] = eroded[:, :, -3:] = False
+    assert slab.cut_axis(eroded, (1.0, 1.0, 1.0), band_mm=2.0) is None
+    out, rec = slab.remove_slab_trend(chi, eroded, r2, vs, brain_mask=m)
+    assert rec["applied"] and rec["trend_ppm_per_mm"] == pytest.approx(4e-4, rel=1e-5) and np.all(out[~eroded] == 0)
 
 
 def test_graph_slab_trend_node_for_multi_echo_only():
@@ -88,7 +99,42 @@ def test_graph_slab_trend_node_for_multi_echo_only():
     assert ("load_echoes", "slab_trend", "out_magnitude", "in_magnitude") in edges
     assert ("slab_trend", "reference", "out_chi", "in_chi") in edges
     assert ("slab_trend", "qc_records", "out_record", "in2") in edges
+    assert ("brain_mask", "slab_trend", "out_mask", "in_brain_mask") in edges
+    off = {n.name for n in init_qsm_wf(echo_times_s=list(TE), b0_t=3.0, slab_trend="off")._get_all_nodes()}
+    assert "slab_trend" not in off  # --slab-trend off
     se = init_qsm_wf(echo_times_s=[0.02], b0_t=3.0)
     names = {n.name for n in se._get_all_nodes()}
     edges = {(u.name, v.name, src, dst) for u, v, d in se._graph.edges(data=True) for src, dst in d["connect"]}
     assert "slab_trend" not in names and ("inversion", "reference", "out_chi", "in_chi") in edges
+
+
+def test_slab_trend_node_on_a_slab_with_an_eroded_chi_mask(tmp_path):
+    """The node (what the graph runs): the echoes' magnitudes -> R2*, the brain mask reaching the cut faces, chi on a
+    mask eroded away from them (a classical inversion's) -> the trend removed and recorded."""
+    import json
+
+    import nibabel as nb
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.interfaces.qsm import SlabTrend
+
+    chi, truth, m, r2, vs = _slab_case()
+    eroded = m.copy()
+    eroded[:, :, :4] = eroded[:, :, -4:] = False
+    chi = np.where(eroded, chi, 0).astype(np.float32)
+    mag = (1000.0 * np.exp(-np.multiply.outer(np.where(m, r2, 20.0), TE))).astype(np.float32)
+    aff = np.diag([*vs, 1.0])
+
+    def save(a, name):
+        nb.save(nb.Nifti1Image(np.asarray(a), aff), str(tmp_path / name))
+        return str(tmp_path / name)
+
+    node = pe.Node(SlabTrend(in_chi=save(chi, "chi.nii.gz"), in_mask=save(eroded.astype(np.uint8), "m.nii.gz"),
+                             in_brain_mask=save(m.astype(np.uint8), "b.nii.gz"), in_magnitude=save(mag, "mag.nii.gz"),
+                             echo_times=list(TE)), name="slab", base_dir=str(tmp_path))
+    res = node.run()
+    rec = json.loads(open(res.outputs.out_record).read())
+    assert rec["applied"] and rec["axis"] == 2 and rec["trend_ppm_per_mm"] == pytest.approx(4e-4, rel=1e-4)
+    out = np.asarray(nb.load(res.outputs.out_chi).dataobj)
+    err = (out - out[eroded].mean()) - (truth - truth[eroded].mean())
+    assert np.abs(err[eroded]).max() < 1e-5

@@ -467,6 +467,7 @@ class DipoleInversion(SimpleInterface):
 class _SlabTrendInputSpec(BaseInterfaceInputSpec):
     in_chi = File(exists=True, mandatory=True, desc="susceptibility (ppm) from the inversion")
     in_mask = File(exists=True, mandatory=True, desc="where chi is defined (the inversion's mask)")
+    in_brain_mask = File(exists=True, mandatory=True, desc="the brain mask (it decides whether the run is a slab)")
     in_magnitude = File(exists=True, mandatory=True, desc="the echoes' magnitudes (4-D, echoes last)")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s), one per magnitude volume")
 
@@ -488,12 +489,13 @@ class SlabTrend(SimpleInterface):
 
         chi, img = load_volume(self.inputs.in_chi)
         mask = _mask(self.inputs.in_mask)
+        brain = _mask(self.inputs.in_brain_mask)
         voxel_size, _ = geometry(img)
         r2s = None
-        if cut_axis(mask) is not None:  # the echoes are read only for a slab
+        if cut_axis(brain, voxel_size) is not None:  # the echoes are read only for a slab
             mag, _ = load_volume(self.inputs.in_magnitude)
             r2s = r2star_loglinear(mag, self.inputs.echo_times, mask)
-        out, record = remove_slab_trend(chi, mask, r2s, voxel_size)
+        out, record = remove_slab_trend(chi, mask, r2s, voxel_size, brain_mask=brain)
         self._results["out_chi"] = save_volume(out, img, "chi.nii.gz", runtime.cwd)
         self._results["out_record"] = _write_json(record, "slab_trend.json", runtime.cwd)
         return runtime

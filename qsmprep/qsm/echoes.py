@@ -42,26 +42,31 @@ PHASE_UNITS = ("rad", "deg", "scanner")
 PHASE_RAD_LIMIT = float(np.pi * 1.01)
 #: Limit of a wrapped phase in degrees, +-180 + 1 %.
 PHASE_DEG_LIMIT = 180.0 * 1.01
-#: Codes per turn of integer scanner phase: 8- to 16-bit codes, whole degrees and milliradians (Philips, GE).
-SCANNER_TURNS = tuple(2.0 ** b for b in range(8, 17)) + (360.0, 2000.0 * np.pi)
+#: Codes per turn of integer scanner phase: 8- to 16-bit codes, whole and tenths of degrees, milli- and 1e-4 radians.
+SCANNER_TURNS = tuple(2.0 ** b for b in range(8, 17)) + (360.0, 3600.0, 2000.0 * np.pi, 20000.0 * np.pi)
 #: A run's integer phase spans one of :data:`SCANNER_TURNS` within this range of it: a wrapped phase (with
 #: the noise of the background) covers nearly the whole turn, and no more than it.
 SCANNER_TURN_RANGE = (0.95, 1.02)
 
 
 def scanner_turn(span: float) -> float | None:
-    """The codes per turn (one of :data:`SCANNER_TURNS`) of integer phase spanning ``span`` codes
-    (``max - min + 1``), or None when the span is no scanner's turn (e.g. unwrapped phase stored as integers,
-    or a magnitude image)."""
+    """The codes per turn of integer phase spanning ``span`` codes (``max - min + 1``): the one of
+    :data:`SCANNER_TURNS` nearest to it, if the span lies within :data:`SCANNER_TURN_RANGE` of it; else None (no
+    scanner's turn: e.g. unwrapped phase stored as integers, or a magnitude image)."""
+    turn = min(SCANNER_TURNS, key=lambda t: abs(np.log(span / t)))
     lo, hi = SCANNER_TURN_RANGE
-    for turn in SCANNER_TURNS:
-        if lo * turn <= span <= hi * turn:
-            return turn
-    return None
+    return turn if lo * turn <= span <= hi * turn else None
+
+
+def partial_scanner_turn(span: float) -> bool:
+    """True when integer phase spanning ``span`` codes covers a half to :data:`SCANNER_TURN_RANGE`'s lower end of some
+    scanner turn (a background masked to zero, a short echo with little phase, or unwrapped phase), so that the
+    codes per turn cannot be told."""
+    return any(0.5 * turn <= span < SCANNER_TURN_RANGE[0] * turn for turn in SCANNER_TURNS)
 
 
 #: A phase within +-1 reaching both ends (at least this close) is phase over pi, not radians.
-PHASE_OVER_PI_REACH = 0.95
+PHASE_OVER_PI_REACH = 0.99
 
 
 def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
@@ -80,6 +85,9 @@ def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
       -128..127).  Whole degrees 0..359 are a 360-code turn, converted exactly as degrees would be.
     * ``"deg"``: within +-:data:`PHASE_DEG_LIMIT` (181.8) and reaching beyond +-160, floats or
       whole degrees; or non-integer values within [-3.6, 363.6] reaching beyond 320 (0..360 degrees).
+    * ``"partial_turn"``: integer codes beyond +-181.8 spanning a half to 95 % of a scanner turn
+      (:func:`partial_scanner_turn`: a background masked to zero, or a short echo with little phase), which
+      cannot tell the turn.
     * ``"unknown"``: anything else (unwrapped or rescaled phase, values just beyond the limits,
       integer data spanning no scanner's turn, such as unwrapped phase or a magnitude image stored as integers).
     """
@@ -94,6 +102,8 @@ def classify_phase_range(lo: float, hi: float, integer_valued: bool) -> str:
     if (integer_valued and scanner_turn(span) is not None
             and (m > PHASE_DEG_LIMIT or abs(span - 256.0) <= 0.02 * 256.0)):
         return "scanner"
+    if integer_valued and m > PHASE_DEG_LIMIT and partial_scanner_turn(span):
+        return "partial_turn"
     if 160.0 < m <= PHASE_DEG_LIMIT:
         return "deg"
     if not integer_valued and lo >= -0.01 * 360.0 and 320.0 < hi <= 2 * PHASE_DEG_LIMIT:
@@ -126,7 +136,7 @@ def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray
       Integer data spanning no scanner turn (e.g. fewer than 243 codes) are refused.
 
     ``"auto"`` raises ``ValueError`` for a range it cannot tell (``"unknown"``, e.g. unwrapped
-    phase, or ``"over_pi"``).  NaN/inf are set to 0.
+    phase, ``"over_pi"`` or ``"partial_turn"``).  NaN/inf are set to 0.
     """
     if units not in ("auto",) + PHASE_UNITS:
         raise ValueError(f"phase units must be 'auto' or one of {PHASE_UNITS}, got {units!r}.")
@@ -142,10 +152,12 @@ def scale_phase_to_radians(phase: np.ndarray, units: str = "auto") -> np.ndarray
     integer_like = _integer_like(x)
     if units == "auto":
         units = classify_phase_range(lo, hi, integer_like)
-        if units in ("unknown", "over_pi"):
+        if units in ("unknown", "over_pi", "partial_turn"):
+            why = {"over_pi": "phase divided by pi (multiply it by pi)",
+                   "partial_turn": "integer codes that cover only part of a scanner's turn (a masked background?)",
+                   }.get(units, "neither radians within [-pi, pi] nor integer scanner units nor degrees")
             raise ValueError(
-                f"Phase values range from {lo:.4g} to {hi:.4g}: neither radians within [-pi, pi] "
-                "nor integer scanner units nor degrees; convert the phase image to radians (or to the "
+                f"Phase values range from {lo:.4g} to {hi:.4g}: {why}; convert the phase image to radians (or to the "
                 "scanner's integer phase units) before running qsmprep."
             )
     if units == "rad":

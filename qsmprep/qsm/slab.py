@@ -17,18 +17,26 @@ from typing import Sequence
 
 import numpy as np
 
-#: A mask reaches a face of the image when its cross-section in the face's slice is at least this share of its
-#: largest cross-section along that axis (a slab reaches two opposite faces; a whole head none).
+#: A mask reaches a face of the image when its largest cross-section within :data:`SLAB_FACE_MM` of the face is at
+#: least this share of its largest cross-section along that axis (a slab reaches two opposite faces; a whole head none):
+#: the QC's ``edge_coverage`` rule (:func:`qsmprep.qsm.qc.edge_coverage`), at both faces.
 SLAB_FACE_SHARE = 0.25
+SLAB_FACE_MM = 8.0
+#: The largest trend (ppm from one cut face to the other) the six validation slabs had removed, and the trend above
+#: which the step's record warns (about four times that; ``benchmarks/RESULTS.md``, "A slab's trend from R2* classes").
+SLAB_TREND_VALIDATED_PPM = 0.007
+SLAB_TREND_WARN_PPM = 0.03
 #: Quantile classes of R2* within which chi is taken to have no trend along the cut axis.
 SLAB_TREND_CLASSES = 16
 
 
-def cut_axis(mask: np.ndarray, share: float = SLAB_FACE_SHARE) -> int | None:
-    """The array axis along which ``mask`` reaches both faces of the image (a slab's normal), or None.
+def cut_axis(mask: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), share: float = SLAB_FACE_SHARE,
+             band_mm: float = SLAB_FACE_MM) -> int | None:
+    """The array axis along which ``mask`` (the brain mask) reaches both faces of the image (a slab's normal), or None.
 
-    Both end slices must hold at least ``share`` of the mask's largest cross-section along that axis; of several
-    such axes the one whose smaller end share is largest.
+    Within ``band_mm`` of each face the mask's largest cross-section must be at least ``share`` of its largest along
+    that axis (so a slab whose outermost slice lost its signal still counts); of several such axes the one whose
+    smaller end share is largest.
     """
     m = np.asarray(mask) > 0
     best, best_share = None, share
@@ -37,7 +45,8 @@ def cut_axis(mask: np.ndarray, share: float = SLAB_FACE_SHARE) -> int | None:
         top = prof.max() if prof.size else 0
         if top == 0 or prof.size < 2:
             continue
-        end = min(prof[0], prof[-1]) / top
+        k = min(max(1, int(np.ceil(band_mm / float(voxel_size[ax])))), prof.size // 2)
+        end = min(prof[:k].max(), prof[-k:].max()) / top
         if end >= best_share:
             best, best_share = ax, end
     return best
@@ -58,8 +67,10 @@ def r2star_loglinear(magnitude: np.ndarray, te_s: Sequence[float], mask: np.ndar
     if mask is not None:
         valid &= np.asarray(mask) > 0
     tc = (te - te.mean()).astype(np.float32)
-    logm = np.log(np.where(valid[..., None], mag, 1.0))
-    slope = np.tensordot(logm, tc, axes=([-1], [0])) / np.float32((tc ** 2).sum())
+    slope = np.zeros(valid.shape, np.float32)
+    for e in range(te.size):  # one echo at a time: the echoes plus three volumes at most
+        slope += tc[e] * np.log(np.where(valid, mag[..., e], np.float32(1.0)))
+    slope /= np.float32((tc ** 2).sum())
     return np.where(valid, -slope, 0.0).astype(np.float32)
 
 
@@ -93,18 +104,22 @@ def slab_trend(chi_ppm: np.ndarray, mask: np.ndarray, r2star: np.ndarray, axis: 
 
 
 def remove_slab_trend(chi_ppm: np.ndarray, mask: np.ndarray, r2star: np.ndarray | None, voxel_size: Sequence[float],
+                      brain_mask: np.ndarray | None = None,
                       n_classes: int = SLAB_TREND_CLASSES) -> tuple[np.ndarray, dict]:
     """chi without the trend along a slab's cut axis that it shares across R2* classes (:func:`slab_trend`).
 
-    Applied only when ``mask`` reaches two opposite faces (:func:`cut_axis`) and ``r2star`` is given (multi-echo
-    data); otherwise chi comes back unchanged (the same array).  The trend is removed about the mask's mean
-    position, so chi's mean in ``mask`` is kept.  Returns ``(chi, record)``; the record says whether it was applied
-    and, if so, the axis and the trend removed (ppm per mm, and ppm across the slab).
+    Applied only when ``brain_mask`` (default ``mask``) reaches two opposite faces (:func:`cut_axis`: decided on
+    the brain mask, which reaches the faces whatever the inversion's mask, eroded by background removal, does) and
+    ``r2star`` is given (multi-echo data); otherwise chi comes back unchanged (the same array).  The trend is fitted
+    over chi's ``mask`` and removed about its mean position, so chi's mean in ``mask`` is kept.  Returns
+    ``(chi, record)``; the record says whether it was applied and, if so, the axis and the trend removed (ppm per mm,
+    and ppm across the slab), with a warning when that is larger than :data:`SLAB_TREND_WARN_PPM`.
     """
     m = np.asarray(mask) > 0
-    axis = cut_axis(m)
+    axis = cut_axis(m if brain_mask is None else brain_mask, voxel_size)
     if axis is None or r2star is None or not m.any():
-        return chi_ppm, {"applied": False, "reason": "no cut axis" if axis is None else "one echo: no R2*"}
+        return chi_ppm, {"applied": False, "reason": "no cut axis" if axis is None else ("one echo: no R2*" if
+                                                                                        r2star is None else "empty mask")}
     b = slab_trend(chi_ppm, m, r2star, axis, voxel_size, n_classes)
     x = _position_mm(m.shape, axis, voxel_size)
     x0 = float(x[m].mean())
@@ -113,5 +128,8 @@ def remove_slab_trend(chi_ppm: np.ndarray, mask: np.ndarray, r2star: np.ndarray 
     message = (f"Partial coverage (the brain mask reaches both faces of array axis {axis}): chi's trend along that "
                f"axis, which the field does not measure, was estimated from {int(n_classes)} R2* classes and removed "
                f"({across:+.4f} ppm from one cut face to the other).")
+    if abs(across) > SLAB_TREND_WARN_PPM:
+        message += (f"  That is more than four times the largest trend the validation slabs had removed "
+                    f"({SLAB_TREND_VALIDATED_PPM} ppm): check the map along the cut axis, or rerun with --slab-trend off.")
     return out, {"applied": True, "axis": int(axis), "trend_ppm_per_mm": round(b, 8),
                  "trend_ppm_across": round(across, 6), "classes": int(n_classes), "message": message}

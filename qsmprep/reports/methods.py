@@ -70,6 +70,7 @@ class RunInfo:
     atlas: bool = False
     phase_sign: str = "auto"
     single_echo_offset: str = "auto"
+    slab_trend: str = "auto"
     software_version: str | None = None
 
 
@@ -237,7 +238,8 @@ def methods_from_outputs(out_dir, subject=None) -> MethodsInfo:
         cfg = _newest_config(out_dir, sub)
         wf = cfg.get("workflow", {}) if isinstance(cfg.get("workflow"), dict) else {}
         sub_runs = [replace(r, phase_sign=str(wf.get("phase_sign", "auto")),
-                            single_echo_offset=str(wf.get("single_echo_offset", "auto"))) for r in sub_runs]
+                            single_echo_offset=str(wf.get("single_echo_offset", "auto")),
+                            slab_trend=str(wf.get("slab_trend", "auto"))) for r in sub_runs]
         runs.extend(sub_runs)
         if any(r.atlas for r in sub_runs) and cfg:
             flavors.add(registration_flavor(bool(wf.get("sloppy")), bool(wf.get("atlas_precise"))))
@@ -300,6 +302,7 @@ def methods_from_config(config, runs=None) -> MethodsInfo:
             inversion=inv.name, inversion_text=inv.description, inversion_record=rec,
             reference_region=REFERENCE_REGION, atlas=not wf.skip_atlas,
             phase_sign=str(wf.phase_sign), single_echo_offset=str(wf.single_echo_offset),
+            slab_trend=str(wf.slab_trend),
         )
 
     if runs:
@@ -542,7 +545,7 @@ def _qsm_paragraphs(info: MethodsInfo, group: list) -> list[str]:
         devices = {r.inversion_record.get("Device") for r in group} - {None}
         where = f" on {_device_words(devices)}" if devices else ""
         text.append(f"The inversion was run with PyTorch{' ' + torch_v if torch_v else ''} [@pytorch]{where}.")
-    if multi:
+    if multi and r0.slab_trend != "off":
         text.append("Where the brain mask of a multi-echo run reached two opposite faces of the image (partial "
                     "coverage, a slab), the linear χ trend along that axis, which the field does not measure, was "
                     "estimated as the trend χ shares across 16 quantile classes of a log-linear R2* fit of the echo "

@@ -65,6 +65,7 @@ def init_single_subject_wf(
     sloppy: bool,
     phase_sign: str = "auto",
     single_echo_offset: str = "auto",
+    slab_trend: str = "auto",
     device: str = "auto",
     use_gpu: bool = False,
     omp_nthreads: int = 1,
@@ -99,6 +100,7 @@ def init_single_subject_wf(
             echo_times_s=list(run.echo_times_s), b0_t=run.b0_t, inversion=inversion, unwrapping=unwrapping,
             background_removal=background_removal, device=device, use_gpu=use_gpu, omp_nthreads=omp_nthreads,
             volume_gb=run.volume_gb(), phase_sign=phase_sign, single_echo_offset=single_echo_offset,
+            slab_trend=slab_trend,
             parts=run.parts, phase_units=run.phase_units, name=f"qsm_{run_id}_wf",
         )
         qsm_wf.inputs.inputnode.magnitude = [str(p) for p in run.magnitude]

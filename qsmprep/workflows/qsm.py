@@ -52,6 +52,7 @@ def init_qsm_wf(
     volume_gb: float = 0.01,
     phase_sign: str = "auto",
     single_echo_offset: str = "auto",
+    slab_trend: str = "auto",
     parts: str = "mag-phase",
     phase_units: str = "auto",
     name: str = "qsm_wf",
@@ -86,6 +87,9 @@ def init_qsm_wf(
         One echo only: degree of the receive-phase offset whose background-removal residual is
         removed (:func:`qsmprep.qsm.offsets.remove_offset_residual`): ``auto`` (default), ``2``,
         ``3``, ``4``, or ``0`` (none).  Several echoes fit the offset instead (no node).
+    slab_trend : str
+        Several echoes only: ``auto`` (default) removes a slab's chi trend along its cut axis
+        (:func:`qsmprep.qsm.slab.remove_slab_trend`; whole heads pass unchanged), ``off`` leaves it (no node).
     parts : str
         ``mag-phase`` or ``real-imag`` (the inputs are the real and imaginary parts).
     phase_units : str
@@ -215,11 +219,12 @@ def init_qsm_wf(
         ])  # fmt:skip
     else:
         workflow.connect(fit_field, "out_field", sign, "in_total")
-    if n_echoes > 1:
+    if n_echoes > 1 and str(slab_trend) != "off":
         # partial coverage: the chi trend along the cut axis that the field does not measure, from R2* classes
         slab = pe.Node(SlabTrend(echo_times=tes), name="slab_trend", mem_gb=mem("slab_trend"))
         workflow.connect([
             (inversion_node, slab, [("out_chi", "in_chi"), ("out_mask", "in_mask")]),
+            (brain_mask, slab, [("out_mask", "in_brain_mask")]),
             (load_echoes, slab, [("out_magnitude", "in_magnitude")]),
             (slab, reference, [("out_chi", "in_chi")]),
             (slab, records, [("out_record", "in2")]),
