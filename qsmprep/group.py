@@ -356,7 +356,7 @@ def collect_long(tables, out_dir=None):
     """Validate (:func:`read_roi_table`) and concatenate per-run ROI tables into one long DataFrame.
 
     Also refuses two tables describing the same run (same participant, session, acquisition,
-    run) and runs with different reference regions (their chi values are not comparable).
+    reconstruction, run: :data:`RUN_KEYS`) and runs with different reference regions (their chi values are not comparable).
     ``attrs["runs"]`` lists ``(run keys..., source, status)`` per table, in ``tables`` order.
     """
     import pandas as pd
