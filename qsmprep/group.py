@@ -327,12 +327,19 @@ def _check_roi_regions(df, schema, fail):
                        f"{len(h_lv)} hemispheres), so it looks truncated")
 
 
-def _check_roi_run(df, sub: str, ses: str, fail):
-    """Every row is of one run, of the participant and session of the file's folder (fills absent
-    :data:`RUN_KEYS` columns with 'n/a', in place)."""
+def fill_run_keys(df):
+    """``df`` with every absent :data:`RUN_KEYS` column added as 'n/a' (in place; returned): tables written before a
+    key existed (e.g. ``reconstruction``), or without it."""
     for c in RUN_KEYS:
         if c not in df.columns:
             df[c] = "n/a"
+    return df
+
+
+def _check_roi_run(df, sub: str, ses: str, fail):
+    """Every row is of one run, of the participant and session of the file's folder (fills absent
+    :data:`RUN_KEYS` columns with 'n/a', in place)."""
+    fill_run_keys(df)
     idents = df[list(RUN_KEYS)].drop_duplicates()
     if len(idents) > 1:
         raise fail(f"mixes rows of {len(idents)} runs (different {_list(c for c in RUN_KEYS if idents[c].nunique() > 1)})")
@@ -436,10 +443,7 @@ def read_participants_json(bids_dir) -> dict:
 
 def long_to_wide(long_df, value: str = "mean_ppm"):
     """One row per run (``RUN_KEYS``; an absent one is 'n/a'), one column ``<structure>_<hemisphere>`` of ``value``."""
-    df = long_df.copy()
-    for c in RUN_KEYS:
-        if c not in df.columns:
-            df[c] = "n/a"
+    df = fill_run_keys(long_df.copy())
     df["region"] = df["structure"].astype(str) + "_" + df["hemisphere"].astype(str)
     order = list(dict.fromkeys(df["region"]))
     wide = (df.groupby(list(RUN_KEYS) + ["region"], sort=False, dropna=False)[value].first()

@@ -250,11 +250,10 @@ def participant_means(long_df, value: str = "mean_ppm", *, bilateral: bool = Tru
     """
     import pandas as pd
 
-    keys = ["participant_id", "session_id", "acquisition", "reconstruction", "run"]
-    df = long_df.copy()
-    for k in keys:
-        if k not in df.columns:
-            df[k] = "n/a"
+    from qsmprep.group import RUN_KEYS, fill_run_keys
+
+    keys = list(RUN_KEYS)
+    df = fill_run_keys(long_df.copy())
     df = df[keys + ["structure", "hemisphere", value]].copy()
     df[value] = pd.to_numeric(df[value], errors="coerce")
     structures = list(dict.fromkeys(df["structure"]))

@@ -136,19 +136,30 @@ def mask_kept(final_mask: np.ndarray, brain_mask: np.ndarray) -> float:
     return float(np.count_nonzero(np.asarray(final_mask, bool) & np.asarray(brain_mask, bool)) / n) if n else 0.0
 
 
-def edge_coverage(brain_mask: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1), band_mm: float = 8.0) -> float:
-    """Largest brain-mask cross-section within ``band_mm`` of an image face over the mask's largest
-    cross-section along the same axis, the maximum over the six faces (0..1; 0 for an empty mask)."""
-    m = np.asarray(brain_mask, bool)
-    best = 0.0
+def face_shares(mask: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1), band_mm: float = 8.0, *,
+                half: bool = False) -> list[tuple[float, float] | None]:
+    """Per array axis, ``(low, high)``: the mask's largest cross-section within ``band_mm`` of the low and of the high
+    image face, over its largest cross-section along that axis (0..1); None for an axis along which the mask is
+    empty.  ``half``: no band longer than half the axis (at least one slice)."""
+    m = np.asarray(mask, bool)
+    out = []
     for ax in range(m.ndim):
         prof = m.sum(axis=tuple(a for a in range(m.ndim) if a != ax))
         top = prof.max() if prof.size else 0
         if top == 0:
+            out.append(None)
             continue
         k = max(1, int(np.ceil(band_mm / float(voxel_size[ax]))))
-        best = max(best, float(prof[:k].max()) / top, float(prof[-k:].max()) / top)
-    return best
+        if half:
+            k = max(1, min(k, prof.size // 2))
+        out.append((float(prof[:k].max()) / top, float(prof[-k:].max()) / top))
+    return out
+
+
+def edge_coverage(brain_mask: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1), band_mm: float = 8.0) -> float:
+    """Largest brain-mask cross-section within ``band_mm`` of an image face over the mask's largest
+    cross-section along the same axis, the maximum over the six faces (0..1; 0 for an empty mask)."""
+    return max((max(s) for s in face_shares(brain_mask, voxel_size, band_mm) if s is not None), default=0.0)
 
 
 def lowfreq_share(local_ppm: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float] = (1, 1, 1),

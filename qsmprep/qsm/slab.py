@@ -38,17 +38,13 @@ def cut_axis(mask: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), sh
     that axis (so a slab whose outermost slice lost its signal still counts); of several such axes the one whose
     smaller end share is largest.
     """
+    from qsmprep.qsm.qc import face_shares
+
     m = np.asarray(mask) > 0
     best, best_share = None, share
-    for ax in range(m.ndim):
-        prof = m.sum(axis=tuple(a for a in range(m.ndim) if a != ax))
-        top = prof.max() if prof.size else 0
-        if top == 0 or prof.size < 2:
-            continue
-        k = min(max(1, int(np.ceil(band_mm / float(voxel_size[ax])))), prof.size // 2)
-        end = min(prof[:k].max(), prof[-k:].max()) / top
-        if end >= best_share:
-            best, best_share = ax, end
+    for ax, ends in enumerate(face_shares(m, voxel_size, band_mm, half=True)):
+        if ends is not None and m.shape[ax] >= 2 and min(ends) >= best_share:
+            best, best_share = ax, min(ends)
     return best
 
 
