@@ -13,7 +13,8 @@ piece, how far the brain's top rises above that pass, its volume and its share i
 depth 6 -> 4 mm with the hemispheres merged back").  ``slabtrend``: a prior on the slab's trend from the subject's own
 images (session 28, not adopted): the linear trend along the cut axis common to every tissue class (quantile classes
 of the combined magnitude or of an R2* fit), removed from the app's chi, with the magnitude under a receive-bias
-ramp along the cut axis and after N4 correction (antspyx) ("A trend prior from the magnitude")::
+ramp along the cut axis and after N4 correction (antspyx), on the app's chi without its slab-trend step ("A trend
+prior from the magnitude")::
 
     .venv/bin/python benchmarks/robustness_diagnosis.py nuclei --seeds 10 11 --min-signal 0.3
     .venv/bin/python benchmarks/robustness_diagnosis.py slab --seeds 10 11
@@ -128,50 +129,40 @@ def passes(seeds, cache, rows, depths) -> None:
                       + (" ".join(out) or "none"), flush=True)
 
 
-def _classes(feat, m, n):
-    q = np.quantile(feat[m], np.linspace(0, 1, n + 1))
-    return np.where(m, np.clip(np.searchsorted(q, feat, side="right") - 1, 0, n - 1), -1)
-
-
-def _common_trend(x, cls, t, m):
-    """Least-squares ``b`` of ``x = a_class + b t`` over ``m`` (one intercept per class, one slope)."""
-    idx = np.flatnonzero(m)
-    cv = cls.ravel()[idx]
-    n = int(cv.max()) + 1
-    a = np.zeros((idx.size, n + 1))
-    a[np.arange(idx.size), cv] = 1
-    a[:, n] = t.ravel()[idx]
-    return float(np.linalg.lstsq(a, x.ravel()[idx], rcond=None)[0][n])
-
-
 def slabtrend(seeds, cache, row="ME 3T slab 64 mm", n_classes=6) -> None:
     import ants
 
+    from _common import patched
+
+    from qsmprep.qsm import slab
     from qsmprep.qsm.echoes import combine_magnitude
+    from qsmprep.qsm.slab import r2star_loglinear, slab_trend
 
     for seed in seeds:
         d = rb.data_for(rb.case_for(row, seed), cache)
-        chi = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)["chi"]
+        with patched(slab, "cut_axis", lambda *a, **k: None):  # the app without its slab-trend step (the diagnosis' subject)
+            chi = rb.run_app(rb.stored_inputs(d, "canonical"), d, qc=False)["chi"]
         m = chi != 0
-        nz = chi.shape[2]  # crop_slab cuts the third axis
+        nz, vs = chi.shape[2], tuple(float(v) for v in d["voxel_size"])  # crop_slab cuts the third axis
         t = np.broadcast_to((np.arange(nz, dtype=np.float64) / (nz - 1))[None, None, :], chi.shape)
-        err = _common_trend(chi - d["chi"], np.where(m, 0, -1), t, m)
+        across = (nz - 1) * vs[2]  # mm from the first slice to the last: a trend in ppm per mm -> ppm over the slab
+
+        def trend(x, feat, n):  # slab.slab_trend: the slope x shares across n quantile classes of feat
+            return slab_trend(x, m, feat, 2, vs, n) * across
+
+        err = trend(chi - d["chi"], np.zeros(chi.shape), 1)
         print(f"{row}, head {seed}: app XSIM {rb.score(chi, d)['xsim']:.4f}; the error's trend {err * 1e3:+.2f}e-3 ppm "
               f"over the slab; with it removed (oracle) XSIM "
               f"{rb.score(np.where(m, chi - err * t, 0).astype(np.float32), d)['xsim']:.4f}", flush=True)
         rss = combine_magnitude(np.asarray(d["mag"]))
-        te = np.asarray(d["te_s"], float) - np.mean(d["te_s"])
-        r2 = -(np.log(np.maximum(np.asarray(d["mag"], np.float64), 1e-9)) * te).sum(-1) / (te ** 2).sum()
-        feats = [("R2* fit, 16 classes", r2, 16)]
+        feats = [("R2* fit, 16 classes", r2star_loglinear(d["mag"], d["te_s"]), 16)]
         for amp in (0.0, 0.3, -0.3, 0.6):
             biased = rss * (1 + amp * (t - 0.5))
-            sp = tuple(float(v) for v in d["voxel_size"])
-            n4 = ants.n4_bias_field_correction(ants.from_numpy(biased.astype(np.float32), spacing=sp),
-                                               mask=ants.from_numpy(m.astype(np.float32), spacing=sp)).numpy()
+            n4 = ants.n4_bias_field_correction(ants.from_numpy(biased.astype(np.float32), spacing=vs),
+                                               mask=ants.from_numpy(m.astype(np.float32), spacing=vs)).numpy()
             feats += [(f"magnitude, bias {amp:+.1f}", biased, n_classes), (f"magnitude, bias {amp:+.1f}, N4", n4, n_classes)]
         for name, feat, n in feats:
-            cls = _classes(feat, m, n)
-            est, tru = _common_trend(chi, cls, t, m), _common_trend(d["chi"], cls, t, m)
+            est, tru = trend(chi, feat, n), trend(d["chi"], feat, n)
             fixed = np.where(m, chi - est * t, 0).astype(np.float32)
             print(f"  {name:28s}: the truth's within-class trend {tru * 1e3:+.2f}e-3, the app's {est * 1e3:+.2f}e-3 -> "
                   f"XSIM {rb.score(fixed, d)['xsim']:.4f}", flush=True)
