@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from qsmprep import messages as msg
+from qsmprep.qsm.echoes import PHASE_DEG_LIMIT, PHASE_RAD_LIMIT  # classify_phase_range's limits (rad, degrees)
 
 #: Suffixes qsmprep processes (multi-echo and single-echo GRE).
 SUFFIXES = ("MEGRE", "T2starw")
@@ -60,9 +61,6 @@ _IGNORE_TOP = ("code", "derivatives", "sourcedata", "stimuli", "models")
 #: 7 run).  Finer voxels need more, and there background removal refuses with its own message.
 MIN_AXIS_VOXELS = 9
 
-#: Phase limits of :func:`qsmprep.qsm.echoes.classify_phase_range` (rad: +-pi + 1 %; degrees: +-180 + 1 %).
-PHASE_RAD_LIMIT = float(np.pi * 1.01)
-PHASE_DEG_LIMIT = 180.0 * 1.01
 #: Sidecar ``Units`` values read as degrees / radians (lower case).
 DEGREE_UNITS = ("deg", "degree", "degrees")
 RADIAN_UNITS = ("rad", "radian", "radians")
